@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export CDS_RULES_DIR ?= $(CURDIR)/rules
+
+.PHONY: run test bench check-rules rules-test clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 (or 3.12) is required: durable-rules does not build on 3.13"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/cds run --dev
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+check-rules: $(STAMP)
+	$(BIN)/cds rules check rules
+
+rules-test: $(STAMP)
+	$(BIN)/cds rules test rules
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_core.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

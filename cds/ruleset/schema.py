@@ -1,0 +1,173 @@
+"""The shape of the rule files in ``rules/``: what a rule author may write, as pydantic models.
+
+Each YAML file holds any subset of the top-level sections of :class:`RuleFile`; the loader merges
+the files of a folder into one :class:`RuleSetDocument` (every section present exactly once).
+Models forbid unknown keys so a misspelt key is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SLUG = r"^[a-z0-9][a-z0-9-]*$"
+IDENT = r"^[a-z][a-z0-9_]*$"
+
+Decision = Literal[
+    "new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back", "continue", "step-up"
+]
+Indicator = Literal["info", "warning", "critical"]
+RungMove = Literal["first", "previous", "current", "next"]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Coding(_Doc):
+    system: str = Field(min_length=1)
+    code: str = Field(min_length=1)
+    display: str | None = None
+
+
+class Source(_Doc):
+    label: str = Field(min_length=1)
+    url: str | None = None
+    topic: Coding | None = None
+
+
+class RuleSetMeta(_Doc):
+    name: str = Field(pattern=SLUG)
+    version: str = Field(min_length=1)
+    title: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    source: Source
+
+
+class Evidence(_Doc):
+    id: str = Field(pattern=SLUG)
+    label: str = Field(min_length=1)
+    url: str = Field(pattern=r"^https?://")
+
+
+class OverrideReason(_Doc):
+    code: str = Field(min_length=1)
+    display: str = Field(min_length=1)
+    system: str = "https://lbp-cds.org/fhir/CodeSystem/override-reason"
+
+
+class PainAnswers(_Doc):
+    system: str
+    values: dict[str, int]
+
+    @field_validator("values")
+    @classmethod
+    def _in_scale(cls, v: dict[str, int]) -> dict[str, int]:
+        for code, score in v.items():
+            if not 0 <= score <= 10:
+                raise ValueError(f"answer {code} maps to {score}, outside the 0-10 pain scale")
+        return v
+
+
+class Codes(_Doc):
+    lbp_condition: list[Coding] = Field(min_length=1)
+    condition_clinical_status: list[str] = Field(min_length=1)
+    condition_verification_excluded: list[str] = []
+    observation_status: list[str] = Field(min_length=1)
+    pain_score: Coding
+    pain_answers: PainAnswers
+    reps_to_failure: Coding
+    exercise_component: Coding
+    round_component: Coding
+
+
+class Rung(_Doc):
+    code: str = Field(pattern=SLUG)
+    display: str = Field(min_length=1)
+    about: str = Field(min_length=1)
+    evidence: list[str] = []
+
+
+class Ladder(_Doc):
+    system: str = Field(min_length=1)
+    rungs: list[Rung] = Field(min_length=1)
+
+    @property
+    def codes(self) -> list[str]:
+        return [r.code for r in self.rungs]
+
+    def rung(self, code: str) -> Rung:
+        return self.rungs[self.codes.index(code)]
+
+
+class Recommend(_Doc):
+    rung: RungMove
+    adjustment: str | None = None
+
+
+class CardTemplate(_Doc):
+    summary: str = Field(min_length=1)
+    detail: str = Field(min_length=1)
+
+
+class Rule(_Doc):
+    id: str = Field(pattern=SLUG)
+    stage: str = Field(pattern=IDENT)
+    priority: int = Field(ge=0)
+    when: str = Field(min_length=1)
+    decision: Decision
+    indicator: Indicator
+    final: bool = False
+    recommend: Recommend | None = None
+    card: CardTemplate
+
+
+class Note(_Doc):
+    id: str = Field(pattern=SLUG)
+    stage: str = Field(pattern=IDENT)
+    when: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+
+
+class RuleFile(_Doc):
+    """One YAML file: any subset of the sections."""
+
+    ruleset: RuleSetMeta | None = None
+    parameters: dict[str, int | float] | None = None
+    disclaimer: str | None = None
+    evidence: list[Evidence] | None = None
+    override_reasons: list[OverrideReason] | None = None
+    codes: Codes | None = None
+    ladder: Ladder | None = None
+    stages: list[str] | None = None
+    rules: list[Rule] | None = None
+    notes: list[Note] | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _param_names(cls, v: dict[str, int | float] | None) -> dict[str, int | float] | None:
+        for name in v or {}:
+            if not re.match(IDENT, name):
+                raise ValueError(f"parameter name {name!r} must be lower_snake_case")
+        return v
+
+
+#: sections that must appear in exactly one file of the rule set
+REQUIRED_SECTIONS = ("ruleset", "parameters", "disclaimer", "evidence", "codes", "ladder", "stages", "rules")
+
+
+class RuleSetDocument(_Doc):
+    """All rule files of a folder merged: the complete clinical content of one rule set."""
+
+    ruleset: RuleSetMeta
+    parameters: dict[str, int | float]
+    disclaimer: str
+    evidence: list[Evidence]
+    override_reasons: list[OverrideReason] = []
+    codes: Codes
+    ladder: Ladder
+    stages: list[str]
+    rules: list[Rule]
+    notes: list[Note] = []
