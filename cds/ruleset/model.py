@@ -7,6 +7,7 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict
 
+from .conditions import CompiledCondition
 from .schema import Note, Rule, RuleSetDocument
 
 
@@ -25,6 +26,8 @@ class RuleSet:
     document: RuleSetDocument
     sha256: str
     files: tuple[str, ...] = field(default=())
+    #: compiled ``when`` of every rule (by rule id) and note (by ``note:<id>``)
+    conditions: dict[str, CompiledCondition] = field(default_factory=dict, compare=False)
 
     @cached_property
     def identity(self) -> RuleSetIdentity:

@@ -1,0 +1,245 @@
+"""The durable-rules engine, wrapped so that none of its crash modes can reach a patient.
+
+What this module guarantees (see ``shared/notes/durable-rules.md``):
+
+1. One engine per rule-set version, built once; no background timer threads (:class:`_QuietHost`);
+   one process-wide lock around every evaluation (the C code never releases the GIL anyway).
+2. Every evaluation: a unique session id, a marker fact first (so an action has always run before
+   the session is deleted), facts asserted one at a time ("not handled" is normal), every fact
+   checked to be small, flat and JSON-safe before it reaches C, exceptions swallowed by the engine
+   turned into :class:`ActionFailed`, and the session deleted in ``finally`` whatever happens.
+
+Rule semantics compiled here: stages run in order; each stage's assessment fact is retracted by the
+first rule (lowest priority number) that fires on it, so later rules of the stage never fire; a
+``final`` rule asserts a ``halted`` fact that every rule's condition excludes. Notes of a stage are
+checked against a separate fact once a rule of that stage has fired.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from durable import engine as durable
+
+from .assessment import Assessment
+from .decisions import Evaluation, FiredRule
+from .ruleset.model import RuleSet
+
+log = logging.getLogger("cds.engine")
+
+#: durable-rules caps a fact at 255 properties after flattening
+MAX_FACT_PROPERTIES = 255
+_MARKER = "__evaluation__"
+_NOTE_PREFIX = "note:"
+
+# The C engine is process-global state: one lock for all engines (all rule-set versions).
+_ENGINE_LOCK = threading.Lock()
+_ruleset_counter = itertools.count(1)
+_session_counter = itertools.count(1)
+
+
+class EngineError(RuntimeError):
+    """The rule engine could not evaluate; never answered with a card."""
+
+
+class EngineInputError(EngineError):
+    """A fact that the engine cannot take safely (nested, too large, not JSON-safe)."""
+
+
+class ActionFailed(EngineError):
+    """An action raised inside the engine (durable-rules swallows these; we do not)."""
+
+
+class EngineCompileError(EngineError):
+    def __init__(self, rule_id: str | None, reason: str):
+        super().__init__(f"rule {rule_id or '?'}: {reason}")
+        self.rule_id = rule_id
+        self.reason = reason
+
+
+class _QuietHost(durable.Host):
+    """A durable-rules host without its two background ``threading.Timer`` dispatch loops."""
+
+    def _run(self) -> None:  # noqa: D401 - deliberately does nothing
+        return None
+
+
+@dataclass
+class _Run:
+    """What happened in one engine session."""
+
+    sid: str
+    fired: list[str] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)  # stage -> note ids
+    error: str | None = None
+
+
+def durable_definition(ruleset: RuleSet) -> dict[str, dict[str, Any]]:
+    """The rule set as a durable-rules ruleset definition (without the action callables)."""
+    doc = ruleset.document
+    rules: dict[str, dict[str, Any]] = {_MARKER: {"all": [{"m": {"kind": "evaluation"}}], "pri": 0}}
+    for rule in doc.rules:
+        cond = ruleset.conditions[rule.id].durable
+        rules[rule.id] = {
+            "all": [
+                {"m": {"$and": [{"kind": "assessment"}, {"stage": rule.stage}, cond]}},
+                {"m_1$not": {"kind": "halted"}},
+            ],
+            "pri": rule.priority,
+        }
+    for note in doc.notes:
+        cond = ruleset.conditions[_NOTE_PREFIX + note.id].durable
+        rules[_NOTE_PREFIX + note.id] = {"all": [{"m": {"$and": [{"kind": "notes"}, {"stage": note.stage}, cond]}}]}
+    return rules
+
+
+def compile_check(ruleset: RuleSet) -> None:
+    """Compile every rule on its own in the C engine and release it; raise on the first rejection."""
+    import durable_rules_engine as c_engine
+
+    definition = durable_definition(ruleset)
+    with _ENGINE_LOCK:
+        for name, rule in definition.items():
+            try:
+                handle = c_engine.create_ruleset(f"check-{next(_ruleset_counter)}", json.dumps({name: rule}))
+            except Exception as e:  # the C extension raises plain Exception with an error code
+                raise EngineCompileError(None if name == _MARKER else name.removeprefix(_NOTE_PREFIX), str(e)) from None
+            c_engine.delete_ruleset(handle)
+
+
+def _safe_fact(fact: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat copy of ``fact`` with only str/bool/float values, or :class:`EngineInputError`."""
+    if len(fact) > MAX_FACT_PROPERTIES:
+        raise EngineInputError(f"fact has {len(fact)} properties; the engine takes at most {MAX_FACT_PROPERTIES}")
+    out: dict[str, Any] = {}
+    for key, value in fact.items():
+        if isinstance(value, bool) or isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, (int, float, Decimal)):
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise EngineInputError(f"fact property {key!r} is not a finite number")
+            out[key] = number
+        else:
+            raise EngineInputError(f"fact property {key!r} has type {type(value).__name__}; facts must be flat")
+    return out
+
+
+class RuleEngine:
+    """One compiled rule set in durable-rules. Thread-safe; evaluations are serialised."""
+
+    def __init__(self, ruleset: RuleSet):
+        self.ruleset = ruleset
+        self._stages = list(ruleset.document.stages)
+        self._final = {r.id for r in ruleset.document.rules if r.final}
+        self._name = f"lbp{next(_ruleset_counter)}"
+        self._run: _Run | None = None
+        definition = durable_definition(ruleset)
+        for name, rule in definition.items():
+            rule["run"] = self._marker_action if name == _MARKER else self._action_for(name)
+        try:
+            with _ENGINE_LOCK:
+                self._host = _QuietHost({self._name: definition})
+        except Exception as e:
+            raise EngineCompileError(None, str(e)) from None
+
+    # -- actions (run synchronously, on the calling thread, under the lock) -----------------------
+    def _marker_action(self, c: Any) -> None:
+        return None
+
+    def _action_for(self, name: str):
+        if name.startswith(_NOTE_PREFIX):
+            note_id = name.removeprefix(_NOTE_PREFIX)
+
+            def note_action(c: Any) -> None:
+                self._record_note(c.m.stage, note_id)
+
+            return note_action
+
+        final = name in self._final
+
+        def rule_action(c: Any) -> None:
+            self._record_rule(name)
+            c.retract_fact(c.m)  # first match wins: the stage fact is gone, pending rules drop
+            if final:
+                c.assert_fact({"kind": "halted"})
+
+        return rule_action
+
+    def _record_rule(self, rule_id: str) -> None:
+        assert self._run is not None
+        self._run.fired.append(rule_id)
+
+    def _record_note(self, stage: str, note_id: str) -> None:
+        assert self._run is not None
+        self._run.notes.setdefault(stage, []).append(note_id)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def run_facts(self, facts: Iterable[Mapping[str, Any]]) -> _Run:
+        """Assert ``facts`` one at a time in a fresh session and return what fired.
+
+        Facts are checked before the session starts, so bad input never reaches the C engine.
+        """
+        safe = [_safe_fact(f) for f in facts]
+        with _ENGINE_LOCK:
+            run = _Run(sid=f"s{next(_session_counter)}")
+            self._run = run
+            try:
+                self._assert({"kind": "evaluation"})  # marker: an action always runs before delete
+                for fact in safe:
+                    self._assert(fact)
+                exception = self._host.get_state(self._name, run.sid).get("exception")
+                if exception or run.error:
+                    raise ActionFailed(f"a rule action failed: {run.error or exception}")
+            finally:
+                self._run = None
+                self._host.delete_state(self._name, run.sid)
+        return run
+
+    def _assert(self, fact: dict[str, Any]) -> None:
+        run = self._run
+        assert run is not None
+        try:
+            self._host.assert_fact(self._name, dict(fact, sid=run.sid))
+        except durable.MessageNotHandledException:
+            pass  # no rule matches this fact: normal
+        except durable.MessageObservedException:
+            raise EngineInputError("the same fact was asserted twice in one evaluation") from None
+        except BaseException as e:
+            run.error = f"{type(e).__name__}: {e}"
+            raise ActionFailed(f"the engine failed on a fact: {run.error}") from None
+
+    def evaluate(self, assessment: Assessment, evaluation_date: dt.date) -> Evaluation:
+        """Run the rule set on one assessment: the stages in order, then the notes of each stage."""
+        values = assessment.engine_fact()
+        rules = self.ruleset.document
+        stage_of = {r.id: r.stage for r in rules.rules}
+        facts: list[dict[str, Any]] = []
+        for stage in self._stages:
+            facts.append({"kind": "assessment", "stage": stage, **values})
+            facts.append({"kind": "notes", "stage": stage, **values})
+        run = self.run_facts(facts)
+        fired = []
+        for rule_id in run.fired:
+            rule = self.ruleset.rule(rule_id)
+            fired.append(
+                FiredRule(
+                    rule_id=rule.id,
+                    stage=rule.stage,
+                    decision=rule.decision,
+                    indicator=rule.indicator,
+                    recommend=rule.recommend,
+                    notes=tuple(run.notes.get(stage_of[rule_id], ())),
+                )
+            )
+        return Evaluation(
+            ruleset=self.ruleset.identity, evaluation_date=evaluation_date, assessment=assessment, fired=tuple(fired)
+        )
