@@ -1,0 +1,338 @@
+"""The committed FHIR example requests are complete, valid FHIR R4, and exactly what the generator makes.
+
+These tests check the data only; posting the requests to the service is the end-to-end test's job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fhir.resources.R4B import get_fhir_model_class
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "fhir_examples"
+REQUESTS = EXAMPLES / "requests"
+
+_spec = importlib.util.spec_from_file_location("fhir_examples_generate", EXAMPLES / "generate.py")
+gen = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = gen  # dataclasses look their module up while the file executes
+_spec.loader.exec_module(gen)
+
+ANCHOR = dt.date.fromisoformat(json.loads((EXAMPLES / "config.json").read_text())["evaluationDate"])
+SCENARIOS = {s.name: s for s in gen.SCENARIOS}
+NAMES = sorted(SCENARIOS)
+PREFETCH_KEYS = {"patient", "lbpConditions", "painScores", "exerciseRounds"}
+DECISIONS = {"new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back", "continue", "step-up"}
+OBS = "https://lbp-cds.org/fhir/CodeSystem/observation"
+
+RULES_FILE = yaml.safe_load((ROOT / "rules" / "progression.yaml").read_text())
+RULES = {r["id"]: r for r in RULES_FILE["rules"]}
+NOTES = {n["id"] for n in RULES_FILE.get("notes", [])}
+CODES = yaml.safe_load((ROOT / "rules" / "codes.yaml").read_text())
+LADDER = [r["code"] for r in CODES["ladder"]["rungs"]]
+
+
+def load(name: str, suffix: str = ".json") -> dict[str, Any]:
+    return json.loads((REQUESTS / f"{name}{suffix}").read_text(encoding="utf-8"))
+
+
+def entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+def day(value: str) -> dt.date:
+    """The date part of a FHIR date/dateTime as written."""
+    return dt.date.fromisoformat(value[:10])
+
+
+def offset(value: str) -> int:
+    return (day(value) - ANCHOR).days
+
+
+def own(resources: list[dict[str, Any]], patient_id: str, *, valid_only: bool = True) -> list[dict[str, Any]]:
+    """The resources the service should use: this patient's, final, and not deliberately invalid."""
+    return [r for r in resources
+            if r["subject"]["reference"] == f"Patient/{patient_id}"
+            and r.get("status", "final") == "final"
+            and not (valid_only and gen.is_deliberately_invalid(r))]
+
+
+# --- the files as a whole -------------------------------------------------------------------------
+
+def test_anchor_is_the_fixed_evaluation_date():
+    assert json.loads((EXAMPLES / "config.json").read_text()) == {"evaluationDate": "2026-11-20"}
+
+
+def test_committed_files_equal_generator_output():
+    files = gen.build(ANCHOR)
+    committed = {f"requests/{p.name}" for p in REQUESTS.glob("*.json")}
+    generated = {rel for rel in files if rel.startswith("requests/")}
+    assert committed == generated, "stale or missing files: run .venv/bin/python fhir_examples/generate.py"
+    for rel, text in files.items():
+        assert (EXAMPLES / rel).read_text(encoding="utf-8") == text, f"{rel} differs from generate.py output"
+
+
+def test_required_scenarios_present():
+    required = {
+        "new-onset", "new-onset-period", "onset-undocumented", "no-sessions", "pain-5-bird-dog",
+        "pain-4-hip-abduction", "no-pain-recorded", "bird-dog-12-14", "bird-dog-20-18", "bird-dog-28-27",
+        "reverse-hyper-30-29", "hip-abduction-10-9", "single-round", "pain-loinc-answer", "onset-period",
+        "ignored-resources", "invalid-resource", "two-exercises-same-day", "pain-derived-from",
+        "boundary-reps-15-15", "boundary-reps-25-25", "boundary-reps-26-26", "boundary-reps-14-20",
+        "boundary-pain-2", "boundary-pain-3", "boundary-onset-41-days", "boundary-onset-42-days",
+    }
+    assert required <= set(NAMES)
+
+
+def test_hook_instances_and_patients_are_unique():
+    requests = [load(n) for n in NAMES]
+    assert len({r["hookInstance"] for r in requests}) == len(requests)
+    assert len({r["context"]["patientId"] for r in requests}) == len(requests)
+
+
+# --- each request ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_request_hook_fields(name):
+    req = load(name)
+    assert set(req) == {"hook", "hookInstance", "context", "prefetch"}
+    assert req["hook"] == "patient-view"
+    assert str(uuid.UUID(req["hookInstance"])) == req["hookInstance"]
+    assert req["context"] == {"userId": "Practitioner/example", "patientId": f"lbp-{name}"}
+    assert set(req["prefetch"]) == PREFETCH_KEYS
+    patient = req["prefetch"]["patient"]
+    assert patient["resourceType"] == "Patient" and patient["id"] == req["context"]["patientId"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundles_are_searchsets_newest_first(name):
+    prefetch = load(name)["prefetch"]
+    for key in PREFETCH_KEYS - {"patient"}:
+        bundle = prefetch[key]
+        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
+        assert bundle["total"] == len(bundle.get("entry", []))
+        assert "entry" not in bundle or bundle["entry"], "empty entry arrays are omitted in FHIR JSON"
+        for e in bundle.get("entry", []):
+            r = e["resource"]
+            assert e["fullUrl"].endswith(f"/{r['resourceType']}/{r['id']}")
+            assert e["search"] == {"mode": "match"}
+        if key != "lbpConditions":
+            stamps = [dt.datetime.fromisoformat(r["effectiveDateTime"]) for r in entries(bundle)
+                      if not gen.is_deliberately_invalid(r)]
+            assert stamps == sorted(stamps, reverse=True)
+    assert {r["resourceType"] for r in entries(prefetch["lbpConditions"])} <= {"Condition"}
+    ids = [r["id"] for r in gen.request_resources(load(name))]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resources_validate_as_fhir_r4(name):
+    req = load(name)
+    invalid = 0
+    for resource in gen.request_resources(req):
+        model = get_fhir_model_class(resource["resourceType"])
+        if gen.is_deliberately_invalid(resource):
+            invalid += 1
+            with pytest.raises(ValueError):
+                model.model_validate(resource)
+        else:
+            model.model_validate(resource)
+    assert invalid == load(name, ".expected.json")["skippedInvalid"]
+    gen.validate_request(req)  # the Bundles too, minus deliberately invalid entries
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_observations_follow_the_profile(name):
+    req = load(name)
+    pid = req["context"]["patientId"]
+    for r in entries(req["prefetch"]["exerciseRounds"]):
+        assert set(r) == {"resourceType", "id", "status", "code", "subject", "effectiveDateTime",
+                          "valueQuantity", "component"}
+        assert r["code"] == {"coding": [{"system": OBS, "code": "reps-to-technical-failure"}]}
+        q = r["valueQuantity"]
+        assert q["unit"] == "repetitions" and q["system"] == "http://unitsofmeasure.org" and q["code"] == "{repetitions}"
+        exercise, rnd = r["component"]
+        assert exercise["code"]["coding"][0]["code"] == "exercise"
+        assert exercise["valueCodeableConcept"]["coding"][0]["code"] in LADDER
+        assert rnd["code"]["coding"][0]["code"] == "round" and rnd["valueInteger"] >= 1
+        assert r["effectiveDateTime"][10:11] == "T" and r["effectiveDateTime"][-6] in "+-"
+    round_ids = {r["id"] for r in entries(req["prefetch"]["exerciseRounds"])}
+    for r in entries(req["prefetch"]["painScores"]):
+        assert r["code"]["coding"][0]["system"] == "http://loinc.org"
+        assert r["code"]["coding"][0]["code"] == "72514-3"
+        assert len({"valueInteger", "valueQuantity", "valueCodeableConcept"} & set(r)) == 1
+        for ref in r.get("derivedFrom", []):
+            assert ref["reference"].removeprefix("Observation/") in round_ids
+    for r in gen.request_resources(req)[1:]:
+        if not gen.is_deliberately_invalid(r):
+            assert offset(r.get("effectiveDateTime") or r.get("onsetDateTime") or r.get("onsetPeriod", {}).get(
+                "start", ANCHOR.isoformat())) <= 0, "no data after the evaluation date"
+        assert r["subject"]["reference"] in {f"Patient/{pid}", "Patient/someone-else"}
+
+
+def test_pain_association_varies_across_scenarios():
+    with_refs = [n for n in NAMES if any("derivedFrom" in p for p in entries(load(n)["prefetch"]["painScores"]))]
+    without = [n for n in NAMES if any("derivedFrom" not in p for p in entries(load(n)["prefetch"]["painScores"]))]
+    assert len(with_refs) >= 3 and len(without) >= 3
+
+
+def test_most_patients_have_older_sessions():
+    with_history = [n for n in NAMES
+                    if len({r["effectiveDateTime"][:10] for r in entries(load(n)["prefetch"]["exerciseRounds"])}) >= 3]
+    assert len(with_history) > len(NAMES) * 0.7
+
+
+# --- dates match the declared offsets -------------------------------------------------------------
+
+def onsets(name: str) -> list[int]:
+    req = load(name)
+    out = []
+    for c in own(entries(req["prefetch"]["lbpConditions"]), req["context"]["patientId"]):
+        start = c.get("onsetDateTime") or c.get("onsetPeriod", {}).get("start")
+        if start:
+            out.append(offset(start))
+    return out
+
+
+@pytest.mark.parametrize(("name", "days"), [
+    ("new-onset", -10), ("new-onset-period", -10), ("onset-period", -200), ("no-sessions", -300),
+    ("boundary-onset-41-days", -41), ("boundary-onset-42-days", -42), ("bird-dog-28-27", -300),
+])
+def test_onset_offsets(name, days):
+    assert onsets(name) == [days]
+
+
+def test_onset_fields():
+    assert "onsetPeriod" in entries(load("new-onset-period")["prefetch"]["lbpConditions"])[0]
+    onset_period = entries(load("onset-period")["prefetch"]["lbpConditions"])[0]
+    assert onset_period["onsetPeriod"] == {"start": (ANCHOR - dt.timedelta(days=200)).isoformat()}
+    assert "onsetDateTime" not in onset_period
+    assert load("onset-undocumented")["prefetch"]["lbpConditions"] == {
+        "resourceType": "Bundle", "type": "searchset", "total": 0}
+    assert load("no-sessions")["prefetch"]["exerciseRounds"]["total"] == 0
+
+
+def test_new_onset_is_exactly_ten_days_before_the_evaluation_date():
+    condition = entries(load("new-onset")["prefetch"]["lbpConditions"])[0]
+    assert dt.date.fromisoformat(condition["onsetDateTime"]) == ANCHOR - dt.timedelta(days=10)
+    assert load("new-onset", ".expected.json")["evaluationDate"] == ANCHOR.isoformat()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_round_dates_match_declared_sessions(name):
+    req = load(name)
+    declared = sorted((s.day, s.exercise, r) for s in SCENARIOS[name].sessions for r in s.reps)
+    found = sorted((offset(r["effectiveDateTime"]), r["component"][0]["valueCodeableConcept"]["coding"][0]["code"],
+                    r["valueQuantity"]["value"]) for r in entries(req["prefetch"]["exerciseRounds"]))
+    assert found == declared
+
+
+def latest_session(name: str) -> tuple[int, str, list[int], list[int]]:
+    """(day offset, exercise, reps, pain scores) of the latest session, following SPEC section 2."""
+    req = load(name)
+    pid = req["context"]["patientId"]
+    rounds = own(entries(req["prefetch"]["exerciseRounds"]), pid)
+    days = {offset(r["effectiveDateTime"]) for r in rounds}
+    latest = max(days)
+    exercises = {r["component"][0]["valueCodeableConcept"]["coding"][0]["code"]
+                 for r in rounds if offset(r["effectiveDateTime"]) == latest}
+    exercise = max(exercises, key=LADDER.index)
+    mine = [r for r in rounds if offset(r["effectiveDateTime"]) == latest
+            and r["component"][0]["valueCodeableConcept"]["coding"][0]["code"] == exercise]
+    ids = {f"Observation/{r['id']}" for r in mine}
+    pains = []
+    for p in own(entries(req["prefetch"]["painScores"]), pid):
+        refs = {d["reference"] for d in p.get("derivedFrom", [])}
+        if (refs & ids) if refs else offset(p["effectiveDateTime"]) == latest:
+            pains.append(p.get("valueInteger", p.get("valueQuantity", {}).get("value")))
+    return latest, exercise, [r["valueQuantity"]["value"] for r in mine], pains
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("bird-dog-12-14", (-2, "bird-dog", [12, 14], [1])),
+    ("bird-dog-28-27", (-2, "bird-dog", [28, 27], [1])),
+    ("reverse-hyper-30-29", (-2, "reverse-hyper", [30, 29], [0])),
+    ("single-round", (-2, "bird-dog", [20], [1])),
+    ("two-exercises-same-day", (-2, "bird-dog", [22, 21], [1])),
+    ("pain-derived-from", (-2, "bird-dog", [28, 27], [4])),
+    ("pain-derived-from-older-session", (-2, "bird-dog", [28, 27], [])),
+    ("ignored-resources", (-2, "bird-dog", [20, 18], [1])),
+    ("invalid-resource", (-2, "bird-dog", [28, 27], [1])),
+    ("no-pain-recorded", (-2, "bird-dog", [22, 21], [])),
+    ("date-as-written", (-2, "bird-dog", [28, 27], [1])),
+])
+def test_latest_session_data(name, expected):
+    assert latest_session(name) == expected
+
+
+def test_scenario_specifics():
+    # pain 4 on the day after the session, derived from its rounds; pain 0 on the session day, older round
+    pains = entries(load("pain-derived-from")["prefetch"]["painScores"])
+    by_value = {p["valueInteger"]: p for p in pains}
+    assert offset(by_value[4]["effectiveDateTime"]) == -1
+    assert offset(by_value[0]["effectiveDateTime"]) == -2
+    assert all("20261111" in d["reference"] for d in by_value[0]["derivedFrom"])
+    # the LOINC answer
+    answer = entries(load("pain-loinc-answer")["prefetch"]["painScores"])[0]
+    assert answer["valueCodeableConcept"]["coding"][0] == {"system": "http://loinc.org", "code": "LA6113-0",
+                                                           "display": "2"}
+    # the invalid resource: an impossible date, marked, and it would change the outcome if used
+    bad = [p for p in entries(load("invalid-resource")["prefetch"]["painScores"]) if gen.is_deliberately_invalid(p)]
+    assert len(bad) == 1 and bad[0]["effectiveDateTime"] == "2026-02-30T10:00:00Z"
+    # the decoys in ignored-resources
+    req = load("ignored-resources")
+    conditions = entries(req["prefetch"]["lbpConditions"])
+    eie = [c for c in conditions if c["verificationStatus"]["coding"][0]["code"] == "entered-in-error"]
+    assert len(eie) == 1 and offset(eie[0]["onsetDateTime"]) == -5
+    other = [c for c in conditions if c["subject"]["reference"] == "Patient/someone-else"]
+    assert len(other) == 1 and offset(other[0]["onsetDateTime"]) == -3
+    pains = entries(req["prefetch"]["painScores"])
+    assert any(p["status"] == "entered-in-error" and p["valueInteger"] == 9 and offset(p["effectiveDateTime"]) == -2
+               for p in pains)
+    assert any(p["subject"]["reference"] == "Patient/someone-else" and offset(p["effectiveDateTime"]) == -2
+               for p in pains)
+    rounds = entries(req["prefetch"]["exerciseRounds"])
+    assert any(r["status"] == "entered-in-error" and r["valueQuantity"]["value"] == 5 for r in rounds)
+    assert any(r["subject"]["reference"] == "Patient/someone-else" and offset(r["effectiveDateTime"]) == -2
+               for r in rounds)
+
+
+# --- the sidecars ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sidecar_is_well_formed(name):
+    exp = load(name, ".expected.json")
+    assert set(exp) == {"scenario", "description", "evaluationDate", "cards", "skippedInvalid"}
+    assert exp["scenario"] == name and exp["description"]
+    assert exp["evaluationDate"] == ANCHOR.isoformat()
+    assert isinstance(exp["skippedInvalid"], int) and exp["skippedInvalid"] >= 0
+    assert exp["cards"], "every scenario expects at least one card"
+    for c in exp["cards"]:
+        assert set(c) <= {"decision", "ruleId", "indicator", "recommendedExercise", "notes"}
+        assert c["decision"] in DECISIONS
+        rule = RULES[c["ruleId"]]  # a rule that exists in the rule files ...
+        assert (rule["decision"], rule["indicator"]) == (c["decision"], c["indicator"])  # ... and agrees
+        assert ("recommendedExercise" in c) == (c["decision"] not in {"new-onset", "onset-unknown"})
+        if "recommendedExercise" in c:
+            assert c["recommendedExercise"] in LADDER
+        assert set(c.get("notes", [])) <= NOTES and c.get("notes", True)
+    stages = [RULES[c["ruleId"]]["stage"] for c in exp["cards"]]
+    assert stages == sorted(stages, key=RULES_FILE["stages"].index), "cards in stage order"
+    if exp["cards"][0]["decision"] == "new-onset":
+        assert len(exp["cards"]) == 1, "new onset is final: no progression card"
+
+
+def test_readme_documents_every_scenario():
+    readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    for name in NAMES:
+        assert f"| `{name}` |" in readme
+    assert ("curl -s -X POST http://127.0.0.1:8080/cds-services/lbp-exercise-progression "
+            "-H 'Content-Type: application/json' -d @fhir_examples/requests/bird-dog-28-27.json") in readme
