@@ -1,0 +1,81 @@
+"""The ``cds`` command: run the service, check and test rule files, evaluate a request offline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_settings
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .http import create_app
+    from .ruleset.loader import RuleSetError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(development=args.dev)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(settings)
+    except RuleSetError as e:
+        print(f"refusing to start: the rule files in {settings.rules_dir} are invalid:\n{e}", file=sys.stderr)
+        return 1
+    if settings.evaluation_date:
+        logging.getLogger("cds").warning("evaluation date fixed at %s (CDS_EVALUATION_DATE=today to use today's date)", settings.evaluation_date)
+    from gunicorn.app.base import BaseApplication
+
+    class _Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", 1)
+            self.cfg.set("threads", 8)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("accesslog", "-")
+
+        def load(self):
+            return app
+
+    _Server().run()
+    return 0
+
+
+def _cmd_rules_check(args: argparse.Namespace) -> int:
+    from .ruleset.loader import check_ruleset
+
+    problems = check_ruleset(args.path)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    print(f"{args.path}: rule set is valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cds", description="lbp-cds: low-back strengthening CDS Hooks service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve the CDS Hooks endpoints")
+    run.add_argument("--dev", action="store_true", help="embedded development configuration (auth off)")
+    run.set_defaults(func=_cmd_run)
+
+    rules = sub.add_parser("rules", help="rule-file tools").add_subparsers(dest="rules_command", required=True)
+    check = rules.add_parser("check", help="validate rule files; problems as file:line:column: message")
+    check.add_argument("path", nargs="?", default="rules", type=Path)
+    check.set_defaults(func=_cmd_rules_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The CDS Hooks endpoints: discovery and the patient-view service (SPEC §3)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+from pydantic import ValidationError
+
+from .. import service
+from ..cdshooks import CdsResponse, Discovery, PatientViewRequest, to_json, validation_message
+from ..engine import EngineError
+from ..extract import PrefetchShapeError
+from ..fhir_client import FetchSettings, PrefetchUnavailable, complete_prefetch
+from .errors import ApiError
+
+log = logging.getLogger("cds.http")
+
+bp = Blueprint("cds_hooks", __name__)
+
+
+def _state():
+    return current_app.extensions["lbp_cds"]
+
+
+def json_body() -> dict[str, Any]:
+    """The request body as a JSON object, or a 4xx naming what is wrong with it."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported media type: send Content-Type: application/json")
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {getattr(e, 'msg', 'cannot decode')}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+@bp.get("/cds-services")
+def discovery():
+    active = _state().rules.current()
+    return jsonify(to_json(Discovery(services=[service.describe(active.ruleset)])))
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str):
+    if service_id != service.SERVICE_ID:
+        raise ApiError(404, f"unknown service '{service_id}'")
+    body = json_body()
+    try:
+        hook_request = PatientViewRequest.model_validate(body)
+    except ValidationError as e:
+        raise ApiError(400, validation_message(e)) from None
+    if hook_request.hook != service.HOOK:
+        raise ApiError(400, f"hook: service '{service_id}' answers '{service.HOOK}', not the hook sent")
+    g.hook_instance = hook_request.hook_instance
+    state = _state()
+    active = state.rules.current()  # one rule-set version for the whole request
+    settings = state.settings
+    patient_id = hook_request.context.patient_id
+    templates = service.prefetch_templates(active.ruleset)
+    try:
+        prefetch = complete_prefetch(
+            templates=templates,
+            prefetch=hook_request.prefetch,
+            context=body["context"],
+            patient_id=patient_id,
+            fhir_server=hook_request.fhir_server,
+            access_token=hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None,
+            settings=FetchSettings(
+                connect_timeout=settings.fetch_connect_timeout,
+                total_timeout=settings.fetch_total_timeout,
+                max_pages=settings.fetch_max_pages,
+                allow_http=settings.allow_http_fhir,
+            ),
+        )
+    except PrefetchUnavailable as e:
+        state.observe_fetch_error(e.key)
+        raise ApiError(412, str(e), **({"key": e.key} if e.key else {})) from None
+    try:
+        outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock)
+    except PrefetchShapeError as e:
+        raise ApiError(400, str(e)) from None
+    except service.MissingPrefetch as e:  # pragma: no cover - complete_prefetch fills every key
+        raise ApiError(412, str(e)) from None
+    except EngineError:
+        log.exception("rule engine failed")
+        raise ApiError(500, "the rule engine could not evaluate this request") from None
+    state.after_evaluation(hook_request, service_id, outcome)
+    return jsonify(to_json(CdsResponse(cards=outcome.cards)))
