@@ -1,0 +1,534 @@
+"""FHIR prefetch JSON -> :class:`~cds.facts.PatientFacts` (SPEC section 2).
+
+Two stages, so the cost follows what the rules need rather than the length of the history:
+
+1. A cheap filter on the raw JSON dicts (about a microsecond each): resource type, code
+   (``system|code`` against ``codes``), subject, status and, for Observations, the presence of a
+   date. Resources rejected here for status, subject or code are *skipped* with a reason.
+2. Only the resources that can change the decision are validated with the ``fhir.resources`` R4B
+   models (about 0.15 ms each) and turned into facts:
+
+   - every LBP Condition that passed the filter (the most recent onset counts);
+   - exercise rounds: raw candidates are grouped by the date part of the raw date string and the
+     newest group is validated; a group without a usable round (all invalid, unknown exercise, ...)
+     falls back to the next date;
+   - pain scores: only those that can belong to the latest session, i.e. those referencing one of
+     its rounds in ``derivedFrom``, and those without an Observation ``derivedFrom`` on its date.
+
+   Older history that cannot matter is neither validated nor reported as skipped.
+
+A resource that fails validation is skipped with ``invalid=True``. Logs and skip reasons name the
+resource type and id only: never a patient id, a subject reference or a clinical value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.observation import Observation
+
+from .facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
+from .ruleset.schema import Codes, Ladder
+
+__all__ = ["PrefetchShapeError", "extract"]
+
+log = logging.getLogger("cds.extract")
+
+# Skip reasons. Fixed texts: they must never carry patient data or clinical values.
+R_OPERATION_OUTCOME_BUNDLE = "OperationOutcome in Bundle"
+R_OPERATION_OUTCOME = "OperationOutcome in prefetch"
+R_UNSUPPORTED = "unsupported resource type"
+R_NESTED_BUNDLE = "nested Bundle is not supported"
+R_NOT_RESOURCE = "Bundle entry resource is not a FHIR resource (no string resourceType)"
+R_NO_RESOURCE = "Bundle entry without a resource"
+R_NO_ID = "resource has no id"
+R_DUPLICATE = "duplicate of an earlier resource with the same type and id"
+R_SUBJECT = "subject is not the context patient"
+R_OBS_CODE = "code is neither a pain score nor an exercise round"
+R_OBS_STATUS = "status is not one of the counted observation statuses"
+R_COND_CODE = "code is not a low back pain condition"
+R_COND_CLINICAL = "clinicalStatus is not one of the counted clinical statuses"
+R_COND_VERIFICATION = "verificationStatus is excluded"
+R_NO_DATE = "no effectiveDateTime or effectivePeriod.start"
+R_PARTIAL_DATE = "effective date is not a full calendar date"
+R_NO_REPS = "no reps value (valueQuantity.value or valueInteger)"
+R_NEGATIVE_REPS = "reps value is negative"
+R_NO_EXERCISE = "exercise component is missing"
+R_UNKNOWN_EXERCISE = "exercise is not a known ladder code"
+R_NO_PAIN = "no usable pain value (valueQuantity.value, valueInteger or a known answer code)"
+R_PAIN_RANGE = "pain score outside the 0-10 scale"
+R_INVALID = "failed FHIR R4 validation"
+R_UNEXPECTED = "unexpected structure"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_LOC_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}|[0-9]{1,6}")
+
+
+def _printable(text: str) -> str:
+    """A FHIR id or type as is; anything else quoted and cut short, so input cannot forge log lines."""
+    return text if _PLAIN.fullmatch(text) else repr(text[:64])
+
+
+def _safe_loc(loc: tuple[Any, ...]) -> list[str]:
+    return [str(p) if _LOC_PART.fullmatch(str(p)) else "?" for p in loc]
+
+
+class PrefetchShapeError(ValueError):
+    """A prefetch value that is not a FHIR resource or Bundle at all (the request is a 400)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"prefetch.{key}: {message}")
+
+
+class _Malformed(Exception):
+    """The raw JSON has an unexpected type where the raw filter looks; let FHIR validation judge."""
+
+
+@dataclass(slots=True)
+class _Candidate:
+    order: int  # position in the prefetch (resource order)
+    raw: dict[str, Any]
+    rtype: str
+    rid: str
+    date_key: str = ""  # first 10 characters of the raw date string
+    obs_refs: frozenset[str] = frozenset()  # ids of Observations referenced in derivedFrom
+
+
+# --- raw JSON helpers (no validation; raise _Malformed on a wrong JSON type) ----------------------
+
+
+def _codings(cc: Any) -> list[tuple[Any, Any]]:
+    if cc is None:
+        return []
+    if not isinstance(cc, dict):
+        raise _Malformed
+    coding = cc.get("coding")
+    if coding is None:
+        return []
+    if not isinstance(coding, list):
+        raise _Malformed
+    out = []
+    for c in coding:
+        if not isinstance(c, dict):
+            raise _Malformed
+        system, code = c.get("system"), c.get("code")
+        if not isinstance(system, (str, type(None))) or not isinstance(code, (str, type(None))):
+            raise _Malformed
+        out.append((system, code))
+    return out
+
+
+def _raw_date_key(raw: Mapping[str, Any]) -> str | None:
+    value = raw.get("effectiveDateTime")
+    if value is None:
+        period = raw.get("effectivePeriod")
+        if period is None:
+            return None
+        if not isinstance(period, dict):
+            raise _Malformed
+        value = period.get("start")
+        if value is None:
+            return None
+    if not isinstance(value, str) or not value:
+        raise _Malformed
+    return value[:10]
+
+
+def _observation_id(reference: str) -> str | None:
+    """``Observation/round-1`` (relative, absolute or versioned) -> ``round-1``; else None."""
+    parts = reference.split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2] == "Observation" and parts[-1]:
+        return parts[-1]
+    return None
+
+
+def _raw_observation_refs(raw: Mapping[str, Any]) -> frozenset[str]:
+    derived = raw.get("derivedFrom")
+    if derived is None:
+        return frozenset()
+    if not isinstance(derived, list):
+        raise _Malformed
+    ids = set()
+    for ref in derived:
+        if not isinstance(ref, dict):
+            raise _Malformed
+        reference = ref.get("reference")
+        if reference is None:
+            continue
+        if not isinstance(reference, str):
+            raise _Malformed
+        oid = _observation_id(reference)
+        if oid:
+            ids.add(oid)
+    return frozenset(ids)
+
+
+# --- validated-model helpers -----------------------------------------------------------------------
+
+
+def _calendar_date(value: Any) -> dt.date | None:
+    """The date as written, in its own offset; None for partial dates (year, year-month)."""
+    if isinstance(value, dt.datetime):
+        return value.date()  # keeps the written offset: no timezone conversion
+    if isinstance(value, dt.date):
+        return value
+    return None
+
+
+def _number(value: Any) -> float | None:
+    """fhir.resources gives Decimal (and int); facts carry float."""
+    return float(value) if isinstance(value, (Decimal, int, float)) else None
+
+
+def _has(cc: Any, pair: tuple[str, str]) -> bool:
+    return cc is not None and any((c.system, c.code) == pair for c in cc.coding or ())
+
+
+class _Extractor:
+    def __init__(self, patient_id: str, codes: Codes, ladder: Ladder) -> None:
+        self.codes = codes
+        self.subject_rel = f"Patient/{patient_id}"
+        self.subject_abs_suffix = f"/Patient/{patient_id}"
+        self.lbp = frozenset((c.system, c.code) for c in codes.lbp_condition)
+        self.clinical = frozenset(codes.condition_clinical_status)
+        self.verification_excluded = frozenset(codes.condition_verification_excluded)
+        self.obs_status = frozenset(codes.observation_status)
+        self.pain = (codes.pain_score.system, codes.pain_score.code)
+        self.reps = (codes.reps_to_failure.system, codes.reps_to_failure.code)
+        self.exercise_comp = (codes.exercise_component.system, codes.exercise_component.code)
+        self.round_comp = (codes.round_component.system, codes.round_component.code)
+        self.answers_system = codes.pain_answers.system
+        self.answers = codes.pain_answers.values
+        self.ladder_system = ladder.system
+        self.rung = {code: i for i, code in enumerate(ladder.codes)}
+        self.skipped: list[SkippedResource] = []
+        self.conditions: list[_Candidate] = []
+        self.rounds: list[_Candidate] = []
+        self.pains: list[_Candidate] = []
+        self.seen: set[tuple[str, str]] = set()
+
+    # -- bookkeeping
+
+    def skip(self, rtype: str, rid: str | None, reason: str, *, invalid: bool = False) -> None:
+        log.info("skipped %s %s: %s", _printable(rtype), "(no id)" if rid is None else _printable(rid), reason)
+        self.skipped.append(SkippedResource(resource_type=rtype, resource_id=rid, reason=reason, invalid=invalid))
+
+    def validate(self, model: type[Observation] | type[Condition], c: _Candidate) -> Any:
+        """The validated model, or None (skipped as invalid). The error text is never logged: it quotes values."""
+        try:
+            return model.model_validate(c.raw)
+        except (ValueError, TypeError) as exc:  # pydantic.ValidationError is a ValueError
+            where = ""
+            errors = getattr(exc, "errors", None)
+            if callable(errors):
+                # field paths only (never the input values the error message quotes)
+                locs = sorted({".".join(_safe_loc(e.get("loc", ()))) for e in errors()})
+                if locs:
+                    where = " at " + ", ".join(locs[:3]) + (", ..." if len(locs) > 3 else "")
+            self.skip(c.rtype, c.rid, R_INVALID + where, invalid=True)
+            return None
+
+    def is_subject(self, raw: Mapping[str, Any]) -> bool:
+        subject = raw.get("subject")
+        if subject is None:
+            return False
+        if not isinstance(subject, dict):
+            raise _Malformed
+        ref = subject.get("reference")
+        if ref is None:
+            return False
+        if not isinstance(ref, str):
+            raise _Malformed
+        return ref == self.subject_rel or ("://" in ref and ref.endswith(self.subject_abs_suffix))
+
+    # -- stage 1: raw filter
+
+    def add(self, order: int, raw: Any, *, in_bundle: bool) -> None:
+        if not isinstance(raw, dict) or not isinstance(raw.get("resourceType"), str):
+            if raw is None:
+                self.skip("unknown", None, R_NO_RESOURCE)
+            else:
+                self.skip("unknown", None, R_NOT_RESOURCE, invalid=True)
+            return
+        rtype = raw["resourceType"]
+        rid = raw.get("id")
+        if rid is not None and not isinstance(rid, str):
+            rid = None  # FHIR ids are strings; validation will reject it if it is looked at
+        if rtype == "Patient":
+            return  # fine, but not a fact
+        if rtype == "OperationOutcome":
+            self.skip(rtype, rid, R_OPERATION_OUTCOME_BUNDLE if in_bundle else R_OPERATION_OUTCOME)
+            return
+        if rtype == "Bundle":
+            self.skip(rtype, rid, R_NESTED_BUNDLE)
+            return
+        if rtype not in ("Observation", "Condition"):
+            self.skip(rtype, rid, R_UNSUPPORTED)
+            return
+        if not rid:
+            self.skip(rtype, rid, R_NO_ID, invalid="id" in raw)  # an empty or non-string id is invalid FHIR
+            return
+        if (rtype, rid) in self.seen:
+            self.skip(rtype, rid, R_DUPLICATE)
+            return
+        self.seen.add((rtype, rid))
+        c = _Candidate(order, raw, rtype, rid)
+        try:
+            reason = self.filter_observation(c) if rtype == "Observation" else self.filter_condition(c)
+        except _Malformed:
+            # the raw filter cannot read it: it is almost certainly invalid FHIR, let validation say so
+            model = Observation if rtype == "Observation" else Condition
+            if self.validate(model, c) is not None:
+                self.skip(rtype, rid, R_UNEXPECTED)
+            return
+        if reason:
+            self.skip(rtype, rid, reason)
+
+    def filter_observation(self, c: _Candidate) -> str | None:
+        raw = c.raw
+        pairs = _codings(raw.get("code"))
+        if self.reps in pairs:
+            bucket = self.rounds
+        elif self.pain in pairs:
+            bucket = self.pains
+        else:
+            return R_OBS_CODE
+        if not self.is_subject(raw):
+            return R_SUBJECT
+        status = raw.get("status")
+        if not isinstance(status, (str, type(None))):
+            raise _Malformed
+        if status not in self.obs_status:
+            return R_OBS_STATUS
+        date_key = _raw_date_key(raw)
+        if date_key is None:
+            return R_NO_DATE
+        c.date_key = date_key
+        if bucket is self.pains:
+            c.obs_refs = _raw_observation_refs(raw)
+        bucket.append(c)
+        return None
+
+    def filter_condition(self, c: _Candidate) -> str | None:
+        raw = c.raw
+        if not any(p in self.lbp for p in _codings(raw.get("code"))):
+            return R_COND_CODE
+        if not self.is_subject(raw):
+            return R_SUBJECT
+        if not any(code in self.clinical for _, code in _codings(raw.get("clinicalStatus"))):
+            return R_COND_CLINICAL
+        if any(code in self.verification_excluded for _, code in _codings(raw.get("verificationStatus"))):
+            return R_COND_VERIFICATION
+        self.conditions.append(c)
+        return None
+
+    # -- stage 2: validate what can matter
+
+    def lbp_conditions(self) -> list[LbpCondition]:
+        out = []
+        for c in self.conditions:
+            cond = self.validate(Condition, c)
+            if cond is None:
+                continue
+            onset = cond.onsetDateTime
+            if onset is None and cond.onsetPeriod is not None:
+                onset = cond.onsetPeriod.start
+            out.append(LbpCondition(resource_id=c.rid, onset=_calendar_date(onset)))
+        return out
+
+    def effective_date(self, obs: Observation, c: _Candidate) -> dt.date | None:
+        value = obs.effectiveDateTime
+        if value is None and obs.effectivePeriod is not None:
+            value = obs.effectivePeriod.start
+        if value is None:
+            self.skip(c.rtype, c.rid, R_NO_DATE)
+            return None
+        day = _calendar_date(value)
+        if day is None:
+            self.skip(c.rtype, c.rid, R_PARTIAL_DATE)
+        return day
+
+    def exercise_round(self, c: _Candidate) -> ExerciseRound | None:
+        obs = self.validate(Observation, c)
+        if obs is None:
+            return None
+        day = self.effective_date(obs, c)
+        if day is None:
+            return None
+        reps = _number(obs.valueQuantity.value) if obs.valueQuantity is not None else None
+        if reps is None:
+            reps = _number(obs.valueInteger)
+        if reps is None:
+            self.skip(c.rtype, c.rid, R_NO_REPS)
+            return None
+        if reps < 0:
+            self.skip(c.rtype, c.rid, R_NEGATIVE_REPS)
+            return None
+        components = obs.component or ()
+        exercise_components = [comp for comp in components if _has(comp.code, self.exercise_comp)]
+        if not exercise_components:
+            self.skip(c.rtype, c.rid, R_NO_EXERCISE)
+            return None
+        exercise = next(
+            (
+                coding.code
+                for comp in exercise_components
+                if comp.valueCodeableConcept is not None
+                for coding in comp.valueCodeableConcept.coding or ()
+                if coding.system == self.ladder_system and coding.code in self.rung
+            ),
+            None,
+        )
+        if exercise is None:
+            self.skip(c.rtype, c.rid, R_UNKNOWN_EXERCISE)
+            return None
+        round_number = next(
+            (
+                int(comp.valueInteger)
+                for comp in components
+                if comp.valueInteger is not None and _has(comp.code, self.round_comp)
+            ),
+            None,
+        )
+        return ExerciseRound(resource_id=c.rid, exercise=exercise, reps=reps, date=day, round_number=round_number)
+
+    def latest_rounds(self) -> tuple[list[ExerciseRound], dict[str, int]]:
+        """Usable rounds of the most recent date that has any, newest raw date group first."""
+        groups: dict[str, list[_Candidate]] = {}
+        for c in self.rounds:
+            groups.setdefault(c.date_key, []).append(c)
+        for key in sorted(groups, reverse=True):
+            used: list[ExerciseRound] = []
+            order: dict[str, int] = {}
+            for c in groups[key]:
+                r = self.exercise_round(c)
+                if r is not None:
+                    used.append(r)
+                    order[r.resource_id] = c.order
+            if used:
+                return used, order
+        return [], {}
+
+    def pain_score(self, c: _Candidate) -> PainScore | None:
+        obs = self.validate(Observation, c)
+        if obs is None:
+            return None
+        day = self.effective_date(obs, c)
+        if day is None:
+            return None
+        score = _number(obs.valueQuantity.value) if obs.valueQuantity is not None else None
+        if score is None:
+            score = _number(obs.valueInteger)
+        if score is None and obs.valueCodeableConcept is not None:
+            score = next(
+                (
+                    float(self.answers[coding.code])
+                    for coding in obs.valueCodeableConcept.coding or ()
+                    if coding.system == self.answers_system and coding.code in self.answers
+                ),
+                None,
+            )
+        if score is None:
+            self.skip(c.rtype, c.rid, R_NO_PAIN)
+            return None
+        if not 0 <= score <= 10:
+            self.skip(c.rtype, c.rid, R_PAIN_RANGE)
+            return None
+        refs = (_observation_id(ref.reference) for ref in obs.derivedFrom or () if ref.reference)
+        derived = tuple(dict.fromkeys(r for r in refs if r))
+        return PainScore(resource_id=c.rid, score=score, date=day, derived_from=derived)
+
+    def session_pains(self, rounds: list[ExerciseRound]) -> list[PainScore]:
+        """Pain scores of the latest session: linked by derivedFrom to its rounds, else on its date."""
+        round_ids = {r.resource_id for r in rounds}
+        session_date = rounds[0].date
+        day = session_date.isoformat()
+        out = []
+        for c in self.pains:
+            if c.obs_refs:
+                if not c.obs_refs & round_ids:
+                    continue  # belongs to another session: history, not skipped
+            elif c.date_key != day:
+                continue
+            p = self.pain_score(c)
+            if p is None:
+                continue
+            belongs = bool(set(p.derived_from) & round_ids) if p.derived_from else p.date == session_date
+            if belongs:
+                out.append(p)
+        return out
+
+
+def _unwrap(key: str, value: Any) -> list[tuple[Any, bool]]:
+    """(resource, in_bundle) pairs of one prefetch value; PrefetchShapeError for a wrong shape."""
+    if not isinstance(value, dict):
+        raise PrefetchShapeError(key, "not a FHIR resource or Bundle (expected a JSON object)")
+    rtype = value.get("resourceType")
+    if rtype is None:
+        raise PrefetchShapeError(key, "not a FHIR resource or Bundle (no resourceType)")
+    if not isinstance(rtype, str):
+        raise PrefetchShapeError(key, "not a FHIR resource or Bundle (resourceType is not a string)")
+    if rtype != "Bundle":
+        return [(value, False)]
+    entries = value.get("entry", [])
+    if not isinstance(entries, list):
+        raise PrefetchShapeError(key, "Bundle entry is not a list")
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise PrefetchShapeError(key, f"Bundle entry[{i}] is not an object")
+        out.append((entry.get("resource"), True))
+    return out
+
+
+def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladder: Ladder) -> PatientFacts:
+    """Extract the facts the rules need from one hook request's prefetch.
+
+    ``prefetch`` maps prefetch keys to a FHIR resource, a Bundle, or None (no data). Raises
+    :class:`PrefetchShapeError` for a value that is not a resource or Bundle at all; any problem with
+    an individual resource is recorded in ``PatientFacts.skipped`` instead.
+    """
+    resources: list[tuple[Any, bool]] = []
+    for key, value in prefetch.items():
+        if value is not None:
+            resources.extend(_unwrap(key, value))  # check every shape before doing any work
+
+    ex = _Extractor(patient_id, codes, ladder)
+    for order, (raw, in_bundle) in enumerate(resources):
+        ex.add(order, raw, in_bundle=in_bundle)
+
+    conditions = ex.lbp_conditions()
+    rounds, order = ex.latest_rounds()
+    session: Session | None = None
+    pains: list[PainScore] = []
+    if rounds:
+        exercise = max((r.exercise for r in rounds), key=ex.rung.__getitem__)
+        session_rounds = sorted(
+            (r for r in rounds if r.exercise == exercise),
+            key=lambda r: (r.round_number is None, r.round_number or 0, order[r.resource_id]),
+        )
+        pains = ex.session_pains(session_rounds)
+        session = Session(
+            exercise=exercise, date=session_rounds[0].date, rounds=tuple(session_rounds), pain_scores=tuple(pains)
+        )
+    return PatientFacts(
+        patient_id=patient_id,
+        conditions=tuple(conditions),
+        pain_scores=tuple(pains),
+        rounds=tuple(rounds),
+        latest_session=session,
+        skipped=tuple(ex.skipped),
+    )
+

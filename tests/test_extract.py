@@ -1,0 +1,667 @@
+"""cds.extract: FHIR prefetch JSON -> PatientFacts (SPEC section 2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cds import extract as extract_module
+from cds.extract import PrefetchShapeError, extract
+from cds.facts import PatientFacts
+from cds.ruleset.schema import Codes, Ladder
+
+_DOC = yaml.safe_load((Path(__file__).resolve().parents[1] / "rules" / "codes.yaml").read_text())
+CODES = Codes.model_validate(_DOC["codes"])
+LADDER = Ladder.model_validate(_DOC["ladder"])
+
+PID = "pt-q7z3x"
+OBS_SYSTEM = "https://lbp-cds.org/fhir/CodeSystem/observation"
+EX_SYSTEM = "https://lbp-cds.org/fhir/CodeSystem/exercise"
+LOINC = "http://loinc.org"
+DAY = "2026-11-20"
+
+
+# --- builders ------------------------------------------------------------------------------------
+
+
+def round_obs(
+    rid: str,
+    date: str | None = DAY,
+    exercise: str | None = "bird-dog",
+    reps: Any = 20,
+    round_no: int | None = None,
+    *,
+    status: str = "final",
+    subject: str = f"Patient/{PID}",
+    value: str = "quantity",
+    period: bool = False,
+    exercise_system: str = EX_SYSTEM,
+) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": status,
+        "code": {"coding": [{"system": OBS_SYSTEM, "code": "reps-to-technical-failure"}]},
+        "subject": {"reference": subject},
+    }
+    if date is not None:
+        if period:
+            res["effectivePeriod"] = {"start": date}
+        else:
+            res["effectiveDateTime"] = date
+    if reps is not None:
+        if value == "quantity":
+            res["valueQuantity"] = {"value": reps, "unit": "repetitions"}
+        else:
+            res["valueInteger"] = reps
+    components = []
+    if exercise is not None:
+        components.append(
+            {
+                "code": {"coding": [{"system": OBS_SYSTEM, "code": "exercise"}]},
+                "valueCodeableConcept": {"coding": [{"system": exercise_system, "code": exercise}]},
+            }
+        )
+    if round_no is not None:
+        components.append({"code": {"coding": [{"system": OBS_SYSTEM, "code": "round"}]}, "valueInteger": round_no})
+    if components:
+        res["component"] = components
+    return res
+
+
+def pain_obs(
+    pid: str,
+    date: str | None = DAY,
+    score: Any = 1,
+    *,
+    value: str = "quantity",
+    derived: tuple[str, ...] = (),
+    status: str = "final",
+    subject: str = f"Patient/{PID}",
+) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": pid,
+        "status": status,
+        "code": {"coding": [{"system": LOINC, "code": "72514-3"}]},
+        "subject": {"reference": subject},
+    }
+    if date is not None:
+        res["effectiveDateTime"] = date
+    if value == "quantity":
+        res["valueQuantity"] = {"value": score, "unit": "{score}"}
+    elif value == "integer":
+        res["valueInteger"] = score
+    elif value == "answer":
+        res["valueCodeableConcept"] = {"coding": [{"system": LOINC, "code": score}]}
+    if derived:
+        res["derivedFrom"] = [{"reference": f"Observation/{r}"} for r in derived]
+    return res
+
+
+def condition(
+    cid: str,
+    onset: str | None = "2026-01-10",
+    *,
+    period: bool = False,
+    clinical: str | None = "active",
+    verification: str | None = None,
+    code: tuple[str, str] = ("http://snomed.info/sct", "279039007"),
+    subject: str = f"Patient/{PID}",
+) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "Condition",
+        "id": cid,
+        "code": {"coding": [{"system": code[0], "code": code[1]}]},
+        "subject": {"reference": subject},
+    }
+    if clinical:
+        res["clinicalStatus"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]
+        }
+    if verification:
+        res["verificationStatus"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]
+        }
+    if onset is not None:
+        if period:
+            res["onsetPeriod"] = {"start": onset}
+        else:
+            res["onsetDateTime"] = onset
+    return res
+
+
+def bundle(*resources: dict[str, Any], type_: str = "searchset") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": type_, "entry": [{"resource": r} for r in resources]}
+
+
+def run(
+    rounds: list[dict[str, Any]] | None = None,
+    pains: list[dict[str, Any]] | None = None,
+    conditions: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> PatientFacts:
+    prefetch: dict[str, Any] = {
+        "patient": {"resourceType": "Patient", "id": PID},
+        "lbpConditions": bundle(*conditions) if conditions is not None else None,
+        "painScores": bundle(*pains) if pains is not None else None,
+        "exerciseRounds": bundle(*rounds) if rounds is not None else None,
+        **extra,
+    }
+    return extract(prefetch, patient_id=PID, codes=CODES, ladder=LADDER)
+
+
+def skipped_ids(facts: PatientFacts) -> dict[str | None, str]:
+    return {s.resource_id: s.reason for s in facts.skipped}
+
+
+# --- basics ---------------------------------------------------------------------------------------
+
+
+def test_no_data_gives_empty_facts() -> None:
+    facts = run()
+    assert facts.patient_id == PID
+    assert facts.conditions == () and facts.rounds == () and facts.pain_scores == ()
+    assert facts.latest_session is None and facts.skipped == ()
+
+
+def test_spec_example_round_and_session() -> None:
+    facts = run(
+        rounds=[round_obs("r2", "2026-11-20T10:05:00-05:00", reps=21, round_no=2),
+                round_obs("r1", "2026-11-20T10:00:00-05:00", reps=22, round_no=1)],
+        pains=[pain_obs("p1", "2026-11-20T10:10:00-05:00", 2)],
+    )
+    s = facts.latest_session
+    assert s is not None
+    assert (s.exercise, s.date) == ("bird-dog", dt.date(2026, 11, 20))
+    assert [r.resource_id for r in s.rounds] == ["r1", "r2"]
+    assert s.reps == [22.0, 21.0]
+    assert all(type(r) is float for r in s.reps)  # Decimal converted
+    assert [p.resource_id for p in s.pain_scores] == ["p1"]
+    assert type(s.max_pain) is float and s.max_pain == 2.0
+    assert facts.skipped == ()
+
+
+def test_single_resource_and_collection_bundle_accepted() -> None:
+    prefetch = {
+        "exerciseRounds": bundle(round_obs("r1"), type_="collection"),
+        "painScores": pain_obs("p1", score=0),
+        "lbpConditions": condition("c1"),
+    }
+    facts = extract(prefetch, patient_id=PID, codes=CODES, ladder=LADDER)
+    assert facts.latest_session is not None and facts.latest_session.max_pain == 0.0
+    assert [c.resource_id for c in facts.conditions] == ["c1"]
+
+
+# --- pain values ------------------------------------------------------------------------------------
+
+
+def test_pain_value_quantity_and_integer() -> None:
+    facts = run(rounds=[round_obs("r1")], pains=[pain_obs("pq", score=3.5), pain_obs("pi", score=4, value="integer")])
+    assert {p.resource_id: p.score for p in facts.pain_scores} == {"pq": 3.5, "pi": 4.0}
+    assert all(type(p.score) is float for p in facts.pain_scores)
+
+
+@pytest.mark.parametrize(("answer", "score"), sorted(CODES.pain_answers.values.items()))
+def test_every_loinc_answer_maps_to_its_score(answer: str, score: int) -> None:
+    facts = run(rounds=[round_obs("r1")], pains=[pain_obs("pa", score=answer, value="answer")])
+    assert [p.score for p in facts.pain_scores] == [float(score)]
+    assert facts.latest_session is not None and facts.latest_session.max_pain == float(score)
+
+
+def test_loinc_answer_mapping_matches_spec() -> None:
+    assert CODES.pain_answers.values == {
+        "LA6111-4": 0, "LA6112-2": 1, "LA6113-0": 2, "LA6114-8": 3, "LA6115-5": 4, "LA10137-0": 5,
+        "LA10138-8": 6, "LA10139-6": 7, "LA10140-4": 8, "LA10141-2": 9, "LA13942-0": 10,
+    }  # fmt: skip
+
+
+def test_unknown_answer_code_or_no_value_skipped_not_invalid() -> None:
+    wrong_system = pain_obs("p-sys", score="LA6111-4", value="answer")
+    wrong_system["valueCodeableConcept"]["coding"][0]["system"] = "http://example.org"
+    facts = run(
+        rounds=[round_obs("r1")],
+        pains=[pain_obs("p-code", score="LA9999-9", value="answer"), wrong_system, pain_obs("p-none", value="none")],
+    )
+    assert facts.pain_scores == ()
+    reasons = skipped_ids(facts)
+    assert set(reasons) == {"p-code", "p-sys", "p-none"}
+    assert all("no usable pain value" in r for r in reasons.values())
+    assert facts.skipped_invalid == 0
+
+
+@pytest.mark.parametrize("score", [11, -1, 10.5])
+def test_out_of_range_pain_skipped(score: float) -> None:
+    facts = run(rounds=[round_obs("r1")], pains=[pain_obs("p-bad", score=score), pain_obs("p-ok", score=10)])
+    assert [p.resource_id for p in facts.pain_scores] == ["p-ok"]
+    assert skipped_ids(facts) == {"p-bad": "pain score outside the 0-10 scale"}
+    assert facts.skipped_invalid == 0
+
+
+# --- status and subject -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["preliminary", "entered-in-error", "registered", "cancelled"])
+def test_non_counted_status_skipped(status: str) -> None:
+    facts = run(
+        rounds=[round_obs("r-ok", reps=20), round_obs("r-bad", reps=5, status=status)],
+        pains=[pain_obs("p-ok", score=1), pain_obs("p-bad", score=9, status=status)],
+    )
+    s = facts.latest_session
+    assert s is not None and s.reps == [20.0] and s.max_pain == 1.0
+    reasons = skipped_ids(facts)
+    assert set(reasons) == {"r-bad", "p-bad"}
+    assert all("status" in r for r in reasons.values())
+
+
+@pytest.mark.parametrize("status", ["amended", "corrected", "final"])
+def test_counted_statuses_used(status: str) -> None:
+    facts = run(rounds=[round_obs("r1", status=status)], pains=[pain_obs("p1", score=2, status=status)])
+    s = facts.latest_session
+    assert s is not None and s.reps == [20.0] and s.max_pain == 2.0
+
+
+def test_other_patient_skipped_absolute_url_accepted() -> None:
+    facts = run(
+        rounds=[
+            round_obs("r-other", "2026-11-25", reps=3, subject="Patient/someone-else"),
+            round_obs("r-prefix", "2026-11-25", reps=3, subject=f"Patient/{PID}x"),
+            round_obs("r-abs", reps=18, subject=f"https://ehr.example.org/fhir/Patient/{PID}"),
+        ],
+        pains=[pain_obs("p-other", score=9, subject="Patient/someone-else"), pain_obs("p1", score=1)],
+        conditions=[condition("c-other", "2026-11-01", subject="Patient/someone-else")],
+    )
+    s = facts.latest_session
+    assert s is not None and [r.resource_id for r in s.rounds] == ["r-abs"] and s.max_pain == 1.0
+    assert facts.conditions == ()
+    reasons = skipped_ids(facts)
+    assert reasons == {k: "subject is not the context patient" for k in ("r-other", "r-prefix", "p-other", "c-other")}
+
+
+# --- conditions ----------------------------------------------------------------------------------------
+
+
+def test_condition_statuses() -> None:
+    facts = run(
+        conditions=[
+            condition("c-active", "2026-01-10"),
+            condition("c-recurrence", "2026-02-10", clinical="recurrence"),
+            condition("c-relapse", "2026-03-10", clinical="relapse", verification="confirmed"),
+            condition("c-resolved", "2026-10-01", clinical="resolved"),
+            condition("c-no-clinical", "2026-10-02", clinical=None),
+            condition("c-refuted", "2026-10-03", verification="refuted"),
+            condition("c-eie", "2026-10-04", verification="entered-in-error"),
+            condition("c-other-code", "2026-10-05", code=("http://snomed.info/sct", "22298006")),
+        ]
+    )
+    assert [c.resource_id for c in facts.conditions] == ["c-active", "c-recurrence", "c-relapse"]
+    assert facts.onset == dt.date(2026, 3, 10)
+    reasons = skipped_ids(facts)
+    assert set(reasons) == {"c-resolved", "c-no-clinical", "c-refuted", "c-eie", "c-other-code"}
+    assert "clinicalStatus" in reasons["c-resolved"] and "clinicalStatus" in reasons["c-no-clinical"]
+    assert "verificationStatus" in reasons["c-refuted"] and "verificationStatus" in reasons["c-eie"]
+    assert "low back pain" in reasons["c-other-code"]
+
+
+@pytest.mark.parametrize("code", [(c.system, c.code) for c in CODES.lbp_condition])
+def test_every_lbp_code_matches(code: tuple[str, str]) -> None:
+    facts = run(conditions=[condition("c1", code=code)])
+    assert [c.resource_id for c in facts.conditions] == ["c1"]
+
+
+def test_onset_forms_and_most_recent_onset() -> None:
+    facts = run(
+        conditions=[
+            condition("c-dt", "2025-06-01T08:00:00+02:00"),
+            condition("c-period", "2026-04-15T23:30:00-07:00", period=True),  # UTC would be the 16th
+            condition("c-date", "2026-02-01"),
+            condition("c-none", None),
+        ]
+    )
+    onsets = {c.resource_id: c.onset for c in facts.conditions}
+    assert onsets == {
+        "c-dt": dt.date(2025, 6, 1),
+        "c-period": dt.date(2026, 4, 15),
+        "c-date": dt.date(2026, 2, 1),
+        "c-none": None,
+    }
+    assert facts.onset == dt.date(2026, 4, 15)
+
+
+def test_condition_without_onset_only() -> None:
+    facts = run(conditions=[condition("c1", None)])
+    assert [(c.resource_id, c.onset) for c in facts.conditions] == [("c1", None)]
+    assert facts.onset is None
+
+
+# --- invalid FHIR ----------------------------------------------------------------------------------------
+
+
+def test_invalid_resources_skipped_and_counted() -> None:
+    facts = run(
+        rounds=[
+            round_obs("r-baddate", "2026-13-45", reps=3),  # sorts newest: must be validated, then fall back
+            round_obs("r-badvalue", DAY, reps="abc"),
+            round_obs("r-ok", DAY, reps=19),
+        ],
+        pains=[pain_obs("p-bad", score="abc"), pain_obs("p-ok", score=1)],
+        conditions=[condition("c-bad", "2026-02-30"), condition("c-ok")],
+    )
+    s = facts.latest_session
+    assert s is not None and s.date == dt.date(2026, 11, 20)
+    assert [r.resource_id for r in s.rounds] == ["r-ok"]
+    assert [p.resource_id for p in s.pain_scores] == ["p-ok"]
+    assert [c.resource_id for c in facts.conditions] == ["c-ok"]
+    invalid = {s.resource_id for s in facts.skipped if s.invalid}
+    assert invalid == {"r-baddate", "r-badvalue", "p-bad", "c-bad"}
+    assert facts.skipped_invalid == 4
+    reasons = skipped_ids(facts)
+    assert reasons["r-baddate"].startswith("failed FHIR R4 validation") and "effectiveDateTime" in reasons["r-baddate"]
+    assert "valueQuantity.value" in reasons["r-badvalue"]
+
+
+def test_date_group_with_only_invalid_rounds_falls_back() -> None:
+    facts = run(
+        rounds=[
+            round_obs("old-1", "2026-11-10", reps=17, round_no=1),
+            round_obs("old-2", "2026-11-10", reps=16, round_no=2),
+            round_obs("new-1", "2026-11-20", reps="abc", round_no=1),
+            round_obs("new-2", "2026-11-20T10:00:00", reps=30, round_no=2),  # dateTime without offset: invalid
+        ]
+    )
+    s = facts.latest_session
+    assert s is not None and s.date == dt.date(2026, 11, 10) and s.reps == [17.0, 16.0]
+    assert facts.skipped_invalid == 2
+    assert [r.resource_id for r in facts.rounds] == ["old-1", "old-2"]
+
+
+def test_unusable_rounds_skipped_with_reason() -> None:
+    facts = run(
+        rounds=[
+            round_obs("r-ok", reps=20),
+            round_obs("r-neg", reps=-4),
+            round_obs("r-unknown", exercise="plank"),
+            round_obs("r-system", exercise_system="http://example.org"),
+            round_obs("r-noex", exercise=None),
+            round_obs("r-noreps", reps=None),
+            round_obs("r-nodate", date=None),
+            round_obs("r-partial", date="2026-12"),  # sorts newest, partial: falls back
+        ]
+    )
+    s = facts.latest_session
+    assert s is not None and [r.resource_id for r in s.rounds] == ["r-ok"]
+    reasons = skipped_ids(facts)
+    assert reasons == {
+        "r-neg": "reps value is negative",
+        "r-unknown": "exercise is not a known ladder code",
+        "r-system": "exercise is not a known ladder code",
+        "r-noex": "exercise component is missing",
+        "r-noreps": "no reps value (valueQuantity.value or valueInteger)",
+        "r-nodate": "no effectiveDateTime or effectivePeriod.start",
+        "r-partial": "effective date is not a full calendar date",
+    }
+    assert facts.skipped_invalid == 0
+
+
+def test_value_integer_reps_and_effective_period() -> None:
+    facts = run(rounds=[round_obs("r1", "2026-11-20T08:00:00Z", reps=12, value="integer", period=True)])
+    s = facts.latest_session
+    assert s is not None and s.reps == [12.0] and s.date == dt.date(2026, 11, 20)
+
+
+def test_operation_outcome_unknown_type_and_patient() -> None:
+    oo = {"resourceType": "OperationOutcome", "id": "oo1", "issue": [{"severity": "error", "code": "timeout"}]}
+    enc = {"resourceType": "Encounter", "id": "e1"}
+    facts = run(rounds=[round_obs("r1"), oo, enc, {"resourceType": "Patient", "id": PID}], other=oo | {"id": "oo2"})
+    assert facts.latest_session is not None
+    assert {(s.resource_type, s.resource_id): s.reason for s in facts.skipped} == {
+        ("OperationOutcome", "oo1"): "OperationOutcome in Bundle",
+        ("Encounter", "e1"): "unsupported resource type",
+        ("OperationOutcome", "oo2"): "OperationOutcome in prefetch",
+    }
+    assert facts.skipped_invalid == 0
+
+
+def test_entry_resource_not_a_resource_is_invalid_and_duplicates_ignored() -> None:
+    rounds = bundle(round_obs("r1", reps=20))
+    rounds["entry"].append({"resource": ["not", "a", "resource"]})
+    rounds["entry"].append({"fullUrl": "urn:uuid:x"})
+    facts = extract(
+        {"exerciseRounds": rounds, "again": bundle(round_obs("r1", reps=20))},
+        patient_id=PID, codes=CODES, ladder=LADDER,
+    )  # fmt: skip
+    s = facts.latest_session
+    assert s is not None and s.reps == [20.0]  # the duplicate is not a second round
+    assert [(x.resource_type, x.resource_id, x.invalid) for x in facts.skipped] == [
+        ("unknown", None, True),
+        ("unknown", None, False),
+        ("Observation", "r1", False),
+    ]
+    assert facts.skipped_invalid == 1
+
+
+def test_malformed_raw_structure_is_invalid_not_a_crash() -> None:
+    weird = round_obs("r-weird")
+    weird["code"] = "reps-to-technical-failure"
+    weird_subject = round_obs("r-weird-subject")
+    weird_subject["subject"] = ["Patient", PID]
+    facts = run(rounds=[weird, weird_subject, round_obs("r-ok")])
+    assert facts.latest_session is not None and [r.resource_id for r in facts.rounds] == ["r-ok"]
+    assert {s.resource_id for s in facts.skipped if s.invalid} == {"r-weird", "r-weird-subject"}
+
+
+def test_observation_with_other_code_skipped() -> None:
+    obs = pain_obs("bp")
+    obs["code"] = {"coding": [{"system": LOINC, "code": "85354-9"}]}
+    facts = run(pains=[obs])
+    assert skipped_ids(facts) == {"bp": "code is neither a pain score nor an exercise round"}
+
+
+# --- sessions and pain association ---------------------------------------------------------------------
+
+
+def test_derived_from_association() -> None:
+    facts = run(
+        rounds=[
+            round_obs("old-1", "2026-11-10", reps=15, round_no=1),
+            round_obs("new-1", "2026-11-20", reps=20, round_no=1),
+            round_obs("new-2", "2026-11-20", reps=21, round_no=2),
+        ],
+        pains=[
+            pain_obs("p-next-day", "2026-11-21", 2, derived=("new-2",)),  # other date, linked: counts
+            pain_obs("p-old-link", "2026-11-20", 9, derived=("old-1",)),  # latest date, linked to old: no
+            pain_obs("p-same-day", "2026-11-20", 1),  # no derivedFrom, same date: counts
+            pain_obs("p-old-day", "2026-11-10", 8),  # no derivedFrom, other date: no
+            pain_obs("p-day-after", "2026-11-21", 7),  # no derivedFrom, other date: no
+        ],
+    )
+    s = facts.latest_session
+    assert s is not None
+    assert sorted(p.resource_id for p in s.pain_scores) == ["p-next-day", "p-same-day"]
+    assert s.max_pain == 2.0
+    linked = next(p for p in s.pain_scores if p.resource_id == "p-next-day")
+    assert linked.derived_from == ("new-2",) and linked.date == dt.date(2026, 11, 21)
+    assert facts.pain_scores == s.pain_scores
+    assert facts.skipped == ()  # history that cannot matter is not "skipped"
+
+
+def test_derived_from_absolute_and_non_observation_references() -> None:
+    absolute = pain_obs("p-abs", "2026-11-22", 2)
+    absolute["derivedFrom"] = [{"reference": "https://ehr.example.org/fhir/Observation/new-1/_history/3"}]
+    questionnaire = pain_obs("p-qr", DAY, 1)
+    questionnaire["derivedFrom"] = [{"reference": "QuestionnaireResponse/qr-1"}]  # not a round: date decides
+    facts = run(rounds=[round_obs("new-1")], pains=[absolute, questionnaire])
+    s = facts.latest_session
+    assert s is not None and sorted(p.resource_id for p in s.pain_scores) == ["p-abs", "p-qr"]
+
+
+def test_pain_without_session_is_not_used() -> None:
+    facts = run(pains=[pain_obs("p1", score=3)])
+    assert facts.latest_session is None and facts.pain_scores == ()
+
+
+def test_two_exercises_on_latest_date_highest_rung_wins() -> None:
+    facts = run(
+        rounds=[
+            round_obs("sl-1", DAY, "single-leg-reverse-hyper", reps=14, round_no=1),
+            round_obs("bd-1", DAY, "bird-dog", reps=28, round_no=1),
+            round_obs("ha-1", DAY, "hip-abduction", reps=30, round_no=1),
+            round_obs("sl-2", DAY, "single-leg-reverse-hyper", reps=12, round_no=2),
+            round_obs("rh-old", "2026-11-01", "reverse-hyper", reps=20),
+        ],
+        pains=[pain_obs("p-bd", DAY, 5, derived=("bd-1",)), pain_obs("p-day", DAY, 1)],
+    )
+    s = facts.latest_session
+    assert s is not None and s.exercise == "single-leg-reverse-hyper"
+    assert s.reps == [14.0, 12.0]
+    assert [p.resource_id for p in s.pain_scores] == ["p-day"]  # p-bd belongs to the bird-dog session
+    assert {r.resource_id for r in facts.rounds} == {"sl-1", "sl-2", "bd-1", "ha-1"}
+
+
+def test_round_order_by_number_none_last_then_resource_order() -> None:
+    facts = run(
+        rounds=[
+            round_obs("n-a", reps=1),
+            round_obs("r3", reps=3, round_no=3),
+            round_obs("n-b", reps=2),
+            round_obs("r1", reps=4, round_no=1),
+        ]
+    )
+    s = facts.latest_session
+    assert s is not None and [r.resource_id for r in s.rounds] == ["r1", "r3", "n-a", "n-b"]
+    assert [r.round_number for r in s.rounds] == [1, 3, None, None]
+
+
+def test_date_is_taken_as_written_in_its_own_offset() -> None:
+    facts = run(
+        rounds=[
+            round_obs("late-west", "2026-11-20T23:30:00-05:00", reps=20),  # UTC: Nov 21
+            round_obs("early-east", "2026-11-21T01:00:00+09:00", reps=20, exercise="hip-abduction"),  # UTC: Nov 20
+        ],
+        pains=[pain_obs("p-21", "2026-11-21T00:10:00+09:00", 1), pain_obs("p-20", "2026-11-20T23:50:00-05:00", 6)],
+    )
+    s = facts.latest_session
+    assert s is not None
+    assert (s.exercise, s.date) == ("hip-abduction", dt.date(2026, 11, 21))
+    assert [p.resource_id for p in s.pain_scores] == ["p-21"]
+
+
+def test_long_history_latest_session_and_little_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    start = dt.date(2025, 1, 1)
+    rounds, pains = [], []
+    for day in range(200):
+        date = (start + dt.timedelta(days=day)).isoformat()
+        exercise = LADDER.codes[min(day // 60, 3)]
+        rounds += [round_obs(f"r{day}-{n}", f"{date}T09:0{n}:00+01:00", exercise, 10 + n, n) for n in (1, 2)]
+        pains.append(pain_obs(f"p{day}", f"{date}T09:05:00+01:00", day % 3))
+    rounds[5]["effectiveDateTime"] = "2025-01-02T99:00:00Z"  # invalid, but old: never validated
+    rounds.reverse()  # history order must not matter
+    pains.reverse()
+    assert len(rounds) == 400 and len(pains) == 200
+
+    validated = 0
+    real = extract_module.Observation.model_validate.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal validated
+        validated += 1
+        return real(cls, obj, *args, **kwargs)
+
+    monkeypatch.setattr(extract_module.Observation, "model_validate", classmethod(counting))
+    facts = run(rounds=rounds, pains=pains)
+
+    last = (start + dt.timedelta(days=199))
+    s = facts.latest_session
+    assert s is not None and s.date == last and s.exercise == "reverse-hyper"
+    assert [r.resource_id for r in s.rounds] == ["r199-1", "r199-2"] and s.reps == [11.0, 12.0]
+    assert [p.resource_id for p in s.pain_scores] == ["p199"] and s.max_pain == 199 % 3
+    assert validated == 3  # two rounds and one pain score, not the history
+    assert facts.skipped == ()
+
+
+# --- prefetch shape -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ([{"resourceType": "Observation"}], "not a FHIR resource or Bundle"),
+        ("Observation/1", "not a FHIR resource or Bundle"),
+        ({"id": "x"}, "not a FHIR resource or Bundle (no resourceType)"),
+        ({"resourceType": 7}, "resourceType is not a string"),
+        ({"resourceType": "Bundle", "entry": {"resource": {}}}, "entry is not a list"),
+        ({"resourceType": "Bundle", "entry": ["Observation/1"]}, "entry[0] is not an object"),
+    ],
+)
+def test_prefetch_shape_errors(value: Any, fragment: str) -> None:
+    with pytest.raises(PrefetchShapeError) as info:
+        extract({"patient": None, "painScores": value}, patient_id=PID, codes=CODES, ladder=LADDER)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.key == "painScores"
+    assert fragment in err.message
+    assert str(err).startswith("prefetch.painScores: ") and fragment in str(err)
+
+
+def test_shape_error_example_message() -> None:
+    expected = r"^prefetch\.painScores: not a FHIR resource or Bundle \(no resourceType\)$"
+    with pytest.raises(PrefetchShapeError, match=expected):
+        extract({"painScores": {}}, patient_id=PID, codes=CODES, ladder=LADDER)
+
+
+def test_empty_bundle_is_fine() -> None:
+    empty = {"resourceType": "Bundle", "type": "searchset"}
+    facts = extract({"painScores": empty}, patient_id=PID, codes=CODES, ladder=LADDER)
+    assert facts.skipped == () and facts.pain_scores == ()
+
+
+# --- logging --------------------------------------------------------------------------------------------
+
+
+def test_skips_are_logged_without_patient_ids_or_values(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    facts = run(
+        rounds=[
+            round_obs("r-ok", "2031-07-19T10:00:00+03:00", reps=4321),
+            round_obs("r-neg", "2031-07-19", reps=-8765),
+            round_obs("r-other", "2031-07-18", reps=5432, subject="Patient/other-pt-8c2d"),
+            round_obs("r-invalid", "2031-07-19", reps="abc9137"),
+            round_obs("r-status", "2031-07-19", reps=6543, status="preliminary"),
+        ],
+        pains=[pain_obs("p-range", "2031-07-19", 8137), pain_obs("p-invalid", "2031-07-19T25:00:00Z", 3)],
+        conditions=[condition("c-resolved", "2031-06-17", clinical="resolved")],
+    )
+    assert len(facts.skipped) == 7
+    records = [r for r in caplog.records if r.name == "cds.extract"]
+    assert len(records) == 7 and all(r.levelno == logging.INFO for r in records)
+    text = "\n".join(r.getMessage() for r in records)
+    for rid in ("r-neg", "r-other", "r-invalid", "r-status", "p-range", "p-invalid", "c-resolved"):
+        assert rid in text
+    assert "Observation" in text and "Condition" in text
+    for secret in (PID, "other-pt-8c2d", "Patient/", "2031", "8765", "5432", "9137", "6543", "8137", "4321", "T25"):
+        assert secret not in text
+        assert all(secret not in s.reason for s in facts.skipped)
+    assert all(secret not in caplog.text for secret in (PID, "other-pt-8c2d", "8137", "2031"))
+
+
+def test_log_lines_cannot_be_forged_and_missing_ids_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cds.extract")
+    forged = {"resourceType": "Encounter\nINFO fake", "id": "e1"}
+    no_id = round_obs("x")
+    del no_id["id"]
+    bad_id = round_obs("x")
+    bad_id["id"] = 12
+    facts = run(rounds=[forged, no_id, bad_id, round_obs("r-ok")])
+    assert facts.latest_session is not None
+    assert [(s.resource_id, s.reason, s.invalid) for s in facts.skipped] == [
+        ("e1", "unsupported resource type", False),
+        (None, "resource has no id", False),
+        (None, "resource has no id", True),
+    ]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and all("\n" not in m for m in messages)
