@@ -1,18 +1,26 @@
-"""The Flask app factory: configuration, the live rule set, and the blueprints."""
+"""The Flask app factory: configuration, the live rule set, storage, security and the blueprints."""
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g, request
 
+from ..audit import AuditWriter
+from ..auth import JwtVerifier
 from ..clock import Clock, clock_for
 from ..config import Settings, load_settings
 from ..live_rules import LiveRuleSet
+from ..logs import request_id
+from ..metrics import Metrics
+from ..storage import Store, upgrade
+from . import ops, routes
 from .errors import register_error_handlers
-from .routes import bp as hooks_bp
+from .security import build_verifier, enable_cors, require_jwt
 
 log = logging.getLogger("cds.http")
 
@@ -24,6 +32,10 @@ class AppState:
     settings: Settings
     rules: LiveRuleSet
     clock: Clock
+    metrics: Metrics
+    store: Store | None = None
+    audit: AuditWriter | None = None
+    verifier: JwtVerifier | None = None
     observers: list[Any] = field(default_factory=list)
 
     def after_evaluation(self, hook_request, service_id, outcome) -> None:
@@ -35,21 +47,81 @@ class AppState:
             observer.fetch_error(key)
 
 
+def _open_store(settings: Settings) -> Store | None:
+    if not settings.database_url:
+        log.warning("no database configured (CDS_DATABASE_URL empty): no audit, feedback answers 503")
+        return None
+    if settings.database_url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.database_url)  # the embedded database migrates itself; servers run `cds db upgrade`
+    return Store(settings.database_url)
+
+
 def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = None, clock: Clock | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask("cds")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     live = rules or LiveRuleSet(settings.rules_dir, poll_seconds=settings.rules_poll_seconds)
+    metrics = Metrics()
+    store = _open_store(settings)
     state = AppState(
         settings=settings,
         rules=live,
         clock=clock or clock_for(settings.evaluation_date),
+        metrics=metrics,
+        store=store,
+        verifier=build_verifier(settings),
     )
+    state.observers.append(metrics)
+    if store is not None:
+        key = settings.audit_key.encode() if settings.audit_key else None
+        if key is None:
+            log.warning("CDS_AUDIT_KEY not set: patient hashes in the audit cannot be linked across restarts")
+        state.audit = AuditWriter(store, key, on_failure=metrics.audit_failures.inc)
+        state.observers.append(state.audit)
     app.extensions["lbp_cds"] = state
-    app.register_blueprint(hooks_bp)
+
+    require_jwt(routes.bp)
+    app.register_blueprint(routes.bp)
+    app.register_blueprint(ops.bp)
     register_error_handlers(app)
+    enable_cors(app, settings)
+    _instrument(app, metrics)
     live.start_watching()
     if not settings.auth:
         log.warning("AUTHENTICATION IS OFF: any caller can use this service. Development only; set CDS_AUTH=on.")
     return app
+
+
+def _instrument(app: Flask, metrics: Metrics) -> None:
+    @app.before_request
+    def _start():
+        rid = request.headers.get("X-Request-Id", "")
+        rid = rid if 0 < len(rid) <= 64 and rid.replace("-", "").isalnum() else uuid.uuid4().hex
+        g.request_id = rid
+        g.token = request_id.set(rid)
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response):
+        endpoint = request.url_rule.rule if request.url_rule else "(unmatched)"
+        service_id = (request.view_args or {}).get("service_id", "")
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.requests.labels(endpoint, service_id, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(elapsed)
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        if endpoint.startswith("/cds-services"):
+            log.info(
+                "%s %s -> %s", request.method, endpoint, response.status_code,
+                extra={"status": response.status_code, "duration_ms": round(elapsed * 1e3, 2), "service": service_id},
+            )
+        return response
+
+    @app.teardown_request
+    def _reset(exc):
+        token = g.pop("token", None)
+        if token is not None:
+            request_id.reset(token)

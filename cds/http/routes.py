@@ -13,6 +13,8 @@ from .. import service
 from ..cdshooks import CdsResponse, Discovery, PatientViewRequest, to_json, validation_message
 from ..engine import EngineError
 from ..extract import PrefetchShapeError
+from ..feedback import FeedbackError, parse_feedback
+from ..storage import StoreUnavailable
 from ..fhir_client import FetchSettings, PrefetchUnavailable, complete_prefetch
 from .errors import ApiError
 
@@ -93,3 +95,25 @@ def call_service(service_id: str):
         raise ApiError(500, "the rule engine could not evaluate this request") from None
     state.after_evaluation(hook_request, service_id, outcome)
     return jsonify(to_json(CdsResponse(cards=outcome.cards)))
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str):
+    if service_id != service.SERVICE_ID:
+        raise ApiError(404, f"unknown service '{service_id}'")
+    body = json_body()
+    try:
+        parsed = parse_feedback(body)
+    except FeedbackError as e:
+        raise ApiError(400, str(e), field=e.field) from None
+    state = _state()
+    if state.store is None:
+        raise ApiError(503, "feedback storage is not configured")
+    try:
+        stored = state.store.record_feedback(service_id, parsed.feedback)
+    except StoreUnavailable:
+        log.error("feedback not stored: database unavailable")
+        raise ApiError(503, "feedback could not be stored right now; retry later") from None
+    for item in parsed.feedback:
+        state.metrics.feedback.labels(item.outcome).inc()
+    return jsonify({"received": len(parsed.feedback), "stored": stored})

@@ -1,0 +1,55 @@
+"""JWT bearer authentication of the EHR (CDS Hooks 2.0) and CORS for browser-based clients."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask, current_app, request
+from flask_cors import CORS
+
+from ..auth import AuthenticationError, JwtVerifier, load_trusted_issuers
+from ..config import Settings
+from .errors import error_body
+
+log = logging.getLogger("cds.auth")
+
+
+def build_verifier(settings: Settings) -> JwtVerifier | None:
+    if not settings.auth:
+        return None
+    issuers = load_trusted_issuers(settings.trusted_issuers) if settings.trusted_issuers else ()
+    if not issuers:
+        log.warning("authentication is on but no trusted issuers are configured (CDS_TRUSTED_ISSUERS): every call gets 401")
+    return JwtVerifier(issuers)
+
+
+def require_jwt(bp: Blueprint) -> None:
+    """Every endpoint of ``bp`` needs a valid EHR JWT whose ``aud`` is this endpoint's public URL."""
+
+    @bp.before_request
+    def _authenticate():
+        if request.method == "OPTIONS":  # CORS preflight carries no credentials
+            return None
+        state = current_app.extensions["lbp_cds"]
+        if state.verifier is None:
+            return None
+        audience = state.settings.public_base_url + request.path
+        try:
+            state.verifier.verify(request.headers.get("Authorization"), audience=audience)
+        except AuthenticationError as e:
+            log.warning("request refused: %s", e.reason, extra={"path": request.path})
+            response = error_body(401, "unauthorized")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return None
+
+
+def enable_cors(app: Flask, settings: Settings) -> None:
+    origins = list(settings.cors_origins) or []
+    CORS(
+        app,
+        resources={r"/cds-services*": {"origins": "*" if origins == ["*"] else origins}},
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
