@@ -1,0 +1,352 @@
+"""The CDS Hooks 2.0 wire format as pydantic v2 models (no Flask, no FHIR fetching).
+
+Request side: :class:`HookRequest` (and :class:`PatientViewRequest`, whose ``context`` is a validated
+:class:`PatientViewContext`), :class:`FhirAuthorization`, and :func:`validation_message` for turning a
+:class:`pydantic.ValidationError` into a short client message that never echoes input values.
+
+Response side: :class:`Card` and its parts, :class:`CdsResponse`, :class:`ServiceDescription`,
+:class:`Discovery`. Serialise them with :func:`to_json` (or ``model.wire()``): optional fields with no
+value are omitted everywhere, never ``null``, ``""``, ``[]`` or ``{}`` -- except the required top-level
+``cards`` (and ``services``) lists, which stay even when empty.
+
+Attribute names are snake_case; aliases carry the wire names (``hookInstance``, ``selectionBehavior``...).
+Either name is accepted on input; :func:`to_json` always writes the wire names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "Action",
+    "Card",
+    "CdsResponse",
+    "Coding",
+    "Discovery",
+    "FhirAuthorization",
+    "HookRequest",
+    "Link",
+    "OverrideReason",
+    "PatientViewContext",
+    "PatientViewRequest",
+    "ServiceDescription",
+    "Source",
+    "Suggestion",
+    "SUMMARY_MAX_CHARS",
+    "to_json",
+    "validation_message",
+]
+
+#: CDS Hooks: "summary ... SHALL be less than 140 characters" -> at most 139.
+SUMMARY_MAX_CHARS = 139
+
+#: FHIR R4 ``id`` datatype: used for ids that end up in FHIR references and search URLs.
+FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
+
+
+# ------------------------------------------------------------------------------------------------
+# Serialisation
+# ------------------------------------------------------------------------------------------------
+
+_EMPTY = object()
+
+#: top-level list fields that are required by the spec and therefore kept even when empty
+_KEEP_EMPTY: dict[str, tuple[str, ...]] = {"CdsResponse": ("cards",), "Discovery": ("services",)}
+
+
+def _prune(value: Any) -> Any:
+    """Drop None, "", [] and {} recursively; returns ``_EMPTY`` when the value itself is empty."""
+    if value is None:
+        return _EMPTY
+    if isinstance(value, str):
+        return value if value != "" else _EMPTY
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            pv = _prune(v)
+            if pv is not _EMPTY:
+                out[k] = pv
+        return out if out else _EMPTY
+    if isinstance(value, (list, tuple)):
+        items = [pv for pv in (_prune(v) for v in value) if pv is not _EMPTY]
+        return items if items else _EMPTY
+    return value
+
+
+def to_json(model: BaseModel) -> dict[str, Any]:
+    """The JSON-ready wire form of a response model: wire (alias) names, nothing empty anywhere.
+
+    ``None``, ``""``, ``[]`` and ``{}`` are removed at every depth (inside ``extension`` and FHIR
+    resources too); a container left empty by that is removed in turn. ``0`` and ``False`` stay.
+    Only ``CdsResponse.cards`` and ``Discovery.services`` are kept when empty (they are required).
+    """
+    raw = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    pruned = _prune(raw)
+    out: dict[str, Any] = {} if pruned is _EMPTY else pruned
+    for name in _KEEP_EMPTY.get(type(model).__name__, ()):
+        out.setdefault(name, [])
+    return out
+
+
+class _Wire(BaseModel):
+    """Common base of the response models: strict shape, wire names, :meth:`wire` serialisation."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    def wire(self) -> dict[str, Any]:
+        return to_json(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# Request side
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_http_url(v: str | None) -> str | None:
+    if v is None:
+        return v
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        # never echo the value: it is client input
+        raise ValueError("must be an absolute http(s) URL")
+    return v
+
+
+def _scrub_error(err: ValidationError) -> ValidationError:
+    """The same errors with every ``input`` replaced by None (inputs may hold tokens or PHI)."""
+    details: list[Any] = []
+    for d in err.errors(include_url=False):
+        item: dict[str, Any] = {"loc": d["loc"], "input": None}
+        if "ctx" in d:
+            item["ctx"] = d["ctx"]
+        item["type"] = d["type"]
+        try:
+            ValidationError.from_exception_data(err.title, [item])  # a built-in error type?
+        except Exception:  # noqa: BLE001 - custom error type: keep its message, drop ctx
+            item = {"loc": d["loc"], "input": None, "type": PydanticCustomError(d["type"], d["msg"].replace("{", "{{").replace("}", "}}"))}
+        details.append(item)
+    return ValidationError.from_exception_data(err.title, details, hide_input=True)
+
+
+class _Request(BaseModel):
+    """Base of the request models: extension fields allowed (the spec permits them), inputs hidden."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow", hide_input_in_errors=True)
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        # extension fields may hold anything (tokens, PHI): show only the declared fields
+        declared = set(type(self).model_fields)
+        return [(k, v) for k, v in super().__repr_args__() if k in declared]
+
+
+class FhirAuthorization(_Request):
+    """``fhirAuthorization``: the bearer token the service may use to read ``fhirServer``.
+
+    ``access_token`` never appears in ``repr``/``str`` or in validation errors; never log it.
+    """
+
+    access_token: str = Field(min_length=1, repr=False)
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(ge=0)
+    scope: str = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    patient: str | None = None
+
+
+class PatientViewContext(_Request):
+    """``context`` of the ``patient-view`` hook."""
+
+    user_id: str = Field(alias="userId", min_length=1)
+    patient_id: str = Field(alias="patientId", pattern=FHIR_ID_PATTERN)
+    encounter_id: str | None = Field(default=None, alias="encounterId", pattern=FHIR_ID_PATTERN)
+
+
+class HookRequest(_Request):
+    """The body of ``POST /cds-services/{id}``.
+
+    Validation errors raised by this model (and subclasses) carry no input values at all -- not in
+    ``str(err)``, not in ``err.errors()``, not in ``err.json()`` -- so a token or PHI in the body can
+    never leak into a response or a log through them. ``prefetch`` values may be ``null`` (the EHR has
+    no such data); an absent key means "fetch it yourself".
+    """
+
+    hook: str = Field(min_length=1)
+    hook_instance: str = Field(alias="hookInstance", min_length=1)
+    fhir_server: str | None = Field(default=None, alias="fhirServer")
+    fhir_authorization: FhirAuthorization | None = Field(default=None, alias="fhirAuthorization")
+    context: dict[str, Any]
+    prefetch: dict[str, Any | None] | None = Field(default=None, repr=False)
+
+    @field_validator("fhir_server")
+    @classmethod
+    def _check_server(cls, v: str | None) -> str | None:
+        return _check_http_url(v)
+
+    @model_validator(mode="after")
+    def _server_with_auth(self) -> HookRequest:
+        if self.fhir_authorization is not None and self.fhir_server is None:
+            raise ValueError("fhirServer is required when fhirAuthorization is present")
+        return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _hide_inputs(cls, data: Any, handler: Any) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as err:
+            raise _scrub_error(err) from None
+
+
+
+class PatientViewRequest(HookRequest):
+    """A ``patient-view`` hook request: ``context`` validated, so errors read ``context.patientId``."""
+
+    context: PatientViewContext  # type: ignore[assignment]
+
+
+_LOC_PART = re.compile(r"^[A-Za-z0-9_\-.$]{1,64}$")
+
+
+def validation_message(err: ValidationError, *, prefix: str | None = None, limit: int = 3) -> str:
+    """A short client message naming each failing field path, e.g. ``context.patientId: Field required``.
+
+    Only field paths and pydantic's fixed messages are used; input values are never included. A path
+    segment that is not a plain name (a client-chosen dict key with odd characters, say) is replaced by
+    ``?`` so nothing the client typed is reflected back verbatim. ``prefix`` names the object the error
+    came from when it was validated on its own (``validation_message(e, prefix="context")``).
+    """
+    parts: list[str] = []
+    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    for d in errors[:limit]:
+        loc: list[str] = [prefix] if prefix else []
+        for seg in d["loc"]:
+            if isinstance(seg, int):
+                if loc:
+                    loc[-1] += f"[{seg}]"
+                else:
+                    loc.append(f"[{seg}]")
+            else:
+                loc.append(seg if _LOC_PART.match(str(seg)) else "?")
+        msg = d["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        elif msg.startswith("Assertion failed, "):
+            msg = msg[len("Assertion failed, ") :]
+        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more error(s)")
+    return "; ".join(parts) if parts else "invalid request"
+
+
+# ------------------------------------------------------------------------------------------------
+# Response side
+# ------------------------------------------------------------------------------------------------
+
+
+class Coding(_Wire):
+    system: str = Field(min_length=1)
+    code: str = Field(min_length=1)
+    display: str | None = None
+
+
+class OverrideReason(Coding):
+    """A Coding whose ``display`` is required (shown to the clinician)."""
+
+    display: str = Field(min_length=1)
+
+
+class Source(_Wire):
+    label: str = Field(min_length=1)
+    url: str | None = None
+    icon: str | None = None
+    topic: Coding | None = None
+
+
+class Link(_Wire):
+    label: str = Field(min_length=1)
+    url: str = Field(min_length=1)
+    type: Literal["absolute", "smart"]
+    app_context: str | None = Field(default=None, alias="appContext")
+
+    @model_validator(mode="after")
+    def _app_context_smart_only(self) -> Link:
+        if self.app_context is not None and self.type != "smart":
+            raise ValueError("appContext is only allowed on links of type 'smart'")
+        return self
+
+
+class Action(_Wire):
+    type: Literal["create", "update", "delete"]
+    description: str = Field(min_length=1)
+    resource: dict[str, Any] | None = None
+    resource_id: str | None = Field(default=None, alias="resourceId")
+
+    @model_validator(mode="after")
+    def _payload(self) -> Action:
+        if self.type in ("create", "update"):
+            if not self.resource:
+                raise ValueError(f"resource is required for a {self.type} action")
+            if not isinstance(self.resource.get("resourceType"), str):
+                raise ValueError("resource must be a FHIR resource with a resourceType")
+        elif not self.resource_id:
+            raise ValueError("resourceId is required for a delete action")
+        return self
+
+
+class Suggestion(_Wire):
+    label: str = Field(min_length=1)
+    uuid: str | None = None
+    is_recommended: bool | None = Field(default=None, alias="isRecommended")
+    actions: list[Action] = []
+
+
+class Card(_Wire):
+    uuid: str = Field(min_length=1)
+    summary: str = Field(min_length=1, max_length=SUMMARY_MAX_CHARS)
+    detail: str | None = None
+    indicator: Literal["info", "warning", "critical"]
+    source: Source
+    suggestions: list[Suggestion] = []
+    selection_behavior: Literal["at-most-one", "any"] | None = Field(default=None, alias="selectionBehavior")
+    override_reasons: list[OverrideReason] = Field(default=[], alias="overrideReasons")
+    links: list[Link] = []
+    extension: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _selection_behavior(self) -> Card:
+        if self.suggestions and self.selection_behavior is None:
+            raise ValueError("selectionBehavior is required when suggestions are present")
+        if not self.suggestions and self.selection_behavior is not None:
+            raise ValueError("selectionBehavior must be omitted when there are no suggestions")
+        return self
+
+
+class CdsResponse(_Wire):
+    cards: list[Card] = []
+    system_actions: list[Action] = Field(default=[], alias="systemActions")
+
+
+class ServiceDescription(_Wire):
+    hook: str = Field(min_length=1)
+    title: str | None = None
+    description: str = Field(min_length=1)
+    id: str = Field(min_length=1)
+    prefetch: dict[str, str] = {}
+    usage_requirements: str | None = Field(default=None, alias="usageRequirements")
+    extension: dict[str, Any] | None = None
+
+
+class Discovery(_Wire):
+    services: list[ServiceDescription] = []
