@@ -1,0 +1,584 @@
+"""Complete a hook request's prefetch by querying the EHR's FHIR server (CDS Hooks 2.0, "Prefetch").
+
+The EHR may send all, some, or none of the prefetch keys a service declares. For every key that is
+*absent* this module runs the key's template against ``fhirServer`` with the hook's bearer token; a key
+that is present with the value ``null`` means "the EHR has no such data" and is never fetched.
+
+Design choices (documented here because the 412 behaviour depends on them):
+
+* **Concurrency**: independent keys are fetched on worker threads sharing one ``httpx.Client``. This
+  works the same under Flask's dev server and gunicorn sync/threaded workers (no event loop to own).
+  A caller may pass a long-lived client (see :func:`make_client`) to keep connections pooled.
+* **Time budget**: ``connect_timeout`` bounds each TCP/TLS connect; ``total_timeout`` bounds the
+  whole call, all keys and pages together. Bodies are streamed and the deadline is checked between
+  chunks, so a server that trickles bytes cannot stretch the call either. When the budget runs out the
+  call raises :class:`PrefetchUnavailable` (HTTP 412) at once; unfinished workers are abandoned and stop
+  by themselves at their next read (each read is bounded by the remaining budget).
+* **Paging**: ``Bundle.link[relation=next]`` is followed and the pages are merged into one searchset
+  Bundle. More than ``max_pages`` pages is a 412, not a silent truncation: search results are not
+  necessarily ordered by what the rules need (e.g. the most recent condition onset), so deciding on part
+  of the data could give a wrong recommendation.
+* **Cross-origin ``next`` links**: a ``next`` link whose scheme/host/port differ from ``fhirServer`` (or
+  that leaves its base path) is refused with a 412; the token is never sent to it.
+* **Redirects** are not followed (a 3xx is a 412), so the token cannot be forwarded anywhere either.
+* **Patient check**: fetched resources whose ``subject``/``patient`` reference is not the context
+  patient (or a ``Patient`` whose id differs) are dropped and logged. ``OperationOutcome`` entries of
+  fetched Bundles are dropped and logged. Prefetched values are returned exactly as the EHR sent them
+  (their validation and filtering belongs to ``cds.extract``).
+* **Secrets and PHI**: the token is only ever placed in the request headers. It never appears in
+  log records, exception messages, or reprs. Log records name the key and its *template* path, status
+  codes and timings, never a patient id or a concrete URL; the ``httpx`` logger's "HTTP Request" lines
+  (which carry the full URL) are redacted to scheme and host by a filter installed on import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+logger = logging.getLogger("cds.fhir_client")
+
+__all__ = [
+    "FetchSettings",
+    "PrefetchUnavailable",
+    "complete_prefetch",
+    "make_client",
+    "render_template",
+]
+
+#: Hard cap on one response body; a FHIR server sending more than this for one page is refused.
+MAX_BODY_BYTES = 20 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Limits for fetching absent prefetch keys. Defaults keep the call well inside ~500 ms."""
+
+    connect_timeout: float = 0.1  # seconds, per TCP/TLS connect
+    total_timeout: float = 0.4  # seconds, the whole fetch of all keys and pages
+    max_pages: int = 10  # searchset pages per key; more is a 412
+    allow_http: bool = False  # CDS_ALLOW_HTTP_FHIR=1: plain-http fhirServer (development, tests)
+
+
+class PrefetchUnavailable(Exception):
+    """Required prefetch data could neither be prefetched nor fetched: the service answers 412.
+
+    ``str(e)`` names the key and the reason. It never contains the access token, a patient id, or a
+    concrete URL (reasons are written by this module, never copied from the HTTP layer).
+    """
+
+    def __init__(self, key: str | None, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(key, reason)
+
+    def __str__(self) -> str:
+        if self.key is None:
+            return f"prefetch could not be completed: {self.reason}"
+        return f"prefetch key '{self.key}' could not be fetched: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"PrefetchUnavailable(key={self.key!r}, reason={self.reason!r})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Templates
+
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\}\}")
+# CDS Hooks 2.0 user tokens, derived from context.userId ("Practitioner/123" -> "123").
+_USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+
+class TemplateError(ValueError):
+    """A prefetch template token that the hook context cannot fill."""
+
+
+def _encode(value: Any, nested: bool = False) -> str:
+    if isinstance(value, (list, tuple)) and value and not nested:
+        # FHIR search: a comma-separated list means "any of".
+        return ",".join(_encode(v, nested=True) for v in value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        text = str(value)
+        if not text:
+            raise TemplateError("value is empty")
+        return quote(text, safe="")
+    raise TemplateError("value is not a string or number")
+
+
+def render_template(template: str, context: Mapping[str, Any]) -> str:
+    """Fill a prefetch template's ``{{context.x}}`` (and CDS Hooks ``{{userPractitionerId}}``-style)
+    tokens from the hook context, URL-encoding each value.
+
+    Raises :class:`TemplateError` (a ``ValueError``) naming the token when the context cannot fill it.
+    """
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        try:
+            if name.startswith("context."):
+                value: Any = context
+                for part in name.split(".")[1:]:
+                    if not isinstance(value, Mapping) or part not in value:
+                        raise TemplateError("not in the context")
+                    value = value[part]
+                return _encode(value)
+            if name in _USER_TOKENS:
+                user = context.get("userId")
+                prefix = _USER_TOKENS[name] + "/"
+                if not isinstance(user, str) or not user.startswith(prefix) or len(user) == len(prefix):
+                    raise TemplateError("context.userId is not a " + _USER_TOKENS[name])
+                return _encode(user[len(prefix):])
+            raise TemplateError("unknown token")
+        except TemplateError as exc:
+            raise TemplateError(f"template token {{{{{name}}}}} cannot be filled: {exc}") from None
+
+    return _TOKEN.sub(fill, template)
+
+
+# --------------------------------------------------------------------------------------------------
+# httpx plumbing
+
+
+def make_client(settings: FetchSettings | None = None) -> httpx.Client:
+    """A client suitable for :func:`complete_prefetch`, to keep and reuse across requests."""
+    settings = settings or FetchSettings()
+    return httpx.Client(
+        timeout=httpx.Timeout(settings.total_timeout, connect=settings.connect_timeout),
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8, keepalive_expiry=30.0),
+        headers={"User-Agent": "lbp-cds"},
+    )
+
+
+_default: tuple[int, httpx.Client] | None = None
+_default_lock = threading.Lock()
+
+
+def _default_client() -> httpx.Client:
+    """One pooled client per process (re-made after a fork, e.g. gunicorn --preload).
+
+    Timeouts are set per request from the call's settings, so one client serves every settings value.
+    Creating a client costs an SSL context (milliseconds), which is why it is not made per call.
+    """
+    global _default
+    with _default_lock:
+        if _default is None or _default[0] != os.getpid():
+            _default = (os.getpid(), make_client())
+        return _default[1]
+
+
+class _RedactHttpxUrls(logging.Filter):
+    """httpx logs ``HTTP Request: GET <full URL> ...`` at INFO; the URL carries the patient id.
+    Keep the line (useful for operations) but reduce the URL to scheme and host."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 2 and str(record.msg).startswith(
+            "HTTP Request:"
+        ):
+            args = list(record.args)
+            try:
+                url = httpx.URL(str(args[1]))
+                args[1] = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}/[redacted]"
+            except Exception:  # pragma: no cover - defensive: never break logging
+                args[1] = "[redacted]"
+            record.args = tuple(args)
+        return True
+
+
+def _install_log_redaction() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactHttpxUrls) for f in httpx_logger.filters):
+        httpx_logger.addFilter(_RedactHttpxUrls())
+
+
+_install_log_redaction()
+
+
+# --------------------------------------------------------------------------------------------------
+# Fetching
+
+
+class _Fail(Exception):
+    """Internal: a reason for one key (turned into PrefetchUnavailable by the caller)."""
+
+
+_TOKEN_OK = re.compile(r"^[\x21-\x7e]+$")
+_PATIENT_REF = re.compile(r"(?:^|/)Patient/([^/?#]+)(?:/_history/[^/?#]+)?$")
+
+
+def _check_server(fhir_server: str, allow_http: bool) -> tuple[str, str, str]:
+    """Return (scheme, netloc, base path) of a usable fhirServer, or raise _Fail."""
+    try:
+        parts = urlsplit(fhir_server)
+    except ValueError:
+        raise _Fail("fhirServer is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not parts.hostname:
+        raise _Fail("fhirServer is not an absolute https URL")
+    if scheme == "http" and not allow_http:
+        raise _Fail("fhirServer must use https (plain http is not allowed by this configuration)")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise _Fail("fhirServer must not carry credentials, a query or a fragment")
+    return scheme, parts.netloc.lower(), parts.path.rstrip("/")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    p = urlsplit(url)
+    port = p.port
+    if port is None:
+        port = {"https": 443, "http": 80}.get(p.scheme.lower())
+    return p.scheme.lower(), (p.hostname or "").lower(), port
+
+
+class _Job:
+    """Fetch one prefetch key: a read or a searchset (with paging)."""
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        template: str,
+        path: str,
+        base: str,
+        patient_id: str,
+        headers: Mapping[str, str],
+        client: httpx.Client,
+        settings: FetchSettings,
+        deadline: float,
+        abandoned: threading.Event,
+    ) -> None:
+        self.key = key
+        self.template_path = template.split("?", 1)[0]  # what we log: no patient id, no query
+        self.path = path
+        self.base = base
+        self.patient_id = patient_id
+        self.headers = headers
+        self.client = client
+        self.settings = settings
+        self.deadline = deadline
+        self.abandoned = abandoned
+        resource_path = path.split("?", 1)[0].strip("/")
+        segments = [s for s in resource_path.split("/") if s]
+        if not segments or not re.fullmatch(r"[A-Z][A-Za-z]+", segments[0]):
+            raise _Fail("the template does not name a FHIR resource type")
+        self.resource_type = segments[0]
+        # "Type/id" is a read; "Type?params" or "Type/_search" is a search.
+        self.is_read = "?" not in path and len(segments) == 2 and not segments[1].startswith("_")
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _get_json(self, url: str) -> Any:
+        remaining = self._remaining()
+        if remaining <= 0 or self.abandoned.is_set():
+            raise _Fail("timed out (fetch time budget exhausted)")
+        timeout = httpx.Timeout(remaining, connect=min(self.settings.connect_timeout, remaining))
+        started = time.monotonic()
+        try:
+            with self.client.stream(
+                "GET", url, headers=self.headers, timeout=timeout, follow_redirects=False
+            ) as response:
+                status = response.status_code
+                if status != 200:
+                    logger.warning(
+                        "prefetch key %s: %s answered HTTP %d after %.0f ms",
+                        self.key, self.template_path, status, (time.monotonic() - started) * 1000,
+                    )
+                    raise _Fail(self._status_reason(status))
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes(_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise _Fail("the FHIR server's response is too large")
+                    chunks.append(chunk)
+                    if self._remaining() <= 0 or self.abandoned.is_set():
+                        raise _Fail("timed out (fetch time budget exhausted)")
+                content_type = response.headers.get("content-type", "")
+        except httpx.TimeoutException as exc:
+            kind = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for the FHIR server"
+            raise _Fail(f"timed out {kind}") from None
+        except httpx.TransportError as exc:
+            raise _Fail(f"the FHIR server could not be reached ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise _Fail(f"HTTP error ({type(exc).__name__})") from None
+        body = b"".join(chunks)
+        logger.debug(
+            "prefetch key %s: %s HTTP 200, %d bytes in %.0f ms",
+            self.key, self.template_path, len(body), (time.monotonic() - started) * 1000,
+        )
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise _Fail(f"the FHIR server's response is not JSON (content type {content_type[:60]!r})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+            raise _Fail("the FHIR server's response is not a FHIR resource")
+        return data
+
+    @staticmethod
+    def _status_reason(status: int) -> str:
+        known = {
+            401: "the FHIR server refused the access token (HTTP 401)",
+            403: "the access token does not allow this query (HTTP 403)",
+            404: "the FHIR server does not know this resource or query (HTTP 404)",
+            429: "the FHIR server is rate limiting (HTTP 429)",
+        }
+        if status in known:
+            return known[status]
+        if 300 <= status < 400:
+            return f"the FHIR server redirected (HTTP {status}); redirects are not followed"
+        if status >= 500:
+            return f"the FHIR server failed (HTTP {status})"
+        return f"the FHIR server answered HTTP {status}"
+
+    # -- content checks --------------------------------------------------------------------------
+    def _for_patient(self, resource: Mapping[str, Any]) -> bool:
+        if resource.get("resourceType") == "Patient":
+            return resource.get("id") == self.patient_id
+        for field in ("subject", "patient"):
+            ref = resource.get(field)
+            if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
+                m = _PATIENT_REF.search(ref["reference"])
+                return bool(m) and m.group(1) == self.patient_id
+        return True  # not linked to any patient by reference: cds.extract decides
+
+    def _check_next(self, url: str) -> None:
+        if _origin(url) != _origin(self.base) or not urlsplit(url).path.startswith(
+            urlsplit(self.base).path.rstrip("/") + "/"
+        ):
+            logger.warning(
+                "prefetch key %s: %s next link points outside fhirServer; refused (token not sent)",
+                self.key, self.template_path,
+            )
+            raise _Fail("a paging 'next' link points outside fhirServer; it was not followed")
+
+    # -- run -------------------------------------------------------------------------------------
+    def run(self) -> Any:
+        started = time.monotonic()
+        url = self.base.rstrip("/") + "/" + self.path.lstrip("/")
+        data = self._get_json(url)
+        if self.is_read:
+            result = self._read(data)
+        else:
+            result = self._search(data)
+        logger.info(
+            "prefetch key %s: fetched %s in %.0f ms", self.key, self.template_path,
+            (time.monotonic() - started) * 1000,
+        )
+        return result
+
+    def _read(self, data: dict[str, Any]) -> Any:
+        if data["resourceType"] != self.resource_type:
+            raise _Fail(f"expected a {self.resource_type} resource, got {data['resourceType'][:40]}")
+        if not self._for_patient(data):
+            logger.warning(
+                "prefetch key %s: %s returned a resource that is not for the context patient",
+                self.key, self.template_path,
+            )
+            raise _Fail("the FHIR server returned a resource that is not for the context patient")
+        return data
+
+    def _search(self, data: dict[str, Any]) -> dict[str, Any]:
+        entries: list[Any] = []
+        dropped_outcomes = dropped_patient = dropped_other = 0
+        pages = 0
+        seen_urls: set[str] = set()
+        while True:
+            pages += 1
+            if data["resourceType"] != "Bundle" or data.get("type") != "searchset":
+                raise _Fail(f"expected a searchset Bundle, got {str(data.get('resourceType'))[:40]}")
+            page_entries = data.get("entry", [])
+            if not isinstance(page_entries, list):
+                raise _Fail("the searchset Bundle's entry is not a list")
+            for entry in page_entries:
+                resource = entry.get("resource") if isinstance(entry, Mapping) else None
+                if not isinstance(resource, Mapping):
+                    dropped_other += 1
+                    continue
+                rtype = resource.get("resourceType")
+                mode = entry.get("search", {}).get("mode") if isinstance(entry.get("search"), Mapping) else None
+                if rtype == "OperationOutcome" or mode == "outcome":
+                    dropped_outcomes += 1
+                    continue
+                if rtype != self.resource_type and mode != "include":
+                    dropped_other += 1
+                    continue
+                if not self._for_patient(resource):
+                    dropped_patient += 1
+                    continue
+                entries.append(entry)
+            next_url = _next_link(data)
+            if next_url is None:
+                break
+            if pages >= self.settings.max_pages:
+                logger.warning(
+                    "prefetch key %s: %s has more than %d pages; refusing to decide on partial data",
+                    self.key, self.template_path, self.settings.max_pages,
+                )
+                raise _Fail(f"the search has more than {self.settings.max_pages} pages")
+            if next_url in seen_urls:
+                raise _Fail("the search's paging 'next' links loop")
+            seen_urls.add(next_url)
+            self._check_next(next_url)
+            data = self._get_json(next_url)
+        if dropped_outcomes:
+            logger.warning(
+                "prefetch key %s: %s dropped %d OperationOutcome entr%s",
+                self.key, self.template_path, dropped_outcomes, "y" if dropped_outcomes == 1 else "ies",
+            )
+        if dropped_patient:
+            logger.warning(
+                "prefetch key %s: %s dropped %d resource(s) not for the context patient",
+                self.key, self.template_path, dropped_patient,
+            )
+        if dropped_other:
+            logger.warning(
+                "prefetch key %s: %s dropped %d entr%s without a %s resource",
+                self.key, self.template_path, dropped_other, "y" if dropped_other == 1 else "ies",
+                self.resource_type,
+            )
+        logger.debug("prefetch key %s: %d page(s), %d entries kept", self.key, pages, len(entries))
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries)}
+        if entries:
+            bundle["entry"] = entries
+        return bundle
+
+
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, Mapping) and link.get("relation") == "next":
+            url = link.get("url")
+            if isinstance(url, str) and url:
+                return url
+            raise _Fail("a paging 'next' link has no url")
+    return None
+
+
+def complete_prefetch(
+    *,
+    templates: Mapping[str, str],
+    prefetch: Mapping[str, Any] | None,
+    context: Mapping[str, Any],
+    patient_id: str,
+    fhir_server: str | None,
+    access_token: str | None,
+    settings: FetchSettings,
+    client: httpx.Client | None = None,
+) -> dict[str, Any]:
+    """Return every template key's value: prefetched ones as sent (``None`` kept: no data), absent ones
+    fetched from ``fhir_server`` with the bearer ``access_token``.
+
+    Raises :class:`PrefetchUnavailable` (answer 412) naming the first key that could not be fetched.
+    """
+    prefetch = prefetch or {}
+    result: dict[str, Any] = {}
+    missing: list[str] = []
+    for key in templates:
+        if key in prefetch:
+            result[key] = prefetch[key]
+        else:
+            missing.append(key)
+    if not missing:
+        return result
+
+    started = time.monotonic()
+    deadline = started + settings.total_timeout
+    first = missing[0]
+    absent = ", ".join(missing)
+    if not fhir_server:
+        raise PrefetchUnavailable(first, f"absent from the prefetch ({absent}) and the request has no fhirServer")
+    if not access_token:
+        raise PrefetchUnavailable(
+            first, f"absent from the prefetch ({absent}) and the request has no fhirAuthorization access token"
+        )
+    if not isinstance(access_token, str) or not _TOKEN_OK.match(access_token):
+        raise PrefetchUnavailable(first, "the fhirAuthorization access token is not a valid bearer token")
+    try:
+        _check_server(fhir_server, settings.allow_http)
+    except _Fail as exc:
+        raise PrefetchUnavailable(first, str(exc)) from None
+
+    paths: dict[str, str] = {}
+    for key in missing:
+        template = templates[key]
+        try:
+            path = render_template(template, context)
+        except TemplateError as exc:
+            raise PrefetchUnavailable(key, str(exc)) from None
+        if "://" in path.split("?", 1)[0]:
+            raise PrefetchUnavailable(key, "the template must be relative to fhirServer")
+        paths[key] = path
+
+    headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
+    http = client if client is not None else _default_client()
+    abandoned = threading.Event()
+    try:
+        jobs: dict[str, _Job] = {}
+        for key in missing:
+            try:
+                jobs[key] = _Job(
+                    key=key, template=templates[key], path=paths[key], base=fhir_server,
+                    patient_id=patient_id, headers=headers, client=http, settings=settings,
+                    deadline=deadline, abandoned=abandoned,
+                )
+            except _Fail as exc:
+                raise PrefetchUnavailable(key, str(exc)) from None
+        logger.info("prefetch: fetching %d absent key(s): %s", len(missing), absent)
+        # Even a single key runs on a worker: the caller's wait is what enforces the deadline.
+        _run_concurrently(jobs, result, deadline, abandoned)
+    finally:
+        abandoned.set()
+    logger.info("prefetch: completed in %.0f ms", (time.monotonic() - started) * 1000)
+    return {key: result[key] for key in templates}
+
+
+def _run_concurrently(
+    jobs: Mapping[str, _Job], result: dict[str, Any], deadline: float, abandoned: threading.Event
+) -> None:
+    pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="cds-prefetch")
+    futures: dict[Future[Any], str] = {}
+    try:
+        for key, job in jobs.items():
+            futures[pool.submit(job.run)] = key
+        pending = set(futures)
+        while pending:
+            remaining = deadline - time.monotonic()
+            done, pending = wait(pending, timeout=max(remaining, 0) + 0.02, return_when=FIRST_EXCEPTION)
+            for future in done:
+                key = futures[future]
+                exc = future.exception()
+                if exc is None:
+                    result[key] = future.result()
+                elif isinstance(exc, _Fail):
+                    raise PrefetchUnavailable(key, str(exc)) from None
+                else:
+                    logger.error("prefetch key %s: unexpected %s", key, type(exc).__name__)
+                    raise PrefetchUnavailable(key, f"unexpected error ({type(exc).__name__})") from None
+            if pending and time.monotonic() >= deadline:
+                key = next(k for k in jobs if any(futures[f] == k for f in pending))
+                logger.warning("prefetch key %s: timed out (fetch time budget exhausted)", key)
+                raise PrefetchUnavailable(key, "timed out (fetch time budget exhausted)")
+    finally:
+        abandoned.set()
+        pool.shutdown(wait=False, cancel_futures=True)

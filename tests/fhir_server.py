@@ -1,0 +1,390 @@
+"""A small, real FHIR R4 HTTP server for tests (loopback only, stdlib ``http.server``).
+
+It serves resources by type with the search parameters the service's prefetch templates use
+(``patient``, ``code`` as ``system|code`` comma lists, ``_sort=-date``, ``_count``, paging through a
+``_offset`` parameter in ``next`` links) and ``Type/{id}`` reads. Its data usually comes from the prefetch
+Bundles of a hook request file (``fhir_examples/requests/*.json``)::
+
+    with FhirTestServer(FhirData.from_hook_request(path)) as server:
+        server.required_token = "secret"
+        ... complete_prefetch(fhir_server=server.base_url, access_token="secret", ...)
+        assert server.requests  # what it saw
+
+Per test it can misbehave: require a bearer token (401 otherwise), answer a given status, sleep
+before answering or trickle its body, return garbage or any JSON, mix in resources of another patient,
+add an ``OperationOutcome`` entry to searchsets, or write ``next`` links pointing at another base URL.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+class FhirData:
+    """Resources by type and id."""
+
+    def __init__(self, resources: Iterable[Mapping[str, Any]] = ()) -> None:
+        self.resources: dict[tuple[str, str], dict[str, Any]] = {}
+        self._anon = 0
+        for r in resources:
+            self.add(r)
+
+    def add(self, resource: Mapping[str, Any]) -> None:
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str) or rtype in ("Bundle", "OperationOutcome"):
+            return
+        rid = resource.get("id")
+        if not isinstance(rid, str):
+            self._anon += 1
+            rid = f"anon-{self._anon}"
+        self.resources[(rtype, rid)] = copy.deepcopy(dict(resource))
+
+    @classmethod
+    def from_prefetch(cls, prefetch: Mapping[str, Any] | None) -> FhirData:
+        data = cls()
+        for value in (prefetch or {}).values():
+            if not isinstance(value, Mapping):
+                continue
+            if value.get("resourceType") == "Bundle":
+                for entry in value.get("entry") or []:
+                    if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
+                        data.add(entry["resource"])
+            else:
+                data.add(value)
+        return data
+
+    @classmethod
+    def from_hook_request(cls, path: str | Path) -> FhirData:
+        request = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_prefetch(request.get("prefetch"))
+
+    def of_type(self, rtype: str) -> list[dict[str, Any]]:
+        return [r for (t, _), r in self.resources.items() if t == rtype]
+
+
+def _patient_ref(resource: Mapping[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return f"Patient/{rid}" if isinstance(rid, str) else None
+    for name in ("subject", "patient"):
+        ref = resource.get(name)
+        if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
+            return ref["reference"]
+    return None
+
+
+def _matches_patient(resource: Mapping[str, Any], wanted: str) -> bool:
+    ref = _patient_ref(resource)
+    if ref is None:
+        return False
+    wanted = wanted.removeprefix("Patient/")
+    return ref == f"Patient/{wanted}" or ref.endswith(f"/Patient/{wanted}")
+
+
+def _codings(resource: Mapping[str, Any]) -> list[tuple[str | None, str | None]]:
+    code = resource.get("code")
+    if not isinstance(code, Mapping) or not isinstance(code.get("coding"), list):
+        return []
+    return [
+        (c.get("system"), c.get("code")) for c in code["coding"] if isinstance(c, Mapping)
+    ]
+
+
+def _matches_code(resource: Mapping[str, Any], tokens: list[str]) -> bool:
+    codings = _codings(resource)
+    for token in tokens:
+        if "|" in token:
+            system, _, code = token.partition("|")
+            system = system or None
+            if any((s == system if system else not s) and c == code for s, c in codings):
+                return True
+        elif any(c == token for _, c in codings):
+            return True
+    return False
+
+
+def _date_of(resource: Mapping[str, Any]) -> str:
+    for name in ("effectiveDateTime", "onsetDateTime", "recordedDate", "issued", "authoredOn", "date"):
+        v = resource.get(name)
+        if isinstance(v, str):
+            return v
+    for name in ("effectivePeriod", "onsetPeriod"):
+        v = resource.get(name)
+        if isinstance(v, Mapping) and isinstance(v.get("start"), str):
+            return v["start"]
+    return ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Behaviour
+
+
+@dataclass
+class Override:
+    """How to answer requests for one resource type (or ``"*"`` for all)."""
+
+    status: int | None = None  # answer this status with an OperationOutcome body
+    delay: float = 0.0  # seconds to sleep before answering
+    raw: bytes | None = None  # answer 200 with exactly these bytes (e.g. garbage)
+    json_body: Any = None  # answer 200 with this JSON (e.g. not a Bundle)
+    trickle: float | None = None  # send the (normal) body one byte per this many seconds
+    content_type: str = FHIR_JSON
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    authorization: str | None
+    accept: str | None
+
+
+@dataclass
+class _State:
+    overrides: dict[str, Override] = field(default_factory=dict)
+
+
+class FhirTestServer:
+    """ThreadingHTTPServer on 127.0.0.1 (ephemeral port) in a daemon thread; a context manager."""
+
+    def __init__(self, data: FhirData | None = None, *, base_path: str = "/fhir") -> None:
+        self.data = data or FhirData()
+        self.base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
+        self.required_token: str | None = None
+        self.overrides: dict[str, Override] = {}
+        self.foreign_patient: str | None = None  # also return copies of results re-assigned to this id
+        self.operation_outcome = False  # add an OperationOutcome entry to every searchset page
+        self.next_base: str | None = None  # base URL for next links (default: this server)
+        self.default_count: int | None = None  # page size when the request has no _count
+        self.requests: list[SeenRequest] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> FhirTestServer:
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        self._stop.clear()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fhir-test-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()  # wakes sleeping handlers
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FhirTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.origin + self.base_path
+
+    def reset(self) -> None:
+        """Forget recorded requests and misbehaviour (keeps the data)."""
+        with self._lock:
+            self.requests.clear()
+        self.required_token = None
+        self.overrides = {}
+        self.foreign_patient = None
+        self.operation_outcome = False
+        self.next_base = None
+        self.default_count = None
+
+    def record(self, seen: SeenRequest) -> None:
+        with self._lock:
+            self.requests.append(seen)
+
+    def sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    # -- FHIR --------------------------------------------------------------------------------------
+    def search(self, rtype: str, query: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+        results = self.data.of_type(rtype)
+        patients = query.get("patient", []) + query.get("subject", [])
+        if rtype == "Patient" and "_id" in query:
+            ids = {i for v in query["_id"] for i in v.split(",")}
+            results = [r for r in results if r.get("id") in ids]
+        foreign: list[dict[str, Any]] = []
+        for wanted in patients:
+            if self.foreign_patient:
+                for r in results:
+                    if _matches_patient(r, wanted) and r.get("resourceType") != "Patient":
+                        clone = copy.deepcopy(r)
+                        clone["id"] = f"{r.get('id', 'x')}-foreign"
+                        field_name = "patient" if "patient" in clone and "subject" not in clone else "subject"
+                        clone[field_name] = {"reference": f"Patient/{self.foreign_patient}"}
+                        foreign.append(clone)
+            results = [r for r in results if _matches_patient(r, wanted)]
+        for value in query.get("code", []):
+            tokens = [t for t in value.split(",") if t]
+            results = [r for r in results if _matches_code(r, tokens)]
+        results = results + foreign
+        sort = query.get("_sort", [""])[-1]
+        for spec in reversed([s for s in sort.split(",") if s]):
+            descending = spec.startswith("-")
+            name = spec.lstrip("-")
+            if name == "date":
+                results.sort(key=_date_of, reverse=descending)
+            elif name in ("_id", "id"):
+                results.sort(key=lambda r: str(r.get("id", "")), reverse=descending)
+        return results
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FhirTestServer
+    protocol_version = "HTTP/1.1"
+    server_version = "FhirTestServer/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+        pass
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, content_type: str = FHIR_JSON, trickle: float | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            if trickle:
+                for i in range(len(body)):
+                    if self.owner._stop.is_set():
+                        return
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    self.owner.sleep(trickle)
+            else:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _json(self, status: int, obj: Any, trickle: float | None = None) -> None:
+        self._send(status, json.dumps(obj).encode("utf-8"), trickle=trickle)
+
+    def _outcome(self, status: int, code: str, text: str) -> None:
+        self._json(status, {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": text}],
+        })
+
+    # -- GET ---------------------------------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        owner = self.owner
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        owner.record(SeenRequest(
+            "GET", parts.path, query, self.headers.get("Authorization"), self.headers.get("Accept"),
+        ))
+        path = parts.path
+        if owner.base_path:
+            if not (path == owner.base_path or path.startswith(owner.base_path + "/")):
+                return self._outcome(404, "not-found", "unknown base")
+            path = path[len(owner.base_path):]
+        segments = [s for s in path.split("/") if s]
+        if not segments:
+            return self._outcome(404, "not-found", "no resource type")
+        rtype = segments[0]
+
+        override = owner.overrides.get(rtype) or owner.overrides.get("*") or Override()
+        if override.delay:
+            owner.sleep(override.delay)
+            if owner._stop.is_set():
+                return
+        if owner.required_token is not None:
+            if self.headers.get("Authorization") != f"Bearer {owner.required_token}":
+                return self._outcome(401, "login", "missing or wrong bearer token")
+        if override.status is not None:
+            return self._outcome(override.status, "exception", f"configured status {override.status}")
+        if override.raw is not None:
+            return self._send(200, override.raw, override.content_type, override.trickle)
+        if override.json_body is not None:
+            return self._json(200, override.json_body, override.trickle)
+
+        if len(segments) == 2:
+            resource = owner.data.resources.get((rtype, segments[1]))
+            if resource is None:
+                return self._outcome(404, "not-found", f"{rtype} not found")
+            return self._json(200, resource, override.trickle)
+        if len(segments) != 1:
+            return self._outcome(400, "not-supported", "unsupported path")
+        results = owner.search(rtype, query)
+        count_values = query.get("_count") or ([str(owner.default_count)] if owner.default_count else [])
+        try:
+            count = max(1, int(count_values[-1])) if count_values else len(results) or 1
+            offset = max(0, int(query.get("_offset", ["0"])[-1]))
+        except ValueError:
+            return self._outcome(400, "invalid", "bad _count or _offset")
+        page = results[offset : offset + count]
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(results),
+            "link": [{"relation": "self", "url": owner.base_url + path + ("?" + parts.query if parts.query else "")}],
+            "entry": [
+                {"fullUrl": f"{owner.base_url}/{r['resourceType']}/{r.get('id', '')}", "resource": r,
+                 "search": {"mode": "match"}}
+                for r in page
+            ],
+        }
+        if offset + count < len(results):
+            next_query = {k: v for k, v in query.items() if k != "_offset"}
+            next_query["_offset"] = [str(offset + count)]
+            if "_count" not in next_query:
+                next_query["_count"] = [str(count)]
+            base = owner.next_base or owner.base_url
+            bundle["link"].append({
+                "relation": "next", "url": f"{base}{path}?{urlencode(next_query, doseq=True)}",
+            })
+        if owner.operation_outcome:
+            bundle["entry"].append({
+                "resource": {"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "warning", "code": "informational", "diagnostics": "test outcome"}]},
+                "search": {"mode": "outcome"},
+            })
+        if not bundle["entry"]:
+            del bundle["entry"]
+        self._json(200, bundle, override.trickle)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._outcome(405, "not-supported", "read-only test server")
