@@ -68,8 +68,9 @@ def compile_condition(
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
-        col = lead + max((e.offset or 1) - 1, 0)
-        raise ConditionError(f"condition does not parse: {e.msg}", col) from None
+        if not e.offset or e.offset > len(text):  # Python reports the end of the input as offset 0
+            raise ConditionError(f"condition does not parse: it ends too early ({e.msg})", lead + len(text)) from None
+        raise ConditionError(f"condition does not parse: {e.msg}", lead + e.offset - 1) from None
     compiler = _Compiler(fact_types, parameters, ladder_codes, lead)
     durable, dnf = compiler.visit(tree.body)
     return CompiledCondition(text, durable, compiler.facts, compiler.parameters, dnf)

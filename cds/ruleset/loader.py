@@ -21,7 +21,7 @@ from ..assessment import FACT_FIELDS
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .model import RuleSet
-from .schema import REQUIRED_SECTIONS, RuleFile, RuleSetDocument
+from .schema import IDENT as _IDENT, REQUIRED_SECTIONS, SLUG as _SLUG, RuleFile, RuleSetDocument
 
 log = logging.getLogger("cds.rules")
 
@@ -139,8 +139,7 @@ class _Loader:
         try:
             RuleFile.model_validate(doc.data)
         except ValidationError as e:
-            for err in e.errors():
-                self.report_validation_error(name, doc, err)
+            self.report_validation_errors(name, doc, e.errors())
         for section, value in doc.data.items():
             if section in merged and section in RuleFile.model_fields:
                 self.problem(
@@ -153,7 +152,30 @@ class _Loader:
     def display_name(self, path: Path) -> str:
         return str(path)
 
-    def report_validation_error(self, file: str, doc: yamlpos.PositionedYaml, err: dict) -> None:
+    def report_validation_errors(self, file: str, doc: yamlpos.PositionedYaml, errors: list[dict]) -> None:
+        """One problem per YAML position: a union (``int | float``) fails once per branch, and a
+        misspelt required key is reported as the unknown key (with its "did you mean"), not twice."""
+        paths = [self.yaml_path(doc, err) for err in errors]
+        misspelt = set()
+        for err, path in zip(errors, paths):
+            if err["type"] == "extra_forbidden":
+                parent_model = _model_at(RuleFile, path[:-1])
+                allowed = list(parent_model.model_fields) if parent_model else []
+                for close in difflib.get_close_matches(str(path[-1]), allowed, n=1):
+                    misspelt.add((*path[:-1], close))
+        seen: set[tuple] = set()
+        for err, path in zip(errors, paths):
+            key = tuple(path)
+            if key in seen or (err["type"] == "missing" and key in misspelt):
+                continue
+            seen.add(key)
+            same = [e for e, p in zip(errors, paths) if tuple(p) == key]
+            if len(same) > 1 and all(e["type"] in _NUMBER_ERRORS for e in same):
+                err = dict(err, type="number_parsing")
+            self.report_validation_error(file, doc, err, path)
+
+    @staticmethod
+    def yaml_path(doc: yamlpos.PositionedYaml, err: dict) -> list[str | int]:
         loc = tuple(err["loc"])
         # pydantic adds union-branch names ("int", "float") to loc; drop what is not a YAML path
         path: list[str | int] = []
@@ -167,6 +189,9 @@ class _Loader:
                 path.append(part)
             elif err["type"] in ("missing", "extra_forbidden") and part == loc[-1]:
                 path.append(part)
+        return path
+
+    def report_validation_error(self, file: str, doc: yamlpos.PositionedYaml, err: dict, path: list) -> None:
         where = ".".join(str(p) for p in path)
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -178,7 +203,7 @@ class _Loader:
         elif kind == "missing":
             self.problem(file, doc.mark(tuple(path[:-1])), f"{where}: required key '{path[-1]}' is missing")
         else:
-            self.problem(file, doc.mark(tuple(path)), f"{where}: {err['msg']}")
+            self.problem(file, doc.mark(tuple(path)), f"{where}: {_friendly(err)}")
 
     # -- semantic checks ----------------------------------------------------------------------
     def check(self, doc: RuleSetDocument) -> dict[str, CompiledCondition]:
@@ -256,19 +281,23 @@ class _Loader:
                       for i, r in enumerate(doc.rules) if r.recommend and r.recommend.adjustment]
         for section, path, text, is_summary in templates:
             try:
-                fields = [(lit, name) for lit, name, _, _ in string.Formatter().parse(text)]
+                fields = list(string.Formatter().parse(text))
             except ValueError as e:
                 self.at(section, path, f"card text does not parse: {e} (write {{{{ and }}}} for literal braces)")
                 continue
             offset, ok = 0, True
-            for literal, name in fields:
-                offset += len(literal)
+            for literal, name, spec, conversion in fields:
+                offset += len(literal) + literal.count("{") + literal.count("}")  # '{{' reads as '{'
                 if name is not None:
                     if name not in known:
                         ok = False
                         self.at(section, path, f"unknown fact '{{{name}}}' in card text{_hint(name, known)}",
-                                column=offset + 1)
-                    offset += len(name) + 2
+                                column=offset)
+                    elif spec or conversion:
+                        ok = False
+                        self.at(section, path, f"placeholder '{{{name}}}' must be a plain name, without "
+                                f"':' or '!' (write {{{name}}})", column=offset)
+                    offset += len(name) + 2 + (len(spec) + 1 if spec else 0) + (len(conversion) + 1 if conversion else 0)
             if ok and is_summary:
                 longest = max_rendered_length(text, ruleset)
                 if longest > MAX_SUMMARY:
@@ -307,6 +336,43 @@ def _model_at(model: Any, path: list[str | int]) -> Any:
         if current is None:
             return None
     return current
+
+
+_NUMBER_ERRORS = {"int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"}
+
+
+def _friendly(err: dict) -> str:
+    """A pydantic error in words a rule author uses, with the value that was found."""
+    kind, found = err["type"], err.get("input")
+    shown = repr(found) if isinstance(found, (str, int, float, bool)) or found is None else f"a {_yaml_kind(found)}"
+    messages = {
+        "int_parsing": "expected a whole number",
+        "int_type": "expected a whole number",
+        "int_from_float": "expected a whole number",
+        "float_parsing": "expected a number",
+        "float_type": "expected a number",
+        "number_parsing": "expected a number",
+        "bool_parsing": "expected true or false",
+        "bool_type": "expected true or false",
+        "string_type": "expected text",
+        "list_type": "expected a list",
+        "dict_type": "expected a mapping (key: value lines)",
+        "model_type": "expected a mapping (key: value lines)",
+        "model_attributes_type": "expected a mapping (key: value lines)",
+    }
+    if kind in messages:
+        return f"{messages[kind]}, found {shown}"
+    if kind == "literal_error":
+        return f"{err['msg'].replace('Input should be', 'expected')}, found {shown}"
+    if kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern")
+        rule = {_SLUG: "lower-case letters, digits and '-'", _IDENT: "lower-case letters, digits and '_'"}.get(pattern)
+        return f"expected {rule}, found {shown}" if rule else f"{err['msg']}, found {shown}"
+    return err["msg"]
+
+
+def _yaml_kind(value: Any) -> str:
+    return {dict: "mapping", list: "list"}.get(type(value), type(value).__name__)
 
 
 def _hint(word: str, choices: Iterable[str]) -> str:

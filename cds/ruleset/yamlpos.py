@@ -49,7 +49,11 @@ def load(text: str) -> PositionedYaml:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         m = e.problem_mark or e.context_mark
-        msg = " ".join(x for x in (e.context, e.problem) if x)
+        msg = e.problem or e.context or "invalid YAML"
+        if e.context and e.problem:
+            c = e.context_mark
+            where = f" that starts at line {c.line + 1}, column {c.column + 1}" if c is not None else ""
+            msg += f" ({e.context}{where})"
         raise YamlSyntaxError(f"YAML syntax error: {msg}", Mark(m.line + 1, m.column + 1) if m else Mark(1, 1)) from None
     except yaml.YAMLError as e:  # pragma: no cover - non-marked YAML errors are rare
         raise YamlSyntaxError(f"YAML error: {e}", Mark(1, 1)) from None
@@ -91,7 +95,17 @@ def scalar_column_mark(doc: PositionedYaml, path: Path, column: int) -> Mark:
         return doc.mark(path)
     start = node.start_mark
     if node.style in ("|", ">"):
-        return Mark(start.line + 2, _block_indent(start) + column + 1)
+        # walk the content lines: each contributes its text after the indent plus one newline
+        # (exact for literal blocks; for folded ones, exact unless blank lines precede the column)
+        indent = _block_indent(start)
+        lines = (start.buffer or "")[start.index :].split("\n")[1:]
+        remaining = column
+        for n, line in enumerate(lines):
+            content = line[indent:] if line.strip() else ""
+            if remaining <= len(content):
+                return Mark(start.line + 2 + n, indent + remaining + 1)
+            remaining -= len(content) + 1
+        return Mark(start.line + 2, indent + column + 1)
     quote = 1 if node.style in ("'", '"') else 0
     return Mark(start.line + 1, start.column + quote + column + 1)
 
