@@ -1,0 +1,106 @@
+"""Shared fixtures: test settings, the Flask app and client, the rule set and the FHIR examples.
+
+Test settings: the repository's ``rules/``, no rule-file watching (``rules_poll_seconds=0``), the
+fixed evaluation date of ``fhir_examples/config.json``, authentication off, and no database (so no
+test writes into the working tree). The process environment is ignored so a developer's ``CDS_*``
+variables cannot change what the tests see.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES_DIR = ROOT / "rules"
+EXAMPLES_DIR = ROOT / "fhir_examples"
+REQUESTS_DIR = EXAMPLES_DIR / "requests"
+EVALUATION_DATE = dt.date.fromisoformat(json.loads((EXAMPLES_DIR / "config.json").read_text())["evaluationDate"])
+SERVICE_URL = "/cds-services/lbp-exercise-progression"
+
+
+def example_pairs() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Every ``(scenario, request, expected)`` of ``fhir_examples/requests``, sorted by scenario."""
+    pairs = []
+    for path in sorted(REQUESTS_DIR.glob("*.json")):
+        if path.name.endswith(".expected.json"):
+            continue
+        expected = path.with_name(path.stem + ".expected.json")
+        pairs.append((path.stem, json.loads(path.read_text()), json.loads(expected.read_text())))
+    return pairs
+
+
+EXAMPLE_NAMES = [name for name, _, _ in example_pairs()]
+
+
+def make_settings(**overrides: Any):
+    """Settings for tests (see the module docstring); ``overrides`` win."""
+    from cds.config import load_settings
+
+    values: dict[str, Any] = {
+        "rules_dir": RULES_DIR,
+        "rules_poll_seconds": 0,
+        "evaluation_date": EVALUATION_DATE,
+        "auth": False,
+        "database_url": "",
+    }
+    values.update(overrides)
+    return load_settings({}, development=True, **values)
+
+
+@pytest.fixture(scope="session")
+def evaluation_date() -> dt.date:
+    return EVALUATION_DATE
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return make_settings()
+
+
+@pytest.fixture(scope="session")
+def make_app() -> Callable[..., Any]:
+    """``make_app(**settings_overrides, rules=None, clock=None)``: a fresh app with test settings."""
+    from cds.http import create_app
+
+    def _make(*, rules=None, clock=None, **overrides: Any):
+        return create_app(make_settings(**overrides), rules=rules, clock=clock)
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def ruleset():
+    from cds.ruleset.loader import load_ruleset
+
+    return load_ruleset(RULES_DIR)
+
+
+@pytest.fixture
+def rules_copy(tmp_path: Path) -> Path:
+    """A writable copy of ``rules/`` (without its test cases) to edit in a test."""
+    target = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, target, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def examples() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every fhir_examples ``(request, expected)`` pair."""
+    return [(request, expected) for _, request, expected in example_pairs()]
