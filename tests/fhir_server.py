@@ -172,6 +172,7 @@ class FhirTestServer:
         self.operation_outcome = False  # add an OperationOutcome entry to every searchset page
         self.next_base: str | None = None  # base URL for next links (default: this server)
         self.default_count: int | None = None  # page size when the request has no _count
+        self.max_count: int | None = None  # cap on _count (servers may page smaller than asked)
         self.requests: list[SeenRequest] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -188,7 +189,9 @@ class FhirTestServer:
         self._stop.clear()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fhir-test-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fhir-test-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -231,6 +234,7 @@ class FhirTestServer:
         self.operation_outcome = False
         self.next_base = None
         self.default_count = None
+        self.max_count = None
 
     def record(self, seen: SeenRequest) -> None:
         with self._lock:
@@ -352,6 +356,8 @@ class _Handler(BaseHTTPRequestHandler):
         count_values = query.get("_count") or ([str(owner.default_count)] if owner.default_count else [])
         try:
             count = max(1, int(count_values[-1])) if count_values else len(results) or 1
+            if owner.max_count is not None:
+                count = min(count, owner.max_count)
             offset = max(0, int(query.get("_offset", ["0"])[-1]))
         except ValueError:
             return self._outcome(400, "invalid", "bad _count or _offset")
@@ -370,8 +376,7 @@ class _Handler(BaseHTTPRequestHandler):
         if offset + count < len(results):
             next_query = {k: v for k, v in query.items() if k != "_offset"}
             next_query["_offset"] = [str(offset + count)]
-            if "_count" not in next_query:
-                next_query["_count"] = [str(count)]
+            next_query["_count"] = [str(count)]
             base = owner.next_base or owner.base_url
             bundle["link"].append({
                 "relation": "next", "url": f"{base}{path}?{urlencode(next_query, doseq=True)}",
