@@ -143,7 +143,7 @@ class _Loader:
         for section, value in doc.data.items():
             if section in merged and section in RuleFile.model_fields:
                 self.problem(
-                    name, doc.mark((section,), key=True), f"section '{section}' is also defined in {self.origin[section]}"
+                    name, doc.mark((section,), key=True), f"section '{section}' is also defined in {Path(self.origin[section]).name}"
                 )
                 continue
             merged[section] = value
