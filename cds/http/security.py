@@ -24,7 +24,15 @@ def build_verifier(settings: Settings) -> JwtVerifier | None:
 
 
 def require_jwt(bp: Blueprint) -> None:
-    """Every endpoint of ``bp`` needs a valid EHR JWT whose ``aud`` is this endpoint's public URL."""
+    """Every endpoint of ``bp`` needs a valid EHR JWT whose ``aud`` is this endpoint's public URL.
+
+    Idempotent: ``bp`` is a module-level blueprint shared by every app ``create_app`` builds, and a
+    blueprint cannot take a new ``before_request`` once registered. The hook reads the verifier from
+    ``current_app``, so one registration serves every app.
+    """
+    if getattr(bp, "_lbp_jwt_required", False):
+        return
+    bp._lbp_jwt_required = True  # type: ignore[attr-defined]
 
     @bp.before_request
     def _authenticate():
