@@ -64,15 +64,45 @@ def settings():
     return make_settings()
 
 
+def _checking_client_class():
+    """A Flask test client that checks every card it receives against the CDS Hooks 2.0 card rules.
+
+    Any 200 answer to ``POST /cds-services/<id>`` goes through ``assert_conformant_response``, so no
+    test can receive a card that is not checked.
+    """
+    from flask.testing import FlaskClient
+
+    from cdshooks_conformance import assert_conformant_response
+
+    class ConformanceCheckingClient(FlaskClient):
+        def open(self, *args: Any, **kwargs: Any):
+            response = super().open(*args, **kwargs)
+            request = response.request
+            if (
+                request.method == "POST"
+                and request.path.startswith("/cds-services/")
+                and not request.path.endswith("/feedback")
+                and response.status_code == 200
+            ):
+                assert_conformant_response(response.get_json())
+            return response
+
+    return ConformanceCheckingClient
+
+
+def build_app(*, rules=None, clock=None, **overrides: Any):
+    """A fresh app with test settings (``overrides`` win) whose test client checks every card."""
+    from cds.http import create_app
+
+    app = create_app(make_settings(**overrides), rules=rules, clock=clock)
+    app.test_client_class = _checking_client_class()
+    return app
+
+
 @pytest.fixture(scope="session")
 def make_app() -> Callable[..., Any]:
     """``make_app(**settings_overrides, rules=None, clock=None)``: a fresh app with test settings."""
-    from cds.http import create_app
-
-    def _make(*, rules=None, clock=None, **overrides: Any):
-        return create_app(make_settings(**overrides), rules=rules, clock=clock)
-
-    return _make
+    return build_app
 
 
 @pytest.fixture(scope="session")
