@@ -57,6 +57,22 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rules_test(args: argparse.Namespace) -> int:
+    from .ruleset.loader import RuleSetError
+    from .ruleset.ruletests import RuleTestError, format_report, run_tests
+
+    try:
+        report = run_tests(args.path, args.tests)
+    except (RuleSetError, RuleTestError) as e:
+        for problem in e.problems:
+            print(problem)
+        what = "rule files" if isinstance(e, RuleSetError) else "rule test files"
+        print(f"{len(e.problems)} problem(s) in the {what}; no case was run", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds", description="lbp-cds: low-back strengthening CDS Hooks service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = rules.add_parser("check", help="validate rule files; problems as file:line:column: message")
     check.add_argument("path", nargs="?", default="rules", type=Path)
     check.set_defaults(func=_cmd_rules_check)
+    test = rules.add_parser("test", help="run the rule tests (PATH/tests/*.yaml) and report uncovered rules")
+    test.add_argument("path", nargs="?", default="rules", type=Path, help="the rule folder (default: rules)")
+    test.add_argument("--tests", type=Path, default=None, help="folder of test files (default: PATH/tests)")
+    test.set_defaults(func=_cmd_rules_test)
     return parser
 
 

@@ -1,0 +1,404 @@
+"""Rule tests: YAML cases beside the rules (``rules/tests/*.yaml``), run by ``cds rules test`` and pytest.
+
+A test file holds ``cases:``, a list of::
+
+    - name: bird-dog 28, 27 is too easy          # what the case shows
+      as_of: 2026-11-20                           # the evaluation date
+      request: ../../fhir_examples/requests/bird-dog-28-27.json   # a hook request, relative to this file
+      expect:                                     # the cards, in order
+        - {rule: step-up, decision: step-up, indicator: info, recommended: single-leg-reverse-hyper}
+
+or, instead of ``request``, ``patient: <id>`` and ``resources:`` (a list of FHIR resources: LBP
+Conditions, pain-score and exercise-round Observations; a Patient is added when none is given).
+``recommended`` and ``notes`` (ids of rule-file notes on the card) are optional; leaving them out
+means "none". ``skipped_invalid`` (resources skipped as invalid FHIR) is checked when given.
+A file may also have ``blocks:``, ignored by the runner: a place for YAML anchors (``&round``) that
+cases reuse with aliases and merge keys (``<<: *round``).
+
+Each case is evaluated by the pure service core (:func:`cds.service.evaluate`) with a fixed clock, so
+a case checks exactly what the service would answer on that date. Coverage: the rules and notes that
+no case fires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import yamlpos
+from .loader import Problem, RuleSetError, load_ruleset
+
+CASE_KEYS = ("name", "as_of", "request", "patient", "resources", "expect", "skipped_invalid")
+CARD_KEYS = ("rule", "decision", "indicator", "recommended", "notes")
+
+
+@dataclass(frozen=True)
+class ExpectedCard:
+    rule: str
+    decision: str
+    indicator: str
+    recommended: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleCase:
+    file: str
+    line: int
+    column: int
+    name: str
+    as_of: dt.date
+    expect: tuple[ExpectedCard, ...]
+    request: Path | None = None
+    patient: str | None = None
+    resources: tuple[Any, ...] = ()
+    skipped_invalid: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass
+class CaseResult:
+    case: RuleCase
+    actual: list[ExpectedCard] = field(default_factory=list)
+    skipped_invalid: int = 0
+    diff: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and not self.diff
+
+
+@dataclass
+class TestReport:
+    __test__ = False  # not a pytest test class
+
+    results: list[CaseResult]
+    uncovered_rules: list[str]
+    uncovered_notes: list[str]
+
+    @property
+    def failed(self) -> list[CaseResult]:
+        return [r for r in self.results if not r.passed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.uncovered_rules and not self.uncovered_notes
+
+
+class RuleTestError(Exception):
+    """Test files that cannot be read as cases; ``problems`` are ``file:line:column: message``."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def case_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.y*ml") if p.is_file() and p.suffix in (".yaml", ".yml"))
+
+
+def load_cases(folder: str | Path) -> list[RuleCase]:
+    """Every case of every test file in ``folder``; :class:`RuleTestError` lists all malformed ones."""
+    folder = Path(folder)
+    cases: list[RuleCase] = []
+    problems: list[Problem] = []
+    names: dict[str, str] = {}
+    for path in case_files(folder):
+        for case in _load_file(path, problems):
+            if case.name in names:
+                problems.append(Problem(case.file, case.line, case.column,
+                                        f"duplicate case name '{case.name}' (first at {names[case.name]})"))
+            names.setdefault(case.name, case.where)
+            cases.append(case)
+    if problems:
+        raise RuleTestError(problems)
+    return cases
+
+
+def _load_file(path: Path, problems: list[Problem]) -> list[RuleCase]:
+    file = str(path)
+    try:
+        doc = yamlpos.load(path.read_text(encoding="utf-8"))
+    except yamlpos.YamlSyntaxError as e:
+        problems.append(Problem(file, e.mark.line, e.mark.column, e.message))
+        return []
+
+    def bad(p: tuple, message: str, *, key: bool = False) -> None:
+        m = doc.mark(p, key=key)
+        problems.append(Problem(file, m.line, m.column, message))
+
+    data = doc.data
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+        bad((), "a rule test file is a mapping with 'cases:', a list of test cases")
+        return []
+    for key in data:
+        if key not in ("cases", "blocks"):
+            bad((key,), f"unknown key '{key}' (a test file has 'cases' and, for reusable pieces, 'blocks')", key=True)
+    out = []
+    for i, raw in enumerate(data["cases"]):
+        at = ("cases", i)
+        before = len(problems)
+        case = _case(raw, at, path, bad)
+        if case is not None and len(problems) == before:
+            mark = doc.mark(at)
+            out.append(RuleCase(file, mark.line, mark.column, **case))
+    return out
+
+
+def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
+    import difflib
+
+    if not isinstance(raw, dict):
+        bad(at, "a case is a mapping: name, as_of, request or resources, expect")
+        return None
+    for key in raw:
+        if key not in CASE_KEYS:
+            close = difflib.get_close_matches(str(key), CASE_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(CASE_KEYS)})"
+            bad((*at, key), f"unknown key '{key}' in a case{hint}", key=True)
+    out: dict[str, Any] = {}
+    for key in ("name", "as_of", "expect"):
+        if key not in raw:
+            bad(at, f"case: required key '{key}' is missing")
+    if not isinstance(raw.get("name", ""), str) or not str(raw.get("name", "x")).strip():
+        bad((*at, "name"), "name: expected text")
+    out["name"] = str(raw.get("name", ""))
+    as_of = raw.get("as_of")
+    if isinstance(as_of, str):
+        try:
+            as_of = dt.date.fromisoformat(as_of)
+        except ValueError:
+            pass
+    if "as_of" in raw and not (isinstance(as_of, dt.date) and not isinstance(as_of, dt.datetime)):
+        bad((*at, "as_of"), f"as_of: expected a date (YYYY-MM-DD), found {raw.get('as_of')!r}")
+    out["as_of"] = as_of
+
+    has_request, has_resources = "request" in raw, "resources" in raw
+    if has_request == has_resources:
+        bad(at, "a case gives either 'request' (a hook request file) or 'patient' and 'resources', not both or neither")
+    if has_request:
+        request = path.parent / str(raw["request"])
+        if not isinstance(raw["request"], str) or not request.is_file():
+            bad((*at, "request"), f"request: no such file {raw['request']!r} (a path relative to {path.name})")
+        out["request"] = request.resolve()
+        if "patient" in raw:
+            bad((*at, "patient"), "patient: comes from the request's context; only for 'resources' cases", key=True)
+    if has_resources:
+        resources = raw["resources"]
+        if not isinstance(resources, list) or not all(isinstance(r, dict) and "resourceType" in r for r in resources):
+            bad((*at, "resources"), "resources: expected a list of FHIR resources (each with a resourceType)")
+        else:
+            out["resources"] = tuple(resources)
+        if not isinstance(raw.get("patient"), str):
+            bad((*at, "patient") if "patient" in raw else at, "patient: a 'resources' case names its patient id")
+        out["patient"] = raw.get("patient")
+
+    expect = raw.get("expect")
+    cards: list[ExpectedCard] = []
+    if "expect" in raw:
+        if not isinstance(expect, list):
+            bad((*at, "expect"), "expect: expected a list of cards ([] for no card)")
+            expect = []
+        for j, card in enumerate(expect):
+            where = (*at, "expect", j)
+            if not isinstance(card, dict):
+                bad(where, "a card is a mapping: rule, decision, indicator, recommended")
+                continue
+            for key in card:
+                if key not in CARD_KEYS:
+                    close = difflib.get_close_matches(str(key), CARD_KEYS, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(CARD_KEYS)})"
+                    bad((*where, key), f"unknown key '{key}' in an expected card{hint}", key=True)
+            for key in ("rule", "decision", "indicator"):
+                if not isinstance(card.get(key), str):
+                    bad(where, f"expected card: '{key}' is missing")
+            notes = card.get("notes", [])
+            if not isinstance(notes, list):
+                bad((*where, "notes"), "notes: expected a list of note ids")
+                notes = []
+            cards.append(ExpectedCard(str(card.get("rule")), str(card.get("decision")), str(card.get("indicator")),
+                                      card.get("recommended"), tuple(str(n) for n in notes)))
+    out["expect"] = tuple(cards)
+    if "skipped_invalid" in raw:
+        if not isinstance(raw["skipped_invalid"], int) or isinstance(raw["skipped_invalid"], bool):
+            bad((*at, "skipped_invalid"), "skipped_invalid: expected a whole number")
+        out["skipped_invalid"] = raw["skipped_invalid"]
+    return out
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def case_request(case: RuleCase, ruleset) -> tuple[dict[str, Any], str]:
+    """(prefetch, patient id) for a case: the request file's, or built from its resources."""
+    if case.request is not None:
+        body = json.loads(case.request.read_text())
+        return dict(body.get("prefetch") or {}), body["context"]["patientId"]
+    codes = ruleset.document.codes
+    patient = case.patient or ""
+    groups: dict[str, list[Any]] = {"lbpConditions": [], "painScores": [], "exerciseRounds": []}
+    patient_resource: Any = {"resourceType": "Patient", "id": patient}
+    for resource in case.resources:
+        kind = resource.get("resourceType")
+        if kind == "Patient":
+            patient_resource = resource
+        elif kind == "Condition":
+            groups["lbpConditions"].append(resource)
+        elif _has_code(resource, codes.pain_score.system, codes.pain_score.code):
+            groups["painScores"].append(resource)
+        else:
+            groups["exerciseRounds"].append(resource)
+    prefetch: dict[str, Any] = {"patient": patient_resource}
+    for key, items in groups.items():
+        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(items),
+                         "entry": [{"resource": _jsonable(r)} for r in items]}
+    return prefetch, patient
+
+
+def _has_code(resource: Mapping[str, Any], system: str, code: str) -> bool:
+    codings = (resource.get("code") or {}).get("coding") or []
+    return any(isinstance(c, dict) and c.get("system") == system and c.get("code") == code for c in codings)
+
+
+def _jsonable(value: Any) -> Any:
+    """YAML reads ``2026-11-18`` as a date; FHIR JSON has it as text."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+def run_case(case: RuleCase, active) -> CaseResult:
+    """Evaluate one case with ``active`` (an :class:`~cds.live_rules.ActiveRules`) and compare."""
+    from ..cards import EXTENSION_KEY
+    from ..clock import FixedClock
+    from ..service import MissingPrefetch, evaluate
+
+    result = CaseResult(case)
+    try:
+        prefetch, patient_id = case_request(case, active.ruleset)
+        outcome = evaluate(active, prefetch, patient_id=patient_id, clock=FixedClock(case.as_of))
+    except MissingPrefetch as e:
+        result.error = f"the request lacks prefetch key(s) {', '.join(e.keys)}; rule tests never fetch"
+        return result
+    except Exception as e:  # noqa: BLE001 - reported as the case's failure
+        result.error = f"evaluation failed: {type(e).__name__}: {e}"
+        return result
+    for fired, card in zip(outcome.evaluation.fired, outcome.cards):
+        rec = (card.extension or {}).get(EXTENSION_KEY, {})
+        result.actual.append(ExpectedCard(fired.rule_id, fired.decision, fired.indicator,
+                                          rec.get("recommendedExercise"), tuple(fired.notes)))
+    result.skipped_invalid = outcome.facts.skipped_invalid
+    result.diff = diff_cards(case.expect, result.actual)
+    if case.skipped_invalid is not None and case.skipped_invalid != result.skipped_invalid:
+        result.diff.append(f"skipped_invalid: expected {case.skipped_invalid}, got {result.skipped_invalid}")
+    return result
+
+
+def _show(value: Any) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, tuple):
+        return ", ".join(value)
+    return str(value)
+
+
+def describe_card(card: ExpectedCard) -> str:
+    text = f"{card.rule}: {card.decision} ({card.indicator})"
+    if card.recommended:
+        text += f" -> {card.recommended}"
+    if card.notes:
+        text += f" + note {', '.join(card.notes)}"
+    return text
+
+
+def diff_cards(expected: Iterable[ExpectedCard], actual: Iterable[ExpectedCard]) -> list[str]:
+    """Readable differences, one line per card field: ``card 1 decision: expected X, got Y``."""
+    expected, actual = list(expected), list(actual)
+    lines: list[str] = []
+    for n in range(max(len(expected), len(actual))):
+        e = expected[n] if n < len(expected) else None
+        a = actual[n] if n < len(actual) else None
+        if e is None:
+            lines.append(f"card {n + 1}: not expected, got {describe_card(a)}")
+        elif a is None:
+            lines.append(f"card {n + 1}: expected {describe_card(e)}, got no card")
+        else:
+            for name in CARD_KEYS:
+                ev, av = getattr(e, name), getattr(a, name)
+                if ev != av:
+                    lines.append(f"card {n + 1} {name}: expected {_show(ev)}, got {_show(av)}")
+    return lines
+
+
+def run_cases(cases: list[RuleCase], active) -> TestReport:
+    results = [run_case(c, active) for c in cases]
+    fired = {card.rule for r in results for card in r.actual}
+    notes = {n for r in results for card in r.actual for n in card.notes}
+    doc = active.ruleset.document
+    return TestReport(
+        results,
+        uncovered_rules=[r.id for r in doc.rules if r.id not in fired],
+        uncovered_notes=[n.id for n in doc.notes if n.id not in notes],
+    )
+
+
+def active_rules(rules_dir: str | Path):
+    """The compiled rule set of ``rules_dir`` (:class:`RuleSetError` when invalid)."""
+    from ..engine import RuleEngine
+    from ..live_rules import ActiveRules
+
+    ruleset = load_ruleset(rules_dir)
+    return ActiveRules(ruleset, RuleEngine(ruleset))
+
+
+def run_tests(rules_dir: str | Path, tests_dir: str | Path | None = None) -> TestReport:
+    """Load the rule set and the cases (default ``<rules_dir>/tests``) and run every case."""
+    active = active_rules(rules_dir)
+    cases = load_cases(tests_dir if tests_dir is not None else Path(rules_dir) / "tests")
+    return run_cases(cases, active)
+
+
+def format_report(report: TestReport) -> str:
+    lines: list[str] = []
+    for r in report.results:
+        c = r.case
+        if r.passed:
+            lines.append(f"PASS {c.where}: {c.name}")
+            continue
+        lines.append(f"FAIL {c.where}: {c.name}")
+        if r.error:
+            lines.append(f"    {r.error}")
+            continue
+        lines += [f"    {d}" for d in r.diff]
+        lines.append("    expected: " + ("; ".join(describe_card(e) for e in c.expect) or "no card"))
+        lines.append("    actual:   " + ("; ".join(describe_card(a) for a in r.actual) or "no card"))
+    if report.uncovered_rules:
+        lines.append(f"uncovered rules (no case fires them): {', '.join(report.uncovered_rules)}")
+    if report.uncovered_notes:
+        lines.append(f"uncovered notes (no case fires them): {', '.join(report.uncovered_notes)}")
+    if not report.uncovered_rules and not report.uncovered_notes:
+        lines.append("coverage: every rule and note is fired by at least one case")
+    passed = len(report.results) - len(report.failed)
+    lines.append(f"{passed} passed, {len(report.failed)} failed")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "CaseResult", "ExpectedCard", "RuleCase", "RuleSetError", "RuleTestError", "TestReport", "active_rules",
+    "diff_cards", "format_report", "load_cases", "run_case", "run_cases", "run_tests",
+]
