@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -250,20 +251,21 @@ class FhirTestServer:
         if rtype == "Patient" and "_id" in query:
             ids = {i for v in query["_id"] for i in v.split(",")}
             results = [r for r in results if r.get("id") in ids]
+        for value in query.get("code", []):
+            tokens = [t for t in value.split(",") if t]
+            results = [r for r in results if _matches_code(r, tokens)]
         foreign: list[dict[str, Any]] = []
         for wanted in patients:
-            if self.foreign_patient:
-                for r in results:
-                    if _matches_patient(r, wanted) and r.get("resourceType") != "Patient":
+            matching = [r for r in results if _matches_patient(r, wanted)]
+            if self.foreign_patient:  # a misbehaving server: also another patient's copies of the matches
+                for r in matching:
+                    if r.get("resourceType") != "Patient":
                         clone = copy.deepcopy(r)
                         clone["id"] = f"{r.get('id', 'x')}-foreign"
                         field_name = "patient" if "patient" in clone and "subject" not in clone else "subject"
                         clone[field_name] = {"reference": f"Patient/{self.foreign_patient}"}
                         foreign.append(clone)
-            results = [r for r in results if _matches_patient(r, wanted)]
-        for value in query.get("code", []):
-            tokens = [t for t in value.split(",") if t]
-            results = [r for r in results if _matches_code(r, tokens)]
+            results = matching
         results = results + foreign
         sort = query.get("_sort", [""])[-1]
         for spec in reversed([s for s in sort.split(",") if s]):
@@ -283,6 +285,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str = FHIR_JSON, trickle: float | None = None) -> None:
