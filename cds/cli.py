@@ -73,6 +73,49 @@ def _cmd_rules_test(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import json
+    import os
+
+    from .config import REPO_ROOT
+    from .explain import EvaluateError, evaluate_request, explain, read_request, render_text
+    from .ruleset.loader import RuleSetError
+    from .ruleset.ruletests import active_rules
+
+    rules_dir = args.rules or Path(os.environ.get("CDS_RULES_DIR") or REPO_ROOT / "rules")
+    as_of = args.as_of
+    if as_of is None:
+        env = os.environ.get("CDS_EVALUATION_DATE", "")
+        as_of = dt.date.fromisoformat(env) if env and env.lower() != "today" else dt.date.today()
+    try:
+        active = active_rules(rules_dir)
+    except RuleSetError as e:
+        print(f"the rule files in {rules_dir} are invalid:\n{e}", file=sys.stderr)
+        return 1
+    try:
+        body = read_request(args.request)
+        outcome = evaluate_request(body, active, as_of, source=str(args.request))
+    except EvaluateError as e:
+        print(f"cannot evaluate: {e}", file=sys.stderr)
+        return 2
+    report = explain(outcome, active)
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_text(report, active), end="")
+    return 0
+
+
+def _date(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds", description="lbp-cds: low-back strengthening CDS Hooks service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("path", nargs="?", default="rules", type=Path, help="the rule folder (default: rules)")
     test.add_argument("--tests", type=Path, default=None, help="folder of test files (default: PATH/tests)")
     test.set_defaults(func=_cmd_rules_test)
+
+    ev = sub.add_parser("evaluate", help="evaluate a hook request offline and explain the facts, rules and cards")
+    ev.add_argument("request", type=Path, help="a patient-view request (JSON) with every prefetch key")
+    ev.add_argument("--as-of", type=_date, default=None,
+                    help="evaluation date YYYY-MM-DD (default: CDS_EVALUATION_DATE, else today)")
+    ev.add_argument("--format", choices=("text", "json"), default="text")
+    ev.add_argument("--rules", type=Path, default=None, help="rule folder (default: CDS_RULES_DIR, else rules/)")
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 
