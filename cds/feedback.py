@@ -1,0 +1,211 @@
+"""The CDS Hooks 2.0 feedback request (SPEC §3): models and validation with field-path error messages.
+
+Pure module: no Flask, no database. The HTTP layer calls :func:`parse_feedback` on the decoded JSON body and
+maps :class:`FeedbackError` to a 400 whose message is ``str(exc)`` (it names the field, e.g.
+``feedback[0].acceptedSuggestions: required when outcome is 'accepted'``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+__all__ = [
+    "AcceptedSuggestion",
+    "Coding",
+    "FeedbackError",
+    "FeedbackItem",
+    "FeedbackRequest",
+    "OverrideReason",
+    "format_loc",
+    "parse_feedback",
+]
+
+
+def _uuid_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a UUID string")
+    try:
+        return str(uuid.UUID(value))  # canonical lower-case, hyphenated form
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+
+
+class _Model(BaseModel):
+    """Unknown keys are rejected; CDS Hooks' ``extension`` member is allowed where the spec allows it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class _Extensible(_Model):
+    extension: dict[str, Any] | None = None
+
+
+class Coding(_Model):
+    system: str = Field(min_length=1)
+    code: str = Field(min_length=1)
+    display: str | None = None
+
+
+class OverrideReason(_Extensible):
+    reason: Coding | None = None
+    userComment: str | None = None
+
+
+class AcceptedSuggestion(_Extensible):
+    id: str
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_is_uuid(cls, v: Any) -> str:
+        return _uuid_str(v)
+
+
+class FeedbackItem(_Extensible):
+    card: str
+    outcome: Literal["accepted", "overridden"]
+    # Declared after `outcome` so its validator can see it; validated even when absent.
+    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, validate_default=True)
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: dt.datetime
+
+    @field_validator("card", mode="before")
+    @classmethod
+    def _card_is_uuid(cls, v: Any) -> str:
+        return _uuid_str(v)
+
+    @field_validator("acceptedSuggestions")
+    @classmethod
+    def _required_when_accepted(cls, v: list[AcceptedSuggestion] | None, info: ValidationInfo):
+        if info.data.get("outcome") == "accepted" and not v:
+            raise ValueError("required (at least one suggestion) when outcome is 'accepted'")
+        return v
+
+    @field_validator("outcomeTimestamp", mode="before")
+    @classmethod
+    def _timestamp_is_string(cls, v: Any) -> Any:
+        # Pydantic would otherwise accept numbers as Unix times; the spec says ISO 8601.
+        if not isinstance(v, str | dt.datetime):
+            raise ValueError("must be an ISO 8601 date-time string")
+        if isinstance(v, str) and "T" not in v.upper():
+            raise ValueError("must be an ISO 8601 date-time (a date alone is not enough)")
+        return v
+
+    @field_validator("outcomeTimestamp")
+    @classmethod
+    def _timestamp_utc(cls, v: dt.datetime) -> dt.datetime:
+        # CDS Hooks says the timestamp is UTC; a value without an offset is taken as UTC.
+        if v.tzinfo is None:
+            return v.replace(tzinfo=dt.timezone.utc)
+        return v.astimezone(dt.timezone.utc)
+
+    # ---- derived values used by storage -------------------------------------------------------------
+    @property
+    def suggestion_ids(self) -> tuple[str, ...]:
+        return tuple(sorted({s.id for s in self.acceptedSuggestions or ()}))
+
+    def canonical(self) -> dict[str, Any]:
+        """The item as JSON-ready data, normalised (UUIDs lower-case, timestamp UTC, suggestions sorted)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["outcomeTimestamp"] = self.outcomeTimestamp.isoformat()
+        if self.acceptedSuggestions is not None:
+            data["acceptedSuggestions"] = [{"id": i} for i in self.suggestion_ids]
+        return data
+
+    def content_hash(self, service_id: str) -> str:
+        """Identity of a report: the same service, card, outcome, timestamp, suggestions and reason give
+        the same hash (so a repeated report is stored once); anything different gives a new one."""
+        reason = self.overrideReason
+        key = {
+            "service": service_id,
+            "card": self.card,
+            "outcome": self.outcome,
+            "timestamp": self.outcomeTimestamp.isoformat(),
+            "suggestions": list(self.suggestion_ids),
+            "reason": None
+            if reason is None
+            else {
+                "coding": None if reason.reason is None else reason.reason.model_dump(mode="json"),
+                "comment": reason.userComment,
+            },
+        }
+        blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class FeedbackRequest(_Extensible):
+    feedback: list[FeedbackItem]
+
+    @field_validator("feedback", mode="before")
+    @classmethod
+    def _non_empty_array(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            raise ValueError("must be an array of feedback objects")
+        if not v:
+            raise ValueError("must contain at least one feedback object")
+        return v
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """``('feedback', 0, 'acceptedSuggestions')`` → ``feedback[0].acceptedSuggestions``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(body)"
+
+
+class FeedbackError(ValueError):
+    """Invalid feedback request. ``errors`` is a list of ``(field path, message)``; ``str()`` names the
+    first offending field (and how many more there are)."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        path, msg = errors[0]
+        text = f"{path}: {msg}"
+        if len(errors) > 1:
+            text += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+        super().__init__(text)
+
+    @property
+    def field(self) -> str:
+        return self.errors[0][0]
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    if err.get("type") == "missing":
+        return "required"
+    if err.get("type") == "extra_forbidden":
+        return "unknown field"
+    if err.get("type") in ("model_type", "dict_type"):
+        return "must be a JSON object"
+    if err.get("type") == "list_type":
+        return "must be an array"
+    for prefix in ("Value error, ",):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+def parse_feedback(data: Any) -> FeedbackRequest:
+    """Validate a decoded JSON feedback body. Raises :class:`FeedbackError` naming the field."""
+    if not isinstance(data, dict):
+        raise FeedbackError([("(body)", "must be a JSON object with a 'feedback' array")])
+    try:
+        return FeedbackRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err.get("loc", ()))
+            # Pydantic appends the union branch / tag to some locations; drop non-field artefacts.
+            loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
+            errors.append((format_loc(loc), _message(err)))
+        raise FeedbackError(errors) from None

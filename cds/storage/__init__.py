@@ -1,0 +1,45 @@
+"""Storage of the decision audit and of clinicians' feedback (SQLAlchemy + Alembic).
+
+Typical wiring::
+
+    from cds.storage import Store, StoreUnavailable, AuditRecord, AuditCard, hash_patient_id, upgrade
+
+    upgrade(url)                 # at start-up (Docker entrypoint; the app for SQLite dev)
+    store = Store(url)           # one per process
+    store.record_evaluation(AuditRecord(...))   # or AuditWriter(store).submit(record): off the request path
+    store.record_feedback(service_id, parse_feedback(body).feedback)
+    rows = store.report(since)   # → cds.report.format_report(rows, "table")
+"""
+
+from .background import AuditWriter
+from .hashing import hash_patient_id
+from .migrate import current_revision, downgrade, head_revision, upgrade
+from .store import (
+    UNKNOWN,
+    AuditCard,
+    AuditRecord,
+    PurgeResult,
+    ReasonCount,
+    ReportRow,
+    Store,
+    StoreUnavailable,
+    retention_cutoff,
+)
+
+__all__ = [
+    "UNKNOWN",
+    "AuditCard",
+    "AuditRecord",
+    "AuditWriter",
+    "PurgeResult",
+    "ReasonCount",
+    "ReportRow",
+    "Store",
+    "StoreUnavailable",
+    "current_revision",
+    "downgrade",
+    "hash_patient_id",
+    "head_revision",
+    "retention_cutoff",
+    "upgrade",
+]

@@ -1,0 +1,93 @@
+"""Audit writes off the request path: a hook call must answer even when the database is slow or down."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+
+from .store import AuditRecord, Store, StoreUnavailable
+
+log = logging.getLogger("cds.audit")
+
+
+class AuditWriter:
+    """A bounded queue drained by one daemon thread that calls ``store.record_evaluation``.
+
+    ``submit`` never blocks and never raises: when the queue is full the record is dropped and counted
+    (``dropped``); storage failures are logged (no PHI: only the hook instance and the error class) and
+    counted (``failed``). The thread starts lazily in the calling process, so it is safe with pre-forking
+    servers (gunicorn): build the writer before the fork, the thread starts in each worker.
+    """
+
+    def __init__(self, store: Store, maxsize: int = 1000):
+        self.store = store
+        self._queue: queue.Queue[AuditRecord | None] = queue.Queue(maxsize=maxsize)
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self.written = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                if self._pid is not None and self._pid != os.getpid():
+                    self._queue = queue.Queue(maxsize=self._queue.maxsize)  # parent's queue is not ours
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="cds-audit-writer", daemon=True)
+                self._thread.start()
+
+    def submit(self, record: AuditRecord) -> bool:
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(record)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            log.error("audit queue full; audit record dropped", extra={"hook_instance": record.hook_instance})
+            return False
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            try:
+                if record is None:
+                    return
+                self.store.record_evaluation(record)
+                self.written += 1
+            except StoreUnavailable as exc:
+                self.failed += 1
+                log.error("audit not stored: database unavailable (%s)", type(exc.__cause__ or exc).__name__,
+                          extra={"hook_instance": record.hook_instance})
+            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                self.failed += 1
+                log.error("audit not stored: %s", type(exc).__name__, extra={"hook_instance": record.hook_instance})
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far has been handled (tests, shutdown)."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+
+        def _wait():
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=_wait, daemon=True).start()
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            self.flush(timeout)
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                return
+            self._thread.join(timeout)

@@ -1,0 +1,74 @@
+"""Run the packaged Alembic migrations programmatically (no alembic.ini on disk needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from .engine import make_engine, write_options
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Arbitrary constant: PostgreSQL advisory lock taken while migrating, so instances starting together
+# do not race to create the same tables.
+_PG_LOCK_ID = 0x1B9CD5
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        cfg.attributes["url"] = url  # not via set_main_option: '%' in passwords would break interpolation
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` up to ``revision`` (idempotent). Raises StoreUnavailable if the
+    database cannot be reached."""
+    from .store import StoreUnavailable
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**write_options())
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+                cfg = alembic_config(url)
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise StoreUnavailable(f"database unavailable while migrating: {exc.orig or exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**write_options())
+            with conn.begin():
+                cfg = alembic_config(url)
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,402 @@
+"""The store: decision audit, feedback, retention and the feedback report, over any SQLAlchemy URL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import Connection, delete, func, insert, select, text
+from sqlalchemy import exc as sa_exc
+
+from ..feedback import FeedbackItem
+from .engine import make_engine, write_options
+from .models import audit_card, audit_evaluation, audit_suggestion, feedback
+
+UNKNOWN = "(unknown)"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached or used right now (connection refused, file cannot be opened,
+    locked past the busy timeout, schema missing). Feedback → 503; hook calls log it and carry on."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Audit input
+
+
+class AuditCard(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    card_uuid: str
+    rule_id: str
+    decision: str
+    indicator: str
+    suggestion_uuids: tuple[str, ...] = ()
+
+
+class AuditRecord(BaseModel):
+    """One hook call, as the audit keeps it. ``patient_hash`` comes from :func:`hash_patient_id`; it is
+    checked to look like one, so a raw identifier cannot be stored by mistake."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hook_instance: str
+    service_id: str
+    evaluated_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    ruleset_name: str
+    ruleset_version: str
+    ruleset_sha256: str
+    patient_hash: str | None = None
+    cards: tuple[AuditCard, ...] = ()
+
+    @field_validator("patient_hash")
+    @classmethod
+    def _looks_hashed(cls, v: str | None) -> str | None:
+        if v is not None and not _HEX64.match(v):
+            raise ValueError("patient_hash must be the 64-hex HMAC from hash_patient_id(), never a raw id")
+        return v
+
+    @field_validator("evaluated_at")
+    @classmethod
+    def _utc(cls, v: dt.datetime) -> dt.datetime:
+        return v.replace(tzinfo=dt.timezone.utc) if v.tzinfo is None else v.astimezone(dt.timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report output
+
+
+@dataclass(frozen=True)
+class ReasonCount:
+    code: str
+    display: str | None
+    system: str | None
+    count: int
+
+    @property
+    def label(self) -> str:
+        return self.display or self.code
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """Per rule and rule-set version. ``shown`` counts cards; ``accepted``/``overridden`` count cards by
+    their latest reported outcome (a card reported twice counts once); ``feedback_reports`` counts every
+    stored report. Feedback for a card the audit does not know is reported under rule ``(unknown)``."""
+
+    rule_id: str
+    ruleset_name: str
+    ruleset_version: str
+    shown: int = 0
+    accepted: int = 0
+    overridden: int = 0
+    feedback_reports: int = 0
+    override_reasons: tuple[ReasonCount, ...] = field(default=())
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """accepted / (accepted + overridden): of the cards clinicians responded to, the share accepted."""
+        answered = self.accepted + self.overridden
+        return None if answered == 0 else self.accepted / answered
+
+    @property
+    def no_feedback(self) -> int:
+        return max(self.shown - self.accepted - self.overridden, 0)
+
+    def to_dict(self) -> dict:
+        return {
+            "rule_id": self.rule_id,
+            "ruleset_name": self.ruleset_name,
+            "ruleset_version": self.ruleset_version,
+            "shown": self.shown,
+            "accepted": self.accepted,
+            "overridden": self.overridden,
+            "no_feedback": self.no_feedback,
+            "feedback_reports": self.feedback_reports,
+            "acceptance_rate": self.acceptance_rate,
+            "override_reasons": [
+                {"system": r.system, "code": r.code, "display": r.display, "count": r.count}
+                for r in self.override_reasons
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    evaluations: int
+    feedback: int
+
+
+def retention_cutoff(days: int, now: dt.datetime | None = None) -> dt.datetime:
+    """The instant before which records are purged when keeping ``days`` days."""
+    if days < 1:
+        raise ValueError("retention must be at least one day")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now - dt.timedelta(days=days)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+class Store:
+    """Thread-safe; one per process (engines hold a connection pool). Build it from a URL; run
+    :func:`cds.storage.upgrade` first (the store never creates tables itself)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self, write: bool) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(**write_options())
+                with conn.begin():
+                    yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc.orig or exc).__name__}: {_first_line(exc)}") from exc
+        except sa_exc.ProgrammingError as exc:
+            # PostgreSQL: relation missing (not migrated) is an availability problem, not a client error.
+            if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
+                raise StoreUnavailable(f"database schema missing: {_first_line(exc)}") from exc
+            raise
+
+    def ping(self) -> bool:
+        """True when the database answers and the schema is in place (for /readyz)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(func.count()).select_from(feedback).where(feedback.c.id == -1))
+            return True
+        except Exception:  # noqa: BLE001 - readiness answers yes or no
+            return False
+
+    # -- audit -------------------------------------------------------------------------------------
+    def record_evaluation(self, audit: AuditRecord) -> int:
+        """Store one hook call with its cards; returns the evaluation's row id."""
+        with self._tx(write=True) as conn:
+            eval_id = conn.execute(
+                insert(audit_evaluation).returning(audit_evaluation.c.id),
+                {
+                    "hook_instance": audit.hook_instance,
+                    "service_id": audit.service_id,
+                    "evaluated_at": audit.evaluated_at,
+                    "ruleset_name": audit.ruleset_name,
+                    "ruleset_version": audit.ruleset_version,
+                    "ruleset_sha256": audit.ruleset_sha256,
+                    "patient_hash": audit.patient_hash,
+                },
+            ).scalar_one()
+            for pos, card in enumerate(audit.cards):
+                card_id = conn.execute(
+                    insert(audit_card).returning(audit_card.c.id),
+                    {
+                        "evaluation_id": eval_id,
+                        "position": pos,
+                        "card_uuid": card.card_uuid.lower(),
+                        "rule_id": card.rule_id,
+                        "decision": card.decision,
+                        "indicator": card.indicator,
+                    },
+                ).scalar_one()
+                if card.suggestion_uuids:
+                    conn.execute(
+                        insert(audit_suggestion),
+                        [{"card_id": card_id, "suggestion_uuid": s.lower()} for s in card.suggestion_uuids],
+                    )
+            return eval_id
+
+    # -- feedback ----------------------------------------------------------------------------------
+    def record_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
+        """Store feedback items in one transaction. Returns how many were new: an item identical to one
+        already stored (same service, card, outcome, timestamp, suggestions, reason) is not stored twice;
+        the same card with different content is stored again. Unknown card uuids are stored too.
+        Raises :class:`StoreUnavailable` when nothing could be stored."""
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = []
+        seen: set[str] = set()
+        for item in items:
+            h = item.content_hash(service_id)
+            if h in seen:
+                continue
+            seen.add(h)
+            coding = item.overrideReason.reason if item.overrideReason else None
+            rows.append(
+                {
+                    "content_hash": h,
+                    "service_id": service_id,
+                    "card_uuid": item.card,
+                    "outcome": item.outcome,
+                    "outcome_timestamp": item.outcomeTimestamp,
+                    "received_at": now,
+                    "accepted_suggestions": json.dumps(list(item.suggestion_ids))
+                    if item.acceptedSuggestions is not None
+                    else None,
+                    "override_system": coding.system if coding else None,
+                    "override_code": coding.code if coding else None,
+                    "override_display": coding.display if coding else None,
+                    "override_comment": item.overrideReason.userComment if item.overrideReason else None,
+                    "payload": json.dumps(item.canonical(), sort_keys=True, separators=(",", ":")),
+                }
+            )
+        if not rows:
+            return 0
+        with self._tx(write=True) as conn:
+            dialect = conn.dialect.name
+            if dialect in ("sqlite", "postgresql"):
+                if dialect == "sqlite":
+                    from sqlalchemy.dialects.sqlite import insert as d_insert
+                else:
+                    from sqlalchemy.dialects.postgresql import insert as d_insert
+                stmt = (
+                    d_insert(feedback)
+                    .on_conflict_do_nothing(index_elements=["content_hash"])
+                    .returning(feedback.c.id)
+                )
+                # RETURNING yields a row only for an inserted item (rowcount is unreliable here).
+                return sum(len(conn.execute(stmt, row).all()) for row in rows)
+            # Other backends: look first, then insert (the unique index still guards the race).
+            existing = set(
+                conn.execute(
+                    select(feedback.c.content_hash).where(feedback.c.content_hash.in_([r["content_hash"] for r in rows]))
+                ).scalars()
+            )
+            new = [r for r in rows if r["content_hash"] not in existing]
+            if new:
+                conn.execute(insert(feedback), new)
+            return len(new)
+
+    # -- retention ---------------------------------------------------------------------------------
+    def purge(self, older_than: dt.datetime) -> PurgeResult:
+        """Delete evaluations (with their cards and suggestions) evaluated before ``older_than`` and
+        feedback received before it."""
+        cutoff = _utc(older_than)
+        with self._tx(write=True) as conn:
+            old_evals = select(audit_evaluation.c.id).where(audit_evaluation.c.evaluated_at < cutoff)
+            old_cards = select(audit_card.c.id).where(audit_card.c.evaluation_id.in_(old_evals))
+            conn.execute(delete(audit_suggestion).where(audit_suggestion.c.card_id.in_(old_cards)))
+            conn.execute(delete(audit_card).where(audit_card.c.evaluation_id.in_(old_evals)))
+            n_eval = conn.execute(delete(audit_evaluation).where(audit_evaluation.c.evaluated_at < cutoff)).rowcount
+            n_fb = conn.execute(delete(feedback).where(feedback.c.received_at < cutoff)).rowcount
+        return PurgeResult(evaluations=n_eval, feedback=n_fb)
+
+    def purge_retention(self, days: int, now: dt.datetime | None = None) -> PurgeResult:
+        return self.purge(retention_cutoff(days, now))
+
+    # -- report ------------------------------------------------------------------------------------
+    def report(self, since: dt.datetime | None = None) -> list[ReportRow]:
+        """Per rule id and rule-set version: cards shown (evaluated at/after ``since``), their outcomes
+        by latest feedback, and override reasons. Feedback for unknown cards (received at/after
+        ``since``) forms the ``(unknown)`` row. Sorted by rule-set name, version, rule id."""
+        since = _utc(since) if since is not None else None
+        key_cols = (audit_evaluation.c.ruleset_name, audit_evaluation.c.ruleset_version, audit_card.c.rule_id)
+        with self._tx(write=False) as conn:
+            shown_q = (
+                select(*key_cols, func.count(audit_card.c.id))
+                .select_from(audit_card.join(audit_evaluation, audit_card.c.evaluation_id == audit_evaluation.c.id))
+                .group_by(*key_cols)
+            )
+            if since is not None:
+                shown_q = shown_q.where(audit_evaluation.c.evaluated_at >= since)
+            shown = {(n, v, r): c for n, v, r, c in conn.execute(shown_q)}
+
+            joined = feedback.outerjoin(audit_card, feedback.c.card_uuid == audit_card.c.card_uuid).outerjoin(
+                audit_evaluation, audit_card.c.evaluation_id == audit_evaluation.c.id
+            )
+            fb_q = select(
+                feedback.c.id,
+                feedback.c.card_uuid,
+                feedback.c.outcome,
+                feedback.c.outcome_timestamp,
+                feedback.c.override_system,
+                feedback.c.override_code,
+                feedback.c.override_display,
+                audit_evaluation.c.ruleset_name,
+                audit_evaluation.c.ruleset_version,
+                audit_card.c.rule_id,
+                audit_evaluation.c.evaluated_at,
+                feedback.c.received_at,
+            ).select_from(joined)
+            fb_rows = conn.execute(fb_q.order_by(feedback.c.outcome_timestamp, feedback.c.id)).all()
+
+        latest: dict[str, tuple] = {}  # card uuid → row of its latest outcome (rows are in time order)
+        reports: Counter = Counter()
+        for row in fb_rows:
+            if row.rule_id is None:
+                if since is not None and row.received_at < since:
+                    continue
+                key = (UNKNOWN, UNKNOWN, UNKNOWN)
+            else:
+                if since is not None and row.evaluated_at < since:
+                    continue
+                key = (row.ruleset_name, row.ruleset_version, row.rule_id)
+            latest[row.card_uuid] = (key, row)
+            reports[key] += 1
+
+        accepted: Counter = Counter()
+        overridden: Counter = Counter()
+        reasons: dict[tuple, Counter] = defaultdict(Counter)
+        for key, row in latest.values():
+            if row.outcome == "accepted":
+                accepted[key] += 1
+            else:
+                overridden[key] += 1
+                if row.override_code:
+                    reasons[key][(row.override_code, row.override_display, row.override_system)] += 1
+
+        keys = set(shown) | set(reports)
+        out = []
+        for key in sorted(keys, key=lambda k: (k[0] == UNKNOWN, k)):
+            name, version, rule = key
+            reason_counts = tuple(
+                ReasonCount(code=c, display=d, system=s, count=n)
+                for (c, d, s), n in sorted(reasons[key].items(), key=lambda kv: (-kv[1], kv[0][0]))
+            )
+            out.append(
+                ReportRow(
+                    rule_id=rule,
+                    ruleset_name=name,
+                    ruleset_version=version,
+                    shown=shown.get(key, 0),
+                    accepted=accepted[key],
+                    overridden=overridden[key],
+                    feedback_reports=reports[key],
+                    override_reasons=reason_counts,
+                )
+            )
+        return out
+
+    # -- introspection for tests and tools ---------------------------------------------------------
+    def count(self, table: str) -> int:
+        with self._tx(write=False) as conn:
+            return conn.execute(text(f"SELECT count(*) FROM {_table_name(table)}")).scalar_one()
+
+
+def _table_name(name: str) -> str:
+    allowed = {t.name for t in (audit_evaluation, audit_card, audit_suggestion, feedback)}
+    if name not in allowed:
+        raise ValueError(f"unknown table {name!r}")
+    return name
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
