@@ -18,7 +18,7 @@ from ..live_rules import LiveRuleSet
 from ..logs import request_id
 from ..metrics import Metrics
 from ..storage import Store, upgrade
-from . import ops, routes
+from . import openapi, ops, routes
 from .errors import register_error_handlers
 from .security import build_verifier, enable_cors, require_jwt
 
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
     require_jwt(routes.bp)
     app.register_blueprint(routes.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(openapi.bp)
     register_error_handlers(app)
     enable_cors(app, settings)
     _instrument(app, metrics)
