@@ -27,15 +27,29 @@ def _state():
     return current_app.extensions["lbp_cds"]
 
 
+class _NonStandardJson(ValueError):
+    """NaN, Infinity and -Infinity: accepted by Python's json module, not JSON (RFC 8259)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonStandardJson(name)
+
+
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object, or a 4xx naming what is wrong with it."""
     if not request.is_json:
         raise ApiError(415, "unsupported media type: send Content-Type: application/json")
     raw = request.get_data(cache=True)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # A streamed (chunked) body is cut at the limit by werkzeug without an error: refuse it here.
+        raise ApiError(413, "request body too large")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply") from None
+    except _NonStandardJson:
+        raise ApiError(400, "request body is not valid JSON: NaN and Infinity are not JSON numbers") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"request body is not valid JSON: {getattr(e, 'msg', 'cannot decode')}") from None
     if not isinstance(body, dict):
