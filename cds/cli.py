@@ -20,8 +20,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
+    from .live_rules import LiveRuleSet
+
     try:
-        app = create_app(settings)
+        # No watcher thread in the gunicorn master (threads do not survive fork): each worker starts
+        # its own after the fork (``load``); SIGHUP makes the master reload too before new workers fork.
+        live = LiveRuleSet(settings.rules_dir, poll_seconds=0)
+        app = create_app(settings, rules=live)
     except RuleSetError as e:
         print(f"refusing to start: the rule files in {settings.rules_dir} are invalid:\n{e}", file=sys.stderr)
         return 1
@@ -36,9 +41,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             self.cfg.set("threads", 8)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("accesslog", "-")
+            self.cfg.set("on_reload", _on_sighup)
 
-        def load(self):
+        def load(self):  # runs in each worker, after the fork
+            live.poll_seconds = settings.rules_poll_seconds
+            live.restart_after_fork()
             return app
+
+    def _on_sighup(arbiter) -> None:
+        # `kill -HUP <pid>`: gunicorn restarts its workers; validate and load the rule files first so
+        # the new workers start from the edited version (or keep the old one when the edit is invalid).
+        live.reload()
 
     _Server().run()
     return 0

@@ -78,6 +78,15 @@ class LiveRuleSet:
             )
             return True
 
+    def restart_after_fork(self) -> None:
+        """In a forked server worker: threads and held locks do not survive ``fork``, so start afresh,
+        pick up any edit made since the parent loaded the files, and watch them again."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self.reload()
+        self.start_watching()
+
     def changed_on_disk(self) -> bool:
         return _fingerprint(self.folder) != self._fingerprint
 

@@ -1,0 +1,238 @@
+"""Reload without restart: rule-file edits are picked up under concurrent load, atomically.
+
+Eight threads post a fhir_examples request continuously while the main thread rewrites the rule files
+several times, alternating valid versions (another threshold and version number) with invalid ones.
+Every response must be 200 and come from exactly one valid version, with that version's decisions;
+an invalid edit is logged and never served; the last valid version is served at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cds.clock import FixedClock
+from cds.config import load_settings
+from cds.live_rules import LiveRuleSet
+from cds.ruleset.loader import load_ruleset
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "rules"
+REQUEST = json.loads((ROOT / "fhir_examples" / "requests" / "onset-undocumented.json").read_text())  # reps 20, 18
+URL = "/cds-services/lbp-exercise-progression"
+EXT = "org.lbp-cds.recommendation"
+ORIGINAL = (RULES / "ruleset.yaml").read_text()
+
+
+def variant(version: str | None = None, **params: str) -> str:
+    text = ORIGINAL
+    if version:
+        text = text.replace("version: 1.0.0", f"version: {version}")
+    for name, value in params.items():
+        old = next(line for line in text.splitlines() if line.startswith(f"  {name}: "))
+        text = text.replace(old, f"  {name}: {value}", 1)
+    return text
+
+
+# name -> (ruleset.yaml text, the decisions of the request's cards under it; None = invalid)
+VERSIONS = {
+    "v1.0.0": (ORIGINAL, ["onset-unknown", "continue"]),
+    "v1.1.0": (variant("1.1.0", reps_high="17"), ["onset-unknown", "step-up"]),
+    "v1.2.0": (variant("1.2.0", reps_low="19"), ["onset-unknown", "step-back"]),
+    "bad-type": (variant("9.9.9", reps_high="seventeen"), None),
+    "bad-yaml": (variant("9.9.8").replace("  rounds: 2", "  rounds: [2"), None),
+}
+EDITS = ["v1.1.0", "bad-type", "v1.0.0", "bad-yaml", "v1.2.0", "bad-type", "v1.1.0", "bad-yaml", "v1.2.0"]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """What editors do: write a temporary file beside it, then rename over the old one."""
+    tmp = path.with_name(path.name + ".tmp")  # not *.yaml: never read as a rule file
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    dest = tmp_path / "rules"
+    shutil.copytree(RULES, dest, ignore=shutil.ignore_patterns("tests"))
+    return dest
+
+
+def shas(tmp_path: Path) -> dict[str, str]:
+    """The sha256 of each valid version, computed from a separate copy of the files."""
+    out = {}
+    for name, (text, decisions) in VERSIONS.items():
+        if decisions is None:
+            continue
+        folder = tmp_path / f"sha-{name}"
+        shutil.copytree(RULES, folder, ignore=shutil.ignore_patterns("tests"))
+        (folder / "ruleset.yaml").write_text(text)
+        out[load_ruleset(folder).sha256] = name
+    return out
+
+
+def test_invalid_variants_are_invalid(tmp_path: Path) -> None:
+    from cds.ruleset.loader import check_ruleset
+
+    for name, (text, decisions) in VERSIONS.items():
+        folder = tmp_path / name
+        shutil.copytree(RULES, folder, ignore=shutil.ignore_patterns("tests"))
+        (folder / "ruleset.yaml").write_text(text)
+        assert bool(check_ruleset(folder)) == (decisions is None), name
+
+
+def test_reload_under_concurrent_requests(rules: Path, tmp_path: Path, caplog) -> None:
+    from cds.http import create_app
+
+    caplog.set_level(logging.INFO, logger="cds.rules")
+    valid = shas(tmp_path)
+    live = LiveRuleSet(rules, poll_seconds=0.01)
+    settings = load_settings({}, development=True, rules_dir=rules, database_url=f"sqlite:///{tmp_path}/db.sqlite3")
+    app = create_app(settings, rules=live, clock=FixedClock(__import__("datetime").date(2026, 11, 20)))
+    stop = threading.Event()
+    responses: list[tuple[int, list[dict]]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        client = app.test_client()
+        try:
+            while not stop.is_set():
+                r = client.post(URL, json=REQUEST)
+                with lock:
+                    responses.append((r.status_code, (r.get_json() or {}).get("cards", [])))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        last_valid = "v1.0.0"
+        for edit in EDITS:
+            text, decisions = VERSIONS[edit]
+            write_atomically(rules / "ruleset.yaml", text)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # wait until the watcher has read this edit
+                current = valid.get(live.current().ruleset.sha256)
+                if not live.changed_on_disk() and (
+                    (decisions is not None and current == edit) or (decisions is None and live.last_error is not None)
+                ):
+                    break
+                time.sleep(0.01)
+            else:
+                pytest.fail(f"the edit {edit} was not picked up in 10 s")
+            if decisions is not None:
+                last_valid = edit
+            assert valid[live.current().ruleset.sha256] == last_valid  # an invalid edit keeps the old one
+            time.sleep(0.15)  # requests flow under this version
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        live.stop()
+
+    assert not errors, errors
+    assert len(responses) > 100
+    seen = set()
+    for status, cards in responses:
+        assert status == 200
+        recs = [c["extension"][EXT] for c in cards]
+        versions = {(r["ruleset"]["sha256"], r["ruleset"]["version"]) for r in recs}
+        assert len(versions) == 1, f"one response, several rule-set versions: {versions}"
+        [(sha, version)] = versions
+        assert sha in valid, f"served an invalid or unknown version {version}"
+        name = valid[sha]
+        assert version == name.removeprefix("v")
+        assert [r["decision"] for r in recs] == VERSIONS[name][1], name
+        seen.add(name)
+    assert seen == {"v1.0.0", "v1.1.0", "v1.2.0"}
+    # the final version is served at the end
+    final = app.test_client().post(URL, json=REQUEST).get_json()["cards"]
+    assert {c["extension"][EXT]["ruleset"]["version"] for c in final} == {"1.2.0"}
+    # invalid edits are logged with file:line:column and the version still served
+    invalid = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("still serving version 1.1.0" in m and f"{rules}/ruleset.yaml:25:14: parameters.reps_high: "
+               "expected a number, found 'seventeen'" in m for m in invalid), invalid
+    assert any("still serving version 1.0.0" in m and "YAML syntax error" in m for m in invalid), invalid
+
+
+def test_explicit_reload_keeps_old_version_when_invalid(rules: Path) -> None:
+    live = LiveRuleSet(rules)  # no watching: reload() on demand (what SIGHUP does)
+    before = live.current()
+    write_atomically(rules / "ruleset.yaml", VERSIONS["bad-type"][0])
+    assert live.reload() is False
+    assert live.current() is before
+    assert "expected a number, found 'seventeen'" in str(live.last_error)
+    write_atomically(rules / "ruleset.yaml", VERSIONS["v1.1.0"][0])
+    assert live.reload() is True
+    assert live.current().ruleset.identity.version == "1.1.0"
+    assert live.last_error is None
+    assert live.reload() is False  # unchanged: nothing to swap
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _discovery_version(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/cds-services", timeout=1) as r:
+            return json.load(r)["services"][0]["extension"]["org.lbp-cds.ruleset"]["version"]
+    except OSError:
+        return None
+
+
+def _wait_for(port: int, version: str, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _discovery_version(port) == version:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGHUP")
+def test_sighup_reloads_cds_run(rules: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = dict(os.environ, CDS_RULES_DIR=str(rules), CDS_PORT=str(port), CDS_RULES_POLL_SECONDS="0",
+               CDS_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3", CDS_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "cds.cli", "run", "--dev"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        assert _wait_for(port, "1.0.0"), (tmp_path / "server.log").read_text()
+        write_atomically(rules / "ruleset.yaml", VERSIONS["v1.1.0"][0])
+        time.sleep(0.5)
+        assert _discovery_version(port) == "1.0.0"  # not watching: nothing happens without the signal
+        proc.send_signal(signal.SIGHUP)
+        assert _wait_for(port, "1.1.0"), (tmp_path / "server.log").read_text()
+        write_atomically(rules / "ruleset.yaml", VERSIONS["bad-type"][0])
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "still serving version 1.1.0" not in (tmp_path / "server.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.1)
+        time.sleep(1)
+        assert _discovery_version(port) == "1.1.0"
+        assert "parameters.reps_high: expected a number, found 'seventeen'" in (tmp_path / "server.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
