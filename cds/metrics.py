@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -27,8 +27,13 @@ class Metrics:
             registry=self.registry,
         )
         self.feedback = Counter("cds_feedback_total", "Feedback items stored", ["outcome"], registry=self.registry)
-        self.audit_failures = Counter("cds_audit_failures_total", "Audit records that could not be written",
-                                      registry=self.registry)
+        self.audit_failures = Gauge(
+            "cds_audit_failures", "Audit records that could not be written (failed or dropped) since start",
+            registry=self.registry,
+        )
+
+    def watch_audit(self, audit) -> None:
+        self.audit_failures.set_function(lambda: audit.failures)
 
     # observer interface (AppState.observers)
     def after_evaluation(self, hook_request, service_id, outcome) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from ..audit import AuditWriter
+from ..audit import AuditObserver
 from ..auth import JwtVerifier
 from ..clock import Clock, clock_for
 from ..config import Settings, load_settings
@@ -34,7 +34,7 @@ class AppState:
     clock: Clock
     metrics: Metrics
     store: Store | None = None
-    audit: AuditWriter | None = None
+    audit: AuditObserver | None = None
     verifier: JwtVerifier | None = None
     observers: list[Any] = field(default_factory=list)
 
@@ -80,7 +80,8 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
         key = settings.audit_key.encode() if settings.audit_key else None
         if key is None:
             log.warning("CDS_AUDIT_KEY not set: patient hashes in the audit cannot be linked across restarts")
-        state.audit = AuditWriter(store, key, on_failure=metrics.audit_failures.inc)
+        state.audit = AuditObserver(store, key)
+        metrics.watch_audit(state.audit)
         state.observers.append(state.audit)
     app.extensions["lbp_cds"] = state
 
