@@ -102,6 +102,12 @@ def _hook_request_schema(schemas: dict[str, Any], keys: list[str]) -> None:
         "additionalProperties": _ref("PrefetchValue"),
     }
     req["properties"]["hook"] = {"type": "string", "const": service.HOOK}
+    req["properties"]["fhirServer"] = {
+        "type": "string",
+        "format": "uri",
+        "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$",
+        "description": "Base URL of the EHR's FHIR server; required with fhirAuthorization.",
+    }
     req["dependentRequired"] = {"fhirAuthorization": ["fhirServer"]}
 
 
@@ -185,7 +191,20 @@ def build_document(settings: Any, prefetch_keys: list[str]) -> dict[str, Any]:
                 "operationId": "callService",
                 "summary": f"Call the {service.HOOK} service",
                 **secured,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PatientViewRequest")}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("PatientViewRequest"),
+                            "example": {
+                                "hook": service.HOOK,
+                                "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+                                "context": {"userId": "Practitioner/example", "patientId": "example"},
+                                "prefetch": {key: None for key in prefetch_keys},
+                            },
+                        }
+                    },
+                },
                 "responses": {
                     "200": _json(_ref("CdsResponse"), "Cards ({\"cards\": []} when there is nothing to say)."),
                     **_errors(400, *auth_errors, 412, 413, 415),
@@ -197,7 +216,23 @@ def build_document(settings: Any, prefetch_keys: list[str]) -> dict[str, Any]:
                 "operationId": "feedback",
                 "summary": "Report what the clinician did with the cards",
                 **secured,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("FeedbackRequest")}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("FeedbackRequest"),
+                            "example": {
+                                "feedback": [
+                                    {
+                                        "card": "0b5c8d4e-2f1a-4a53-9f9a-3e2b7c1d5e6f",
+                                        "outcome": "overridden",
+                                        "outcomeTimestamp": "2026-11-20T10:00:00Z",
+                                    }
+                                ]
+                            },
+                        }
+                    },
+                },
                 "responses": {
                     "200": _json(_ref("FeedbackResponse"), "Feedback stored."),
                     **_errors(400, *auth_errors, 413, 415, 503),
