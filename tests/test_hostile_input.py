@@ -446,6 +446,14 @@ def test_bad_feedback_is_400_naming_the_field(hc, body, field):
     assert field in err["message"], err["message"]
 
 
+@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_feedback_timestamp_at_the_edge_of_the_calendar_is_400_not_500(hc, timestamp):
+    """Found by schemathesis: converting these to UTC overflowed (OverflowError -> 500)."""
+    body = {"feedback": [{"card": "0b5c8d4e-2f1a-4a53-9f9a-3e2b7c1d5e6f", "outcome": "overridden", "outcomeTimestamp": timestamp}]}
+    err = error_of(hc.post(FEEDBACK_URL, json=body), 400)
+    assert "outcomeTimestamp" in err["message"]
+
+
 # ---- routing -------------------------------------------------------------------------------------
 
 
