@@ -191,10 +191,32 @@ def test_deep_nesting_inside_a_valid_request_is_4xx(hc, where):
 def test_moderately_nested_extension_is_fine(hc):
     body = _load("bird-dog-12-14")
     nested: Any = "leaf"
-    for _ in range(200):
+    for _ in range(90):
         nested = [nested]
     body["extension"] = {"x": nested}
     assert hc.post(SERVICE_URL, json=body).status_code == 200
+
+
+def _nested_extension(levels: int) -> dict[str, Any]:
+    ext: dict[str, Any] = {"url": "https://example.org/leaf", "valueString": "x"}
+    for _ in range(levels):
+        ext = {"url": "https://example.org/node", "extension": [ext]}
+    return ext
+
+
+@pytest.mark.parametrize("key", ["exerciseRounds", "painScores", "lbpConditions"])
+@pytest.mark.parametrize("levels", [40, 150, 450])
+def test_deeply_nested_fhir_extensions_are_4xx_not_500(hc, key, levels):
+    """Found by probing: ~140 nested extensions in a resource that is FHIR-validated exhausted the
+    recursion limit (RecursionError -> 500). Bodies nested deeper than a sane limit are now a 400."""
+    body = _load("invalid-resource")
+    body["prefetch"][key]["entry"][0]["resource"]["extension"] = [_nested_extension(levels)]
+    response = post_raw(hc, json.dumps(body))
+    if levels <= 40:
+        assert response.status_code == 200
+    else:
+        err = error_of(response, 400)
+        assert "nested too deeply" in err["message"]
 
 
 # ---- wrong types in the hook request --------------------------------------------------------------
