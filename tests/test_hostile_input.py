@@ -447,6 +447,32 @@ def test_bundle_entries_without_a_resource_or_with_junk_resources_are_skipped(hc
     assert got["decision"] == baseline["decision"]
 
 
+@pytest.mark.parametrize("value", [1e16, 1e30, 10**20, 1e308, 1e-05, 1e-300])
+@pytest.mark.parametrize("where", ["reps", "pain"])
+def test_numbers_the_rule_engine_cannot_take_are_400_not_500(hc, value, where):
+    """Found by probing: durable-rules fails on numbers JSON writes in exponent form (500 before)."""
+    body = _load("pain-value-quantity" if where == "pain" else "bird-dog-28-27")
+    if where == "reps":
+        entry = body["prefetch"]["exerciseRounds"]["entry"][0]
+        entry["resource"]["valueQuantity"]["value"] = value
+    else:
+        entry = next(e for e in body["prefetch"]["painScores"]["entry"] if "valueQuantity" in e["resource"])
+        entry["resource"]["valueQuantity"]["value"] = value
+    response = post_raw(hc, json.dumps(body))
+    assert response.status_code in (200, 400), response.status_code
+    if response.status_code == 400:
+        assert "range" in error_of(response, 400)["message"]
+    else:  # skipped by the extraction (e.g. pain outside 0-10): then counted, never a 500
+        assert_conformant_response(response.get_json())
+
+
+@pytest.mark.parametrize("value", [0, 0.0001, 12.5, 1e14, 123456789012345678])
+def test_large_or_tiny_reps_are_never_a_500(hc, value):
+    body = _load("bird-dog-28-27")
+    body["prefetch"]["exerciseRounds"]["entry"][0]["resource"]["valueQuantity"]["value"] = value
+    assert post_raw(hc, json.dumps(body)).status_code in (200, 400)
+
+
 # ---- feedback ------------------------------------------------------------------------------------
 
 

@@ -118,7 +118,7 @@ def call_service(service_id: str):
         raise ApiError(412, str(e), **({"key": e.key} if e.key else {})) from None
     try:
         outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock)
-    except PrefetchShapeError as e:
+    except (PrefetchShapeError, service.RequestError) as e:
         raise ApiError(400, str(e)) from None
     except service.MissingPrefetch as e:  # pragma: no cover - complete_prefetch fills every key
         raise ApiError(412, str(e)) from None
