@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from flask import Flask, Response  # noqa: E402
 
 from cds import service  # noqa: E402
-from cds.clock import FixedClock  # noqa: E402
+from cds.clock import FixedClock
+from cds.fhir_validation import validation_cache  # noqa: E402
 from cds.config import load_settings  # noqa: E402
 from cds.http import create_app  # noqa: E402
 
@@ -276,6 +277,14 @@ def main() -> int:
     typ_split = list(recorder.timings)
     recorder.timings.clear()
 
+    # the typical example, first visit: FHIR validation cache emptied before every call
+    cold_ms: list[float] = []
+    for _ in range(max(100, args.calls // 3)):
+        validation_cache.clear()
+        call(client, typical_body, cold_ms)
+    cold_split = list(recorder.timings)
+    recorder.timings.clear()
+
     # 2. long history
     long_req = long_history_request(EVALUATION_DATE)
     validate_fhir(long_req)
@@ -297,6 +306,7 @@ def main() -> int:
         row("typical example (bird-dog-28-27)", typ_ms, cpu_ms[id(typ_ms)], typ_split),
         row("bare Flask, one fixed card", bare_ms, cpu_ms[id(bare_ms)]),
         row(f"long history ({pains} pain, {rounds} rounds)", long_ms, cpu_ms[id(long_ms)], long_split),
+        row("typical example, first visit", cold_ms, cpu_ms[id(cold_ms)], cold_split),
     ]
     print_table(rows)
     ratio_all = rows[0]["p50"] / rows[2]["p50"]
@@ -304,6 +314,7 @@ def main() -> int:
     print()
     print(f"ratio p50 examples / bare Flask:        {ratio_all:5.2f}x   (target <= 5x)")
     print(f"ratio p50 typical example / bare Flask: {ratio_typ:5.2f}x")
+    print(f"first visit (FHIR validation not cached) / bare Flask: {rows[4]['p50'] / rows[2]['p50']:5.2f}x")
     print(f"same ratios on CPU time per call:       {rows[0]['cpu50'] / rows[2]['cpu50']:5.2f}x, "
           f"{rows[1]['cpu50'] / rows[2]['cpu50']:5.2f}x")
     print(f"examples p99 {rows[0]['p99']:.3f} ms (target < 5 ms); long history p50 {rows[3]['p50']:.3f} ms "

@@ -140,6 +140,7 @@ class RuleEngine:
         self.ruleset = ruleset
         self._stages = list(ruleset.document.stages)
         self._final = {r.id for r in ruleset.document.rules if r.final}
+        self._stages_with_notes = {n.stage for n in ruleset.document.notes}
         self._name = f"lbp{next(_ruleset_counter)}"
         self._run: _Run | None = None
         definition = durable_definition(ruleset)
@@ -225,7 +226,8 @@ class RuleEngine:
         facts: list[dict[str, Any]] = []
         for stage in self._stages:
             facts.append({"kind": "assessment", "stage": stage, **values})
-            facts.append({"kind": "notes", "stage": stage, **values})
+            if stage in self._stages_with_notes:
+                facts.append({"kind": "notes", "stage": stage, **values})
         run = self.run_facts(facts)
         fired = []
         for rule_id in run.fired:

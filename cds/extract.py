@@ -34,6 +34,7 @@ from typing import Any
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.observation import Observation
 
+from .fhir_validation import validate
 from .facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
 from .ruleset.schema import Codes, Ladder
 
@@ -228,7 +229,7 @@ class _Extractor:
     def validate(self, model: type[Observation] | type[Condition], c: _Candidate) -> Any:
         """The validated model, or None (skipped as invalid). The error text is never logged: it quotes values."""
         try:
-            return model.model_validate(c.raw)
+            return validate(model, c.raw)
         except (ValueError, TypeError) as exc:  # pydantic.ValidationError is a ValueError
             where = ""
             errors = getattr(exc, "errors", None)
