@@ -10,10 +10,12 @@ Design choices (documented here because the 412 behaviour depends on them):
   works the same under Flask's dev server and gunicorn sync/threaded workers (no event loop to own).
   A caller may pass a long-lived client (see :func:`make_client`) to keep connections pooled.
 * **Time budget**: ``connect_timeout`` bounds each TCP/TLS connect; ``total_timeout`` bounds the
-  whole call, all keys and pages together. Bodies are streamed and the deadline is checked between
-  chunks, so a server that trickles bytes cannot stretch the call either. When the budget runs out the
-  call raises :class:`PrefetchUnavailable` (HTTP 412) at once; unfinished workers are abandoned and stop
-  by themselves at their next read (each read is bounded by the remaining budget).
+  whole call, all keys and pages together. The caller waits for the workers at most until the deadline,
+  then raises :class:`PrefetchUnavailable` (HTTP 412) at once, whatever the workers are doing.
+  Unfinished workers are abandoned and end by themselves: each read is bounded by the budget left when
+  the request started, and bodies are streamed with the deadline checked after every read, so a server
+  that trickles its body does not keep them alive either. (A server that trickles its *headers* byte by
+  byte can keep one abandoned worker until it stops; the call itself still returns on time.)
 * **Paging**: ``Bundle.link[relation=next]`` is followed and the pages are merged into one searchset
   Bundle. More than ``max_pages`` pages is a 412, not a silent truncation: search results are not
   necessarily ordered by what the rules need (e.g. the most recent condition onset), so deciding on part
@@ -59,7 +61,6 @@ __all__ = [
 
 #: Hard cap on one response body; a FHIR server sending more than this for one page is refused.
 MAX_BODY_BYTES = 20 * 1024 * 1024
-_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ class _Job:
                     raise _Fail(self._status_reason(status))
                 chunks: list[bytes] = []
                 size = 0
-                for chunk in response.iter_bytes(_CHUNK):
+                for chunk in response.iter_bytes():  # as received: the deadline is checked per read
                     size += len(chunk)
                     if size > MAX_BODY_BYTES:
                         raise _Fail("the FHIR server's response is too large")
