@@ -13,7 +13,6 @@ import json
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import jwt

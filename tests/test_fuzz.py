@@ -284,8 +284,8 @@ def test_mutated_example_requests_never_500(fuzz_client, body):
 )
 def test_hook_requests_with_random_member_values_never_500(fuzz_client, top, context):
     body = {"hook": "patient-view", "hookInstance": "fuzz", **top}
-    if draw_context := context:
-        body.setdefault("context", draw_context)
+    if context:
+        body.setdefault("context", context)
     check_response(fuzz_client.post(SERVICE_URL, json=body))
 
 
