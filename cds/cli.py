@@ -14,7 +14,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .http import create_app
     from .ruleset.loader import RuleSetError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logs import configure_logging
+
+    configure_logging(logging.INFO)
     try:
         settings = load_settings(development=args.dev)
     except ConfigError as e:
@@ -120,6 +122,57 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_or_exit() -> object:
+    try:
+        return load_settings()
+    except ConfigError as e:
+        raise SystemExit(f"configuration error: {e}") from None
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from .storage import StoreUnavailable, current_revision, upgrade
+
+    url = args.database_url or _settings_or_exit().database_url
+    try:
+        upgrade(url)
+        print(f"database at revision {current_revision(url)}")
+    except StoreUnavailable as e:
+        print(f"database unavailable: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_db_purge(args: argparse.Namespace) -> int:
+    from .storage import Store, StoreUnavailable
+
+    settings = _settings_or_exit()
+    days = args.days or settings.audit_retention_days
+    try:
+        result = Store(args.database_url or settings.database_url).purge_retention(days)
+    except StoreUnavailable as e:
+        print(f"database unavailable: {e}", file=sys.stderr)
+        return 1
+    print(f"purged records older than {days} days: {result}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from .report import format_report
+    from .storage import Store, StoreUnavailable
+
+    url = args.database_url or _settings_or_exit().database_url
+    since = dt.datetime.combine(args.since, dt.time(), dt.timezone.utc) if args.since else None
+    try:
+        rows = Store(url).report(since)
+    except StoreUnavailable as e:
+        print(f"database unavailable: {e}", file=sys.stderr)
+        return 1
+    print(format_report(rows, args.format), end="" if args.format == "table" else "\n")
+    return 0
+
+
 def _date(text: str):
     import datetime as dt
 
@@ -153,6 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--format", choices=("text", "json"), default="text")
     ev.add_argument("--rules", type=Path, default=None, help="rule folder (default: CDS_RULES_DIR, else rules/)")
     ev.set_defaults(func=_cmd_evaluate)
+
+    db = sub.add_parser("db", help="database tools").add_subparsers(dest="db_command", required=True)
+    up = db.add_parser("upgrade", help="run the database migrations (CDS_DATABASE_URL)")
+    up.add_argument("--database-url", default=None)
+    up.set_defaults(func=_cmd_db_upgrade)
+    purge = db.add_parser("purge", help="delete audit and feedback older than the retention period")
+    purge.add_argument("--days", type=int, default=None, help="default: CDS_AUDIT_RETENTION_DAYS")
+    purge.add_argument("--database-url", default=None)
+    purge.set_defaults(func=_cmd_db_purge)
+
+    report = sub.add_parser("report", help="cards shown, accepted and overridden per rule and rule-set version")
+    report.add_argument("--since", type=_date, default=None, help="only evaluations on or after YYYY-MM-DD")
+    report.add_argument("--format", choices=("table", "json"), default="table")
+    report.add_argument("--database-url", default=None, help="default: CDS_DATABASE_URL")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -4,4 +4,4 @@ set -e
 cds db upgrade
 exec gunicorn --bind "${CDS_HOST:-0.0.0.0}:${CDS_PORT:-8080}" --worker-class gthread \
     --workers "${CDS_WORKERS:-2}" --threads "${CDS_THREADS:-8}" --access-logfile - \
-    "cds.http:create_app()"
+    cds.wsgi:app
