@@ -127,6 +127,8 @@ def _safe_fact(fact: Mapping[str, Any]) -> dict[str, Any]:
             number = float(value)
             if number != number or number in (float("inf"), float("-inf")):
                 raise EngineInputError(f"fact property {key!r} is not a finite number")
+            if "e" in repr(number):  # the C engine cannot parse JSON numbers in exponent notation
+                raise EngineInputError(f"fact property {key!r} is a number the engine cannot read (too large or small)")
             out[key] = number
         else:
             raise EngineInputError(f"fact property {key!r} has type {type(value).__name__}; facts must be flat")

@@ -61,6 +61,7 @@ R_NO_DATE = "no effectiveDateTime or effectivePeriod.start"
 R_PARTIAL_DATE = "effective date is not a full calendar date"
 R_NO_REPS = "no reps value (valueQuantity.value or valueInteger)"
 R_NEGATIVE_REPS = "reps value is negative"
+R_REPS_TOO_LARGE = "reps value too large to evaluate"
 R_NO_EXERCISE = "exercise component is missing"
 R_UNKNOWN_EXERCISE = "exercise is not a known ladder code"
 R_NO_PAIN = "no usable pain value (valueQuantity.value, valueInteger or a known answer code)"
@@ -188,9 +189,18 @@ def _calendar_date(value: Any) -> dt.date | None:
     return None
 
 
+#: Largest reps value the rule engine can compare exactly (durable-rules reads numbers from JSON text
+#: and fails on exponent notation, which Python writes from 1e16 up). A technical limit, not a clinical one.
+MAX_ENGINE_NUMBER = 1e12
+
+
 def _number(value: Any) -> float | None:
-    """fhir.resources gives Decimal (and int); facts carry float."""
-    return float(value) if isinstance(value, (Decimal, int, float)) else None
+    """fhir.resources gives Decimal (and int); facts carry float, rounded to 2 decimals.
+
+    Reps are counts and pain a 0-10 score: two decimals is beyond any clinical meaning, and it keeps
+    tiny values (1e-05) out of the exponent notation the rule engine cannot read.
+    """
+    return round(float(value), 2) if isinstance(value, (Decimal, int, float)) else None
 
 
 def _has(cc: Any, pair: tuple[str, str]) -> bool:
@@ -376,6 +386,9 @@ class _Extractor:
             return None
         if reps < 0:
             self.skip(c.rtype, c.rid, R_NEGATIVE_REPS)
+            return None
+        if reps > MAX_ENGINE_NUMBER:
+            self.skip(c.rtype, c.rid, R_REPS_TOO_LARGE)
             return None
         components = obs.component or ()
         exercise_components = [comp for comp in components if _has(comp.code, self.exercise_comp)]

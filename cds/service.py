@@ -87,15 +87,6 @@ class Outcome:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _check_engine_numbers(fact: Mapping[str, Any]) -> None:
-    """durable-rules cannot parse numbers that JSON writes in exponent form (1e-05, 1e+16): its
-    assert fails and the request would be a 500. Such reps or pain values come from the client's
-    prefetch and are absurd anyway (reps in the quadrillions, pain of 0.00001): refuse them (400)."""
-    for name, value in fact.items():
-        if isinstance(value, float) and value != 0 and not 1e-4 <= abs(value) < 1e15:
-            raise RequestError(f"prefetch: a value behind '{name}' is outside the range the service can evaluate")
-
-
 def evaluate(active: ActiveRules, prefetch: Mapping[str, Any], *, patient_id: str, clock: Clock) -> Outcome:
     """Evaluate one patient with one rule-set version. ``prefetch`` holds every template key."""
     ruleset = active.ruleset
@@ -107,9 +98,7 @@ def evaluate(active: ActiveRules, prefetch: Mapping[str, Any], *, patient_id: st
     facts = extract(prefetch, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder)
     t1 = time.perf_counter()
     today = clock.today()
-    assessment = assess(facts, doc.ladder.codes, today)
-    _check_engine_numbers(assessment.engine_fact())
-    evaluation = active.engine.evaluate(assessment, today)
+    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today), today)
     t2 = time.perf_counter()
     cards = build_cards(evaluation, facts, ruleset, patient_id=patient_id)
     t3 = time.perf_counter()

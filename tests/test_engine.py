@@ -233,6 +233,14 @@ def test_a_non_finite_number_is_refused(engine, bad):
     _next_evaluation_works(engine)
 
 
+@pytest.mark.parametrize("bad", [1e16, 1e-05, Decimal("1E+20")])
+def test_a_number_in_exponent_notation_is_refused(engine, bad):
+    """durable-rules reads facts as JSON text and cannot parse 1e-05 or 1e+16: refused before C."""
+    with pytest.raises(EngineInputError, match="cannot read"):
+        engine.run_facts([{"kind": "assessment", "stage": "progression", "min_reps": bad}])
+    _next_evaluation_works(engine)
+
+
 @pytest.fixture
 def c_engine_spy(engine, monkeypatch):
     """Records every fact that reaches the C engine (through the host), while still passing it on."""

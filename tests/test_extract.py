@@ -385,6 +385,7 @@ def test_unusable_rounds_skipped_with_reason() -> None:
         rounds=[
             round_obs("r-ok", reps=20),
             round_obs("r-neg", reps=-4),
+            round_obs("r-huge", reps=1e16),
             round_obs("r-unknown", exercise="plank"),
             round_obs("r-system", exercise_system="http://example.org"),
             round_obs("r-noex", exercise=None),
@@ -398,6 +399,7 @@ def test_unusable_rounds_skipped_with_reason() -> None:
     reasons = skipped_ids(facts)
     assert reasons == {
         "r-neg": "reps value is negative",
+        "r-huge": "reps value too large to evaluate",
         "r-unknown": "exercise is not a known ladder code",
         "r-system": "exercise is not a known ladder code",
         "r-noex": "exercise component is missing",
@@ -406,6 +408,12 @@ def test_unusable_rounds_skipped_with_reason() -> None:
         "r-partial": "effective date is not a full calendar date",
     }
     assert facts.skipped_invalid == 0
+
+
+def test_values_rounded_to_two_decimals_so_the_engine_can_read_them() -> None:
+    facts = run(rounds=[round_obs("r-1", reps=20.456), round_obs("r-2", reps=0.00001)])
+    s = facts.latest_session
+    assert s is not None and sorted(s.reps) == [0.0, 20.46]
 
 
 def test_value_integer_reps_and_effective_period() -> None:
