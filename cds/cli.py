@@ -146,7 +146,7 @@ def _cmd_db_purge(args: argparse.Namespace) -> int:
     from .storage import Store, StoreUnavailable
 
     settings = _settings_or_exit()
-    days = args.days or settings.audit_retention_days
+    days = args.days if args.days is not None else settings.audit_retention_days
     try:
         result = Store(args.database_url or settings.database_url).purge_retention(days)
     except StoreUnavailable as e:
@@ -182,6 +182,16 @@ def _date(text: str):
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days, at least 1, got {text!r}")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds", description="lbp-cds: low-back strengthening CDS Hooks service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--database-url", default=None)
     up.set_defaults(func=_cmd_db_upgrade)
     purge = db.add_parser("purge", help="delete audit and feedback older than the retention period")
-    purge.add_argument("--days", type=int, default=None, help="default: CDS_AUDIT_RETENTION_DAYS")
+    purge.add_argument("--days", type=_days, default=None, help="keep this many days (default: CDS_AUDIT_RETENTION_DAYS)")
     purge.add_argument("--database-url", default=None)
     purge.set_defaults(func=_cmd_db_purge)
 
