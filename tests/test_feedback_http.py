@@ -37,28 +37,36 @@ EXTENSION = "org.lbp-cds.recommendation"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """URL of an empty database: a SQLite file (migrated by the app at start-up), or a fresh PostgreSQL
-    schema, migrated here (servers run ``cds db upgrade``) and dropped afterwards."""
+def empty_db_url(request, tmp_path):
+    """URL of an empty database, not migrated: a SQLite file in a directory that does not exist yet, or a
+    fresh PostgreSQL schema (dropped afterwards)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db' / 'cds.sqlite3'}"
         return
     if not PG_URL:
         pytest.skip("CDS_TEST_DATABASE_URL not set")
-    from cds.storage import upgrade
-
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
-        upgrade(url)
-        yield url
+        yield url.render_as_string(hide_password=False)
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def db_url(empty_db_url):
+    """URL of an empty database the app can use: SQLite is migrated by the app at start-up; PostgreSQL is
+    migrated here (servers run ``cds db upgrade``)."""
+    if not empty_db_url.startswith("sqlite"):
+        from cds.storage import upgrade
+
+        upgrade(empty_db_url)
+    return empty_db_url
 
 
 def closed_port() -> int:
