@@ -102,7 +102,10 @@ class FeedbackItem(_Extensible):
         # CDS Hooks says the timestamp is UTC; a value without an offset is taken as UTC.
         if v.tzinfo is None:
             return v.replace(tzinfo=dt.timezone.utc)
-        return v.astimezone(dt.timezone.utc)
+        try:
+            return v.astimezone(dt.timezone.utc)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC equivalent
+            raise ValueError("date-time out of range once converted to UTC") from None
 
     # ---- derived values used by storage -------------------------------------------------------------
     @property

@@ -138,8 +138,6 @@ def feedback(service_id: str):
         parsed = parse_feedback(body)
     except FeedbackError as e:
         raise ApiError(400, str(e), field=e.field) from None
-    except OverflowError:  # a date-time at the edge of the calendar cannot be converted to UTC
-        raise ApiError(400, "feedback: outcomeTimestamp out of range", field="outcomeTimestamp") from None
     state = _state()
     if state.store is None:
         raise ApiError(503, "feedback storage is not configured")
