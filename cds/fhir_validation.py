@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,7 +34,7 @@ class ValidationCache:
         try:
             canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError, RecursionError):
-            return model.model_validate(raw)  # not plain JSON: validate (and fail) without caching
+            return _validate(model, raw)  # not plain JSON: validate (and fail) without caching
         key = (model, hashlib.blake2b(canonical, digest_size=20).digest())
         with self._lock:
             outcome = self._entries.get(key)
@@ -43,7 +44,7 @@ class ValidationCache:
         if outcome is None:
             self.misses += 1
             try:
-                outcome = model.model_validate(raw)
+                outcome = _validate(model, raw)
             except ValidationError as e:
                 outcome = e
             with self._lock:
@@ -57,6 +58,16 @@ class ValidationCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+def _validate(model: type[M], raw: dict[str, Any]) -> M:
+    """``model.model_validate``, with absurd nesting (deep extensions) an ordinary validation error:
+    fhir.resources validates nested elements recursively and would otherwise exhaust the stack."""
+    try:
+        return model.model_validate(raw)
+    except RecursionError:
+        detail = InitErrorDetails(type=PydanticCustomError("too_deep", "resource is nested too deeply"), loc=(), input=None)
+        raise ValidationError.from_exception_data(model.__name__, [detail]) from None
 
 
 #: the process-wide cache used by extraction and card building

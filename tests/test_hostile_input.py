@@ -205,17 +205,19 @@ def _nested_extension(levels: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("key", ["exerciseRounds", "painScores", "lbpConditions"])
 @pytest.mark.parametrize("levels", [40, 150, 450])
-def test_deeply_nested_fhir_extensions_are_4xx_not_500(hc, key, levels):
+def test_deeply_nested_fhir_extensions_are_skipped_not_500(hc, key, levels):
     """Found by probing: ~140 nested extensions in a resource that is FHIR-validated exhausted the
-    recursion limit (RecursionError -> 500). Bodies nested deeper than a sane limit are now a 400."""
+    recursion limit (RecursionError -> 500). Validation now reports such a resource as invalid: it is
+    skipped and counted like any other invalid resource, and the rest of the data is still used."""
     body = _load("invalid-resource")
+    baseline = recommendation(hc.post(SERVICE_URL, json=body))["facts"]["skippedInvalid"]
     body["prefetch"][key]["entry"][0]["resource"]["extension"] = [_nested_extension(levels)]
     response = post_raw(hc, json.dumps(body))
-    if levels <= 40:
-        assert response.status_code == 200
-    else:
-        err = error_of(response, 400)
-        assert "nested too deeply" in err["message"]
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    cards = response.get_json()["cards"]
+    assert_conformant_response(response.get_json())
+    skipped = {c["extension"]["org.lbp-cds.recommendation"]["facts"]["skippedInvalid"] for c in cards}
+    assert skipped == {baseline if levels <= 40 else baseline + 1}
 
 
 # ---- wrong types in the hook request --------------------------------------------------------------

@@ -27,22 +27,6 @@ def _state():
     return current_app.extensions["lbp_cds"]
 
 
-#: Deepest JSON nesting accepted. A hook request nests about a dozen levels; far deeper input (nested
-#: FHIR extensions, say) would exhaust the recursion limit of FHIR validation and answer a 500.
-MAX_JSON_DEPTH = 100
-
-
-def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
-
-
 class _NonStandardJson(ValueError):
     """NaN, Infinity and -Infinity: accepted by Python's json module, not JSON (RFC 8259)."""
 
@@ -70,8 +54,6 @@ def json_body() -> dict[str, Any]:
         raise ApiError(400, f"request body is not valid JSON: {getattr(e, 'msg', 'cannot decode')}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
-    if _too_deep(body):
-        raise ApiError(400, f"request body is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     return body
 
 
