@@ -11,8 +11,8 @@ What this module guarantees (see ``shared/notes/durable-rules.md``):
 
 Rule semantics compiled here: stages run in order; each stage's assessment fact is retracted by the
 first rule (lowest priority number) that fires on it, so later rules of the stage never fire; a
-``final`` rule asserts a ``halted`` fact that every rule's condition excludes. Notes of a stage are
-checked against a separate fact once a rule of that stage has fired.
+``final`` rule asserts a ``halted`` fact that every rule's condition excludes. Notes of a stage match
+the same fact with a priority ahead of every rule, so they see it before it is retracted.
 """
 
 from __future__ import annotations
@@ -86,6 +86,14 @@ def durable_definition(ruleset: RuleSet) -> dict[str, dict[str, Any]]:
     """The rule set as a durable-rules ruleset definition (without the action callables)."""
     doc = ruleset.document
     rules: dict[str, dict[str, Any]] = {_MARKER: {"all": [{"m": {"kind": "evaluation"}}], "pri": 0}}
+    # Notes come first (priority 0, defined before the rules, whose priorities are shifted by one):
+    # a note sees its stage's assessment fact before the stage's first rule retracts it.
+    for note in doc.notes:
+        cond = ruleset.conditions[_NOTE_PREFIX + note.id].durable
+        rules[_NOTE_PREFIX + note.id] = {
+            "all": [{"m": {"$and": [{"kind": "assessment"}, {"stage": note.stage}, cond]}}],
+            "pri": 0,
+        }
     for rule in doc.rules:
         cond = ruleset.conditions[rule.id].durable
         rules[rule.id] = {
@@ -93,11 +101,8 @@ def durable_definition(ruleset: RuleSet) -> dict[str, dict[str, Any]]:
                 {"m": {"$and": [{"kind": "assessment"}, {"stage": rule.stage}, cond]}},
                 {"m_1$not": {"kind": "halted"}},
             ],
-            "pri": rule.priority,
+            "pri": rule.priority + 1,
         }
-    for note in doc.notes:
-        cond = ruleset.conditions[_NOTE_PREFIX + note.id].durable
-        rules[_NOTE_PREFIX + note.id] = {"all": [{"m": {"$and": [{"kind": "notes"}, {"stage": note.stage}, cond]}}]}
     return rules
 
 
@@ -142,7 +147,6 @@ class RuleEngine:
         self.ruleset = ruleset
         self._stages = list(ruleset.document.stages)
         self._final = {r.id for r in ruleset.document.rules if r.final}
-        self._stages_with_notes = {n.stage for n in ruleset.document.notes}
         self._name = f"lbp{next(_ruleset_counter)}"
         self._run: _Run | None = None
         definition = durable_definition(ruleset)
@@ -221,15 +225,13 @@ class RuleEngine:
             raise ActionFailed(f"the engine failed on a fact: {run.error}") from None
 
     def evaluate(self, assessment: Assessment, evaluation_date: dt.date) -> Evaluation:
-        """Run the rule set on one assessment: the stages in order, then the notes of each stage."""
+        """Run the rule set on one assessment: the stages in order (with their notes)."""
         values = assessment.engine_fact()
         rules = self.ruleset.document
         stage_of = {r.id: r.stage for r in rules.rules}
         facts: list[dict[str, Any]] = []
         for stage in self._stages:
             facts.append({"kind": "assessment", "stage": stage, **values})
-            if stage in self._stages_with_notes:
-                facts.append({"kind": "notes", "stage": stage, **values})
         run = self.run_facts(facts)
         fired = []
         for rule_id in run.fired:

@@ -275,10 +275,9 @@ def test_a_nested_or_non_json_value_is_refused_before_reaching_the_engine(engine
 
 
 def test_the_same_fact_twice_is_a_clear_error(engine):
-    # a fact that a rule matches and keeps (a note fact is not retracted by its action)
-    fact = {"kind": "notes", "stage": "progression", "session_recorded": True, "rounds_recorded": 1.0}
+    # a fact that a rule matches and keeps: the marker fact the wrapper asserts first
     with pytest.raises(EngineInputError, match="asserted twice"):
-        engine.run_facts([fact, fact])
+        engine.run_facts([{"kind": "evaluation"}])
     _next_evaluation_works(engine)
 
 
