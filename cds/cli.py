@@ -152,7 +152,7 @@ def _cmd_db_purge(args: argparse.Namespace) -> int:
     except StoreUnavailable as e:
         print(f"database unavailable: {e}", file=sys.stderr)
         return 1
-    print(f"purged records older than {days} days: {result}")
+    print(f"purged records older than {days} days: {result.evaluations} evaluations, {result.feedback} feedback reports")
     return 0
 
 

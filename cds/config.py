@@ -40,10 +40,17 @@ class Settings(BaseModel):
     fetch_connect_timeout: float = Field(default=0.1, gt=0)
     fetch_total_timeout: float = Field(default=0.4, gt=0)
     fetch_max_pages: int = Field(default=10, ge=1)
-    audit_key: str = ""  # keyed hash of patient ids in the audit; generated per process when empty
+    audit_key: str = ""  # secret for the keyed hash of patient ids; required outside development
     audit_retention_days: int = Field(default=365, ge=1)
     rules_poll_seconds: float = Field(default=2.0, ge=0)  # 0 disables watching the rule files
     development: bool = False
+
+    @field_validator("audit_key")
+    @classmethod
+    def _key_length(cls, v: str) -> str:
+        if v and len(v.encode()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
 
     @field_validator("public_base_url")
     @classmethod

@@ -315,6 +315,18 @@ def test_json_logs_carry_request_ids_and_no_phi(tmp_path, json_log_lines):
     assert "prefers to repeat" not in everything
 
 
+def test_production_refuses_to_start_without_an_audit_key(tmp_path):
+    """A random key per process would make the keyed patient hashes unlinkable across instances."""
+    from cds.config import ConfigError, load_settings
+    from cds.http import create_app
+
+    settings = load_settings({}, database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", rules_poll_seconds=0)
+    with pytest.raises(ConfigError, match="CDS_AUDIT_KEY"):
+        create_app(settings)
+    with pytest.raises(ConfigError, match="CDS_AUDIT_KEY: .*at least 16"):
+        load_settings({"CDS_AUDIT_KEY": "short"})
+
+
 def test_wsgi_builds_an_app_from_the_environment(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     env.update({
@@ -322,6 +334,7 @@ def test_wsgi_builds_an_app_from_the_environment(tmp_path):
         "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'wsgi.sqlite3'}",
         "CDS_RULES_DIR": str(RULES_DIR),
         "CDS_RULES_POLL_SECONDS": "0",
+        "CDS_AUDIT_KEY": "wsgi-test-audit-key-0123456789",
     })
     script = (
         "import json, cds.wsgi as w\n"

@@ -18,9 +18,12 @@ def healthz():
 def readyz():
     state = current_app.extensions["lbp_cds"]
     ident = state.rules.current().ruleset.identity
-    database = state.store is None or state.store.ping()
+    if state.store is None:
+        database: bool | str = "not configured"
+        ok = True
+    else:
+        database = ok = state.store.ping()
     checks = {"rules": {"name": ident.name, "version": ident.version, "sha256": ident.sha256}, "database": database}
-    ok = database
     response = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
     response.status_code = 200 if ok else 503
     return response
