@@ -224,6 +224,7 @@ def main() -> int:
         database_url="", rules_poll_seconds=0,
     )
     app = create_app(settings)
+    gc.freeze()  # as the entry points do (cds.wsgi, cds run): start-up objects leave the GC generations
     state = app.extensions["lbp_cds"]
     recorder = TimingRecorder()
     state.observers.append(recorder)

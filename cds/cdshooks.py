@@ -67,21 +67,34 @@ _KEEP_EMPTY: dict[str, tuple[str, ...]] = {"CdsResponse": ("cards",), "Discovery
 
 
 def _prune(value: Any) -> Any:
-    """Drop None, "", [] and {} recursively; returns ``_EMPTY`` when the value itself is empty."""
-    if value is None:
-        return _EMPTY
-    if isinstance(value, str):
-        return value if value != "" else _EMPTY
+    """Drop None, "", [] and {} recursively; returns ``_EMPTY`` when the value itself is empty.
+
+    Scalars are checked inline (no call per leaf): this runs on every card of every response.
+    """
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            pv = _prune(v)
-            if pv is not _EMPTY:
-                out[k] = pv
+            if v is None or (v.__class__ is str and not v):
+                continue
+            if isinstance(v, (dict, list, tuple)):
+                v = _prune(v)
+                if v is _EMPTY:
+                    continue
+            out[k] = v
         return out if out else _EMPTY
     if isinstance(value, (list, tuple)):
-        items = [pv for pv in (_prune(v) for v in value) if pv is not _EMPTY]
+        items = []
+        for v in value:
+            if v is None or (v.__class__ is str and not v):
+                continue
+            if isinstance(v, (dict, list, tuple)):
+                v = _prune(v)
+                if v is _EMPTY:
+                    continue
+            items.append(v)
         return items if items else _EMPTY
+    if value is None or (value.__class__ is str and not value):
+        return _EMPTY
     return value
 
 

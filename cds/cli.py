@@ -55,6 +55,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # the new workers start from the edited version (or keep the old one when the edit is invalid).
         live.reload()
 
+    import gc
+
+    gc.freeze()  # see cds/wsgi.py: short full collections under large requests
     _Server().run()
     return 0
 
