@@ -203,6 +203,12 @@ def _number(value: Any) -> float | None:
     return round(float(value), 2) if isinstance(value, (Decimal, int, float)) else None
 
 
+def _numeric_value(obs: Observation) -> float | None:
+    """``valueQuantity.value``, else ``valueInteger`` (the SPEC's forms for reps and pain)."""
+    value = _number(obs.valueQuantity.value) if obs.valueQuantity is not None else None
+    return value if value is not None else _number(obs.valueInteger)
+
+
 def _has(cc: Any, pair: tuple[str, str]) -> bool:
     return cc is not None and any((c.system, c.code) == pair for c in cc.coding or ())
 
@@ -371,16 +377,20 @@ class _Extractor:
             self.skip(c.rtype, c.rid, R_PARTIAL_DATE)
         return day
 
-    def exercise_round(self, c: _Candidate) -> ExerciseRound | None:
+    def dated_observation(self, c: _Candidate) -> tuple[Observation, dt.date] | None:
+        """The validated Observation and its calendar date, or None (skipped with the reason)."""
         obs = self.validate(Observation, c)
         if obs is None:
             return None
         day = self.effective_date(obs, c)
-        if day is None:
+        return None if day is None else (obs, day)
+
+    def exercise_round(self, c: _Candidate) -> ExerciseRound | None:
+        dated = self.dated_observation(c)
+        if dated is None:
             return None
-        reps = _number(obs.valueQuantity.value) if obs.valueQuantity is not None else None
-        if reps is None:
-            reps = _number(obs.valueInteger)
+        obs, day = dated
+        reps = _numeric_value(obs)
         if reps is None:
             self.skip(c.rtype, c.rid, R_NO_REPS)
             return None
@@ -436,15 +446,11 @@ class _Extractor:
         return [], {}
 
     def pain_score(self, c: _Candidate) -> PainScore | None:
-        obs = self.validate(Observation, c)
-        if obs is None:
+        dated = self.dated_observation(c)
+        if dated is None:
             return None
-        day = self.effective_date(obs, c)
-        if day is None:
-            return None
-        score = _number(obs.valueQuantity.value) if obs.valueQuantity is not None else None
-        if score is None:
-            score = _number(obs.valueInteger)
+        obs, day = dated
+        score = _numeric_value(obs)
         if score is None and obs.valueCodeableConcept is not None:
             score = next(
                 (
