@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flask import Flask, Response  # noqa: E402
+from flask import Flask  # noqa: E402
 
 from cds import service  # noqa: E402
 from cds.clock import FixedClock

@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
 
 from .assessment import assess
 from .cards import build_cards
-from .cdshooks import Card, PatientViewContext, ServiceDescription, validation_message
+from .cdshooks import Card, ServiceDescription
 from .clock import Clock
 from .decisions import Evaluation
 from .extract import extract
@@ -28,10 +27,6 @@ log = logging.getLogger("cds.service")
 SERVICE_ID = "lbp-exercise-progression"
 HOOK = "patient-view"
 RULESET_EXTENSION = "org.lbp-cds.ruleset"
-
-
-class RequestError(ValueError):
-    """The hook request itself is wrong (HTTP 400); the message names the field."""
 
 
 class MissingPrefetch(LookupError):
@@ -68,13 +63,6 @@ def describe(ruleset: RuleSet) -> ServiceDescription:
         prefetch=prefetch_templates(ruleset),
         extension={RULESET_EXTENSION: ruleset.identity.model_dump()},
     )
-
-
-def patient_context(context: Mapping[str, Any]) -> PatientViewContext:
-    try:
-        return PatientViewContext.model_validate(context)
-    except ValidationError as e:
-        raise RequestError(validation_message(e, prefix="context")) from None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from ..audit import AuditObserver
 from ..auth import JwtVerifier
 from ..clock import Clock, clock_for
 from ..config import ConfigError, Settings, load_settings
+from ..fhir_client import FetchSettings
 from ..live_rules import LiveRuleSet
 from ..logs import request_id
 from ..metrics import Metrics
@@ -36,6 +37,7 @@ class AppState:
     store: Store | None = None
     audit: AuditObserver | None = None
     verifier: JwtVerifier | None = None
+    fetch_settings: FetchSettings = field(default_factory=FetchSettings)
     observers: list[Any] = field(default_factory=list)
 
     def after_evaluation(self, hook_request, service_id, outcome) -> None:
@@ -74,6 +76,12 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
         metrics=metrics,
         store=store,
         verifier=build_verifier(settings),
+        fetch_settings=FetchSettings(
+            connect_timeout=settings.fetch_connect_timeout,
+            total_timeout=settings.fetch_total_timeout,
+            max_pages=settings.fetch_max_pages,
+            allow_http=settings.allow_http_fhir,
+        ),
     )
     state.observers.append(metrics)
     if store is not None:

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from pydantic import ValidationError
 
 from .. import service
@@ -15,7 +15,7 @@ from ..engine import EngineError
 from ..extract import PrefetchShapeError
 from ..feedback import FeedbackError, parse_feedback
 from ..storage import StoreUnavailable
-from ..fhir_client import FetchSettings, PrefetchUnavailable, complete_prefetch
+from ..fhir_client import PrefetchUnavailable, complete_prefetch
 from .errors import ApiError
 
 log = logging.getLogger("cds.http")
@@ -63,10 +63,15 @@ def discovery():
     return jsonify(to_json(Discovery(services=[service.describe(active.ruleset)])))
 
 
-@bp.post("/cds-services/<service_id>")
-def call_service(service_id: str):
+def _known_service(service_id: str) -> None:
+    """404 for a service id we do not offer (checked in the view, after authentication)."""
     if service_id != service.SERVICE_ID:
         raise ApiError(404, f"unknown service '{service_id}'")
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str):
+    _known_service(service_id)
     body = json_body()
     try:
         hook_request = PatientViewRequest.model_validate(body)
@@ -74,10 +79,8 @@ def call_service(service_id: str):
         raise ApiError(400, validation_message(e)) from None
     if hook_request.hook != service.HOOK:
         raise ApiError(400, f"hook: service '{service_id}' answers '{service.HOOK}', not the hook sent")
-    g.hook_instance = hook_request.hook_instance
     state = _state()
     active = state.rules.current()  # one rule-set version for the whole request
-    settings = state.settings
     patient_id = hook_request.context.patient_id
     templates = service.prefetch_templates(active.ruleset)
     try:
@@ -88,19 +91,14 @@ def call_service(service_id: str):
             patient_id=patient_id,
             fhir_server=hook_request.fhir_server,
             access_token=hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None,
-            settings=FetchSettings(
-                connect_timeout=settings.fetch_connect_timeout,
-                total_timeout=settings.fetch_total_timeout,
-                max_pages=settings.fetch_max_pages,
-                allow_http=settings.allow_http_fhir,
-            ),
+            settings=state.fetch_settings,
         )
     except PrefetchUnavailable as e:
         state.observe_fetch_error(e.key)
         raise ApiError(412, str(e), **({"key": e.key} if e.key else {})) from None
     try:
         outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock)
-    except (PrefetchShapeError, service.RequestError) as e:
+    except PrefetchShapeError as e:
         raise ApiError(400, str(e)) from None
     except service.MissingPrefetch as e:  # pragma: no cover - complete_prefetch fills every key
         raise ApiError(412, str(e)) from None
@@ -113,8 +111,7 @@ def call_service(service_id: str):
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str):
-    if service_id != service.SERVICE_ID:
-        raise ApiError(404, f"unknown service '{service_id}'")
+    _known_service(service_id)
     body = json_body()
     try:
         parsed = parse_feedback(body)
