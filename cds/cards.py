@@ -290,7 +290,7 @@ def _facts_table(values: dict[str, str], facts: PatientFacts) -> str:
         ("Exercise", exercise),
         ("Session date", values["session_date"]),
         ("Reps per round", values["reps"]),
-        ("Highest pain", values["max_pain"]),
+        ("Highest pain (0-10)", values["max_pain"]),
         ("Onset date", values["onset_date"]),
     ]
     if facts.skipped_invalid > 0:

@@ -318,7 +318,7 @@ def test_onset_unknown_omits_onset_everywhere(rs):
 def test_pain_unrecorded_omits_max_pain(rs):
     [card] = cards_for(rs, make_facts("bird-dog", (20, 20)), "pain-unrecorded")
     assert "maxPain" not in rec(card)["facts"]
-    assert "| Highest pain | not recorded |" in card["detail"]
+    assert "| Highest pain (0-10) | not recorded |" in card["detail"]
     assert rec(card)["recommendedExercise"] == "bird-dog"
 
 
