@@ -9,11 +9,13 @@ Typical wiring::
     store.record_evaluation(AuditRecord(...))   # or AuditWriter(store).submit(record): off the request path
     store.record_feedback(service_id, parse_feedback(body).feedback)
     rows = store.report(since)   # → cds.report.format_report(rows, "table")
+    JwtVerifier(issuers, jti_store=SqlJtiStore(url))   # replay protection shared by every instance
 """
 
 from .background import AuditWriter
 from .hashing import hash_patient_id
 from .migrate import current_revision, downgrade, head_revision, upgrade
+from .replay import SqlJtiStore
 from .store import (
     UNKNOWN,
     AuditCard,
@@ -34,6 +36,7 @@ __all__ = [
     "PurgeResult",
     "ReasonCount",
     "ReportRow",
+    "SqlJtiStore",
     "Store",
     "StoreUnavailable",
     "current_revision",

@@ -118,3 +118,12 @@ feedback = Table(
     Index("ix_feedback_card_uuid", "card_uuid"),
     Index("ix_feedback_received_at", "received_at"),
 )
+
+jwt_replay = Table(
+    "jwt_replay",
+    metadata,
+    # SHA-256 hex of the JWT verifier's replay key (issuer + jti): never the raw jti
+    Column("key_hash", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index("ix_jwt_replay_expires_at", "expires_at"),
+)

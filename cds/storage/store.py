@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 
 from ..feedback import FeedbackItem
 from .engine import make_engine, write_options
-from .models import audit_card, audit_evaluation, audit_suggestion, feedback
+from .models import audit_card, audit_evaluation, audit_suggestion, feedback, jwt_replay
 
 UNKNOWN = "(unknown)"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -132,6 +132,7 @@ class ReportRow:
 class PurgeResult:
     evaluations: int
     feedback: int
+    replay_entries: int = 0  # expired JWT replay-store rows (CDS_JTI_STORE=database)
 
 
 def retention_cutoff(days: int, now: dt.datetime | None = None) -> dt.datetime:
@@ -287,8 +288,10 @@ class Store:
     # -- retention ---------------------------------------------------------------------------------
     def purge(self, older_than: dt.datetime) -> PurgeResult:
         """Delete evaluations (with their cards and suggestions) evaluated before ``older_than`` and
-        feedback received before it."""
+        feedback received before it, and the JWT replay entries that have expired by now (whatever
+        ``older_than``: an entry is kept exactly as long as its token could be replayed)."""
         cutoff = _utc(older_than)
+        now = dt.datetime.now(dt.timezone.utc)
         with self._tx(write=True) as conn:
             old_evals = select(audit_evaluation.c.id).where(audit_evaluation.c.evaluated_at < cutoff)
             old_cards = select(audit_card.c.id).where(audit_card.c.evaluation_id.in_(old_evals))
@@ -296,7 +299,8 @@ class Store:
             conn.execute(delete(audit_card).where(audit_card.c.evaluation_id.in_(old_evals)))
             n_eval = conn.execute(delete(audit_evaluation).where(audit_evaluation.c.evaluated_at < cutoff)).rowcount
             n_fb = conn.execute(delete(feedback).where(feedback.c.received_at < cutoff)).rowcount
-        return PurgeResult(evaluations=n_eval, feedback=n_fb)
+            n_replay = conn.execute(delete(jwt_replay).where(jwt_replay.c.expires_at <= now)).rowcount
+        return PurgeResult(evaluations=n_eval, feedback=n_fb, replay_entries=n_replay)
 
     def purge_retention(self, days: int, now: dt.datetime | None = None) -> PurgeResult:
         return self.purge(retention_cutoff(days, now))
@@ -391,7 +395,7 @@ class Store:
 
 
 def _table_name(name: str) -> str:
-    allowed = {t.name for t in (audit_evaluation, audit_card, audit_suggestion, feedback)}
+    allowed = {t.name for t in (audit_evaluation, audit_card, audit_suggestion, feedback, jwt_replay)}
     if name not in allowed:
         raise ValueError(f"unknown table {name!r}")
     return name

@@ -1,0 +1,172 @@
+"""A JWT replay store in the database, shared by every instance that uses it (issue 6).
+
+:class:`SqlJtiStore` implements :class:`cds.auth.JtiStore` on the audit's database (``CDS_JTI_STORE=database``)
+so a token accepted by one instance is refused by every other one until it expires. One row per key in the
+``jwt_replay`` table (Alembic revision ``0002_jwt_replay``): the SHA-256 of the verifier's key (issuer + jti;
+never the raw jti) and the instant until which it must be refused.
+
+``check_and_add`` is a single statement in its own write transaction: ``INSERT ... ON CONFLICT (key_hash)
+DO UPDATE SET expires_at = excluded.expires_at WHERE jwt_replay.expires_at <= now RETURNING key_hash``. A row
+comes back when the key was new or its previous entry had expired (it is replaced), none when a live entry
+exists (a replay). PostgreSQL serialises conflicting inserts on the primary key; SQLite takes the write lock
+at ``BEGIN IMMEDIATE`` (see :func:`cds.storage.engine.write_options`), so concurrent callers, in any number of
+processes, get exactly one True per live key.
+
+Expired rows are deleted every ``purge_every`` accepted keys (per process) and by :meth:`Store.purge`
+(``cds db purge``). Any database problem raises :class:`StoreUnavailable`; the verifier turns every store
+exception into an authentication failure (401): replay protection fails closed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import exc as sa_exc
+
+from .engine import make_engine, write_options
+from .models import jwt_replay
+from .store import _UNAVAILABLE, StoreUnavailable, _first_line
+
+__all__ = ["SqlJtiStore", "replay_key_hash"]
+
+log = logging.getLogger("cds.auth")
+
+UTC = dt.timezone.utc
+# Expiries past this are stored as this instant (9999-12-31T23:59:59Z): "never forgotten".
+_MAX_EPOCH = 253_402_300_799.0
+
+
+def replay_key_hash(key: str) -> str:
+    """SHA-256 hex of a replay key: what the table stores instead of the jti."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _instant(epoch: float) -> dt.datetime:
+    if not math.isfinite(epoch):
+        raise ValueError("expiry must be a finite number of seconds")
+    return dt.datetime.fromtimestamp(min(max(epoch, 0.0), _MAX_EPOCH), tz=UTC)
+
+
+class SqlJtiStore:
+    """:class:`cds.auth.JtiStore` in the ``jwt_replay`` table; thread-safe, one per process.
+
+    ``database`` is a SQLAlchemy URL (the store then owns its engine; :meth:`close` disposes it) or an
+    existing :class:`~sqlalchemy.Engine`. The schema comes from :func:`cds.storage.upgrade`; the store never
+    creates tables. ``clock`` (epoch seconds) should be the verifier's clock.
+    """
+
+    def __init__(
+        self,
+        database: str | Engine,
+        *,
+        clock: Callable[[], float] = time.time,
+        purge_every: int = 1000,
+    ) -> None:
+        if purge_every < 1:
+            raise ValueError("purge_every must be at least 1")
+        self._owns_engine = isinstance(database, str)
+        self.engine: Engine = make_engine(database) if isinstance(database, str) else database
+        self._clock = clock
+        self._purge_every = purge_every
+        self._lock = threading.Lock()
+        self._added = 0
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(**write_options())
+                with conn.begin():
+                    yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(
+                f"replay store unavailable: {type(exc.orig or exc).__name__}: {_first_line(exc)}"
+            ) from exc
+        except sa_exc.ProgrammingError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table: not migrated
+                raise StoreUnavailable(f"replay store schema missing: {_first_line(exc)}") from exc
+            raise
+
+    # -- JtiStore ----------------------------------------------------------------------------------
+    def check_and_add(self, jti: str, expires_at: float) -> bool:
+        """Record ``jti`` (the verifier's issuer + jti key) until ``expires_at``; False if a live entry
+        exists. Raises :class:`StoreUnavailable` when the database cannot answer."""
+        if not isinstance(jti, str) or not jti:
+            raise ValueError("jti must be a non-empty string")
+        key = replay_key_hash(jti)
+        now = _instant(self._clock())
+        until = _instant(float(expires_at))
+        with self._tx() as conn:
+            fresh = self._upsert(conn, key, until, now)
+        if fresh:
+            self._maybe_purge()
+        return fresh
+
+    @staticmethod
+    def _upsert(conn: Connection, key: str, until: dt.datetime, now: dt.datetime) -> bool:
+        dialect = conn.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as d_insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert as d_insert
+            stmt = d_insert(jwt_replay).values(key_hash=key, expires_at=until)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[jwt_replay.c.key_hash],
+                set_={"expires_at": stmt.excluded.expires_at},
+                where=jwt_replay.c.expires_at <= now,
+            ).returning(jwt_replay.c.key_hash)
+            return conn.execute(stmt).first() is not None
+        # Other backends: drop an expired entry, then insert; the primary key refuses a live one.
+        conn.execute(delete(jwt_replay).where(jwt_replay.c.key_hash == key, jwt_replay.c.expires_at <= now))
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(jwt_replay), {"key_hash": key, "expires_at": until})
+        except sa_exc.IntegrityError:
+            return False
+        return True
+
+    # -- housekeeping ------------------------------------------------------------------------------
+    def _maybe_purge(self) -> None:
+        with self._lock:
+            self._added += 1
+            due = self._added % self._purge_every == 0
+        if not due:
+            return
+        try:
+            n = self.purge_expired()
+        except Exception as exc:  # noqa: BLE001 - housekeeping must not fail an accepted token
+            log.warning("replay store: purge of expired entries failed (%s)", type(exc).__name__)
+        else:
+            log.debug("replay store: purged %d expired entries", n)
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete the entries expired at ``now`` (default: the clock); returns how many."""
+        cutoff = _instant(self._clock() if now is None else now)
+        with self._tx() as conn:
+            return conn.execute(delete(jwt_replay).where(jwt_replay.c.expires_at <= cutoff)).rowcount
+
+    def count(self) -> int:
+        """Rows in the table, expired or not (for tests and tools)."""
+        with self._tx() as conn:
+            return conn.execute(select(func.count()).select_from(jwt_replay)).scalar_one()
+
+    def ping(self) -> bool:
+        """True when the database answers and the table exists."""
+        try:
+            self.count()
+            return True
+        except Exception:  # noqa: BLE001 - yes or no
+            return False
