@@ -12,8 +12,9 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, ValidationError, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_CONFIG = REPO_ROOT / "fhir_examples" / "config.json"
@@ -35,6 +36,8 @@ class Settings(BaseModel):
     trusted_issuers: Path | None = None
     allow_http_fhir: bool = False
     database_url: str = f"sqlite:///{Path.cwd() / 'var' / 'lbp-cds.sqlite3'}"
+    # JWT replay store: per process ("memory") or the database at database_url, shared by every instance
+    jti_store: Literal["memory", "database"] = "memory"
     cors_origins: tuple[str, ...] = ("*",)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     fetch_connect_timeout: float = Field(default=0.1, gt=0)
@@ -50,6 +53,13 @@ class Settings(BaseModel):
     def _key_length(cls, v: str) -> str:
         if v and len(v.encode()) < 16:
             raise ValueError("must be at least 16 characters")
+        return v
+
+    @field_validator("jti_store")
+    @classmethod
+    def _jti_store_needs_a_database(cls, v: str, info: ValidationInfo) -> str:
+        if v == "database" and not info.data.get("database_url"):
+            raise ValueError("'database' needs CDS_DATABASE_URL, which is empty")
         return v
 
     @field_validator("public_base_url")
@@ -69,6 +79,7 @@ ENV = {
     "CDS_TRUSTED_ISSUERS": "trusted_issuers",
     "CDS_ALLOW_HTTP_FHIR": "allow_http_fhir",
     "CDS_DATABASE_URL": "database_url",
+    "CDS_JTI_STORE": "jti_store",
     "CDS_CORS_ORIGINS": "cors_origins",
     "CDS_MAX_BODY_BYTES": "max_body_bytes",
     "CDS_FETCH_CONNECT_TIMEOUT": "fetch_connect_timeout",
@@ -95,6 +106,8 @@ def _parse(field: str, raw: str) -> object:
         return raw.lower() in ("on", "1", "true")
     if field == "allow_http_fhir":
         return raw.lower() in ("1", "on", "true", "yes")
+    if field == "jti_store":
+        return raw.strip().lower()
     if field == "cors_origins":
         return tuple(o.strip() for o in raw.split(",") if o.strip())
     if field == "evaluation_date" and raw.lower() == "today":

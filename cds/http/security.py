@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, Flask, current_app, request
 from flask_cors import CORS
 
-from ..auth import AuthenticationError, JwtVerifier, load_trusted_issuers
+from ..auth import AuthenticationError, JtiStore, JwtVerifier, load_trusted_issuers
 from ..config import Settings
 from .errors import error_body
 
@@ -20,7 +20,18 @@ def build_verifier(settings: Settings) -> JwtVerifier | None:
     issuers = load_trusted_issuers(settings.trusted_issuers) if settings.trusted_issuers else ()
     if not issuers:
         log.warning("authentication is on but no trusted issuers are configured (CDS_TRUSTED_ISSUERS): every call gets 401")
-    return JwtVerifier(issuers)
+    return JwtVerifier(issuers, jti_store=build_jti_store(settings))
+
+
+def build_jti_store(settings: Settings) -> JtiStore | None:
+    """``CDS_JTI_STORE``: ``database`` shares replay protection between instances through the database at
+    ``CDS_DATABASE_URL`` (table ``jwt_replay``, created by ``cds db upgrade``); ``memory`` (None here: the
+    verifier's bounded in-process store) protects one process only."""
+    if settings.jti_store != "database":
+        return None
+    from ..storage import SqlJtiStore
+
+    return SqlJtiStore(settings.database_url)
 
 
 def require_jwt(bp: Blueprint) -> None:
