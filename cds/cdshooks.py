@@ -45,6 +45,7 @@ __all__ = [
     "Source",
     "Suggestion",
     "SUMMARY_MAX_CHARS",
+    "SystemAction",
     "to_json",
     "validation_message",
 ]
@@ -297,6 +298,11 @@ class Link(_Wire):
     def _app_context_smart_only(self) -> Link:
         if self.app_context is not None and self.type != "smart":
             raise ValueError("appContext is only allowed on links of type 'smart'")
+        # CDS Hooks: "A type of absolute indicates that the URL is absolute and should be treated as-is."
+        if self.type == "absolute":
+            parts = urlsplit(self.url)
+            if not parts.scheme or not parts.netloc:
+                raise ValueError("the url of an 'absolute' link must be an absolute URL")
         return self
 
 
@@ -316,6 +322,12 @@ class Action(_Wire):
         elif not self.resource_id:
             raise ValueError("resourceId is required for a delete action")
         return self
+
+
+class SystemAction(Action):
+    """An entry of ``systemActions``: an :class:`Action` whose ``description`` is optional (CDS Hooks 2.0)."""
+
+    description: str | None = Field(default=None, min_length=1)  # type: ignore[assignment]
 
 
 class Suggestion(_Wire):
@@ -343,12 +355,24 @@ class Card(_Wire):
             raise ValueError("selectionBehavior is required when suggestions are present")
         if not self.suggestions and self.selection_behavior is not None:
             raise ValueError("selectionBehavior must be omitted when there are no suggestions")
+        # feedback names an accepted suggestion by its uuid: two suggestions may not share one
+        uuids = [s.uuid for s in self.suggestions if s.uuid is not None]
+        if len(uuids) != len(set(uuids)):
+            raise ValueError("suggestion uuids must be unique within a card")
         return self
 
 
 class CdsResponse(_Wire):
     cards: list[Card] = []
-    system_actions: list[Action] = Field(default=[], alias="systemActions")
+    system_actions: list[SystemAction] = Field(default=[], alias="systemActions")
+
+    @model_validator(mode="after")
+    def _unique_card_uuids(self) -> CdsResponse:
+        # feedback names a card by its uuid: two cards of one response may not share one
+        uuids = [c.uuid for c in self.cards]
+        if len(uuids) != len(set(uuids)):
+            raise ValueError("card uuids must be unique within a response")
+        return self
 
 
 class ServiceDescription(_Wire):

@@ -138,14 +138,15 @@ def _fhir_resource(resource: Any, path: str, problems: list[str]) -> None:
         problems.append(f"{path}: not a valid FHIR R4 {rtype}: {details}")
 
 
-def _action(action: Any, path: str, problems: list[str]) -> None:
+def _action(action: Any, path: str, problems: list[str], *, system: bool = False) -> None:
     if not isinstance(action, dict):
         problems.append(f"{path}: must be an object, got {type(action).__name__}")
         return
     atype = action.get("type")
     if atype not in ACTION_TYPES:
         problems.append(f"{path}.type: must be one of create|update|delete, got {_fmt(atype)}")
-    _nonempty_str(action, "description", path, problems)
+    # CDS Hooks 2.0: "description is optional for systemAction"
+    _nonempty_str(action, "description", path, problems, required=not system)
     if atype in ("create", "update"):
         if "resource" not in action:
             problems.append(f"{path}.resource: required for a {atype} action")
@@ -340,7 +341,7 @@ def response_problems(body: Any) -> list[str]:
             problems.append(f"response.systemActions: must be a list, got {type(actions).__name__}")
         else:
             for i, action in enumerate(actions):
-                _action(action, f"systemActions[{i}]", problems)
+                _action(action, f"systemActions[{i}]", problems, system=True)
             problems += empty_values(actions, "systemActions")
     return problems
 
