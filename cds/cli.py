@@ -155,7 +155,10 @@ def _cmd_db_purge(args: argparse.Namespace) -> int:
     except StoreUnavailable as e:
         print(f"database unavailable: {e}", file=sys.stderr)
         return 1
-    print(f"purged records older than {days} days: {result.evaluations} evaluations, {result.feedback} feedback reports")
+    print(
+        f"purged records older than {days} days: {result.evaluations} evaluations, "
+        f"{result.feedback} feedback reports, {result.replay_entries} expired JWT replay entries"
+    )
     return 0
 
 

@@ -142,6 +142,12 @@ CASES = {
         "progression.yaml", "    stage: onset\n    priority: 20", "    stage: onsett\n    priority: 20",
         "progression.yaml:27:12: unknown stage 'onsett' (stages: onset, progression)",
     ),
+    "source-url-not-absolute": (
+        "ruleset.yaml", "    url: https://lbp-cds.org/rulesets/lbp-exercise-progression",
+        "    url: lbp-cds.org/rulesets",
+        "ruleset.yaml:14:10: ruleset.source.url: expected an absolute URL starting with https:// or http://, "
+        "found 'lbp-cds.org/rulesets'",
+    ),
     "duplicate-section": (
         "codes.yaml", "\nladder:", "\nstages: [onset]\nladder:",
         "progression.yaml:5:1: section 'stages' is also defined in codes.yaml",

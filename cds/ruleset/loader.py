@@ -21,7 +21,7 @@ from ..assessment import FACT_FIELDS
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .model import RuleSet
-from .schema import IDENT as _IDENT, REQUIRED_SECTIONS, SLUG as _SLUG, RuleFile, RuleSetDocument
+from .schema import IDENT as _IDENT, REQUIRED_SECTIONS, SLUG as _SLUG, URL, RuleFile, RuleSetDocument
 
 log = logging.getLogger("cds.rules")
 
@@ -366,7 +366,11 @@ def _friendly(err: dict) -> str:
         return f"{err['msg'].replace('Input should be', 'expected')}, found {shown}"
     if kind == "string_pattern_mismatch":
         pattern = (err.get("ctx") or {}).get("pattern")
-        rule = {_SLUG: "lower-case letters, digits and '-'", _IDENT: "lower-case letters, digits and '_'"}.get(pattern)
+        rule = {
+            _SLUG: "lower-case letters, digits and '-'",
+            _IDENT: "lower-case letters, digits and '_'",
+            URL: "an absolute URL starting with https:// or http://",
+        }.get(pattern)
         return f"expected {rule}, found {shown}" if rule else f"{err['msg']}, found {shown}"
     return err["msg"]
 

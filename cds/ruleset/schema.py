@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SLUG = r"^[a-z0-9][a-z0-9-]*$"
 IDENT = r"^[a-z][a-z0-9_]*$"
+URL = r"^https?://[^/\s]+"  # an absolute http(s) URL
 
 Decision = Literal[
     "new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back", "continue", "step-up"
@@ -34,7 +35,7 @@ class Coding(_Doc):
 
 class Source(_Doc):
     label: str = Field(min_length=1)
-    url: str | None = None
+    url: str | None = Field(default=None, pattern=URL)  # CDS Hooks: an absolute URL
     topic: Coding | None = None
 
 
@@ -49,7 +50,7 @@ class RuleSetMeta(_Doc):
 class Evidence(_Doc):
     id: str = Field(pattern=SLUG)
     label: str = Field(min_length=1)
-    url: str = Field(pattern=r"^https?://")
+    url: str = Field(pattern=URL)
 
 
 class OverrideReason(_Doc):
