@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "rules"
@@ -23,6 +27,37 @@ EXAMPLES_DIR = ROOT / "fhir_examples"
 REQUESTS_DIR = EXAMPLES_DIR / "requests"
 EVALUATION_DATE = dt.date.fromisoformat(json.loads((EXAMPLES_DIR / "config.json").read_text())["evaluationDate"])
 SERVICE_URL = "/cds-services/lbp-exercise-progression"
+#: a PostgreSQL database for the storage tests (``.ci/run`` starts one); unset: SQLite only
+PG_URL = os.environ.get("CDS_TEST_DATABASE_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request, tmp_path):
+    """URL of an empty database, not migrated: a SQLite file in a directory that does not exist yet, or a
+    fresh PostgreSQL schema of ``CDS_TEST_DATABASE_URL`` (dropped afterwards; skipped when unset)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'cds.sqlite3'}"
+        return
+    if not PG_URL:
+        pytest.skip("CDS_TEST_DATABASE_URL not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def with_directory(url: str) -> str:
+    """``url``, with the folder of a SQLite file created (the store itself never creates folders)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
 def example_pairs() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from conftest import SERVICE_URL, build_app, example_pairs
 
@@ -34,28 +32,6 @@ EXTENSION = "org.lbp-cds.recommendation"
 
 # ---------------------------------------------------------------------------------------------------
 # fixtures and helpers (test_report_cli.py and test_ops.py import them)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db_url(request, tmp_path):
-    """URL of an empty database, not migrated: a SQLite file in a directory that does not exist yet, or a
-    fresh PostgreSQL schema (dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db' / 'cds.sqlite3'}"
-        return
-    if not PG_URL:
-        pytest.skip("CDS_TEST_DATABASE_URL not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from test_feedback_http import (  # noqa: F401 - fixtures
     FEEDBACK_URL,
     closed_port,
     db_url,
-    empty_db_url,
     feedback_plan,
     rule_of,
 )

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from cds.feedback import FeedbackItem
+from conftest import with_directory
 from cds.storage import (
     UNKNOWN,
     AuditCard,
@@ -40,25 +41,10 @@ TABLES = ("audit_evaluation", "audit_card", "audit_suggestion", "feedback")
 # fixtures
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """URL of an empty database (not migrated)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cds.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("CDS_TEST_DATABASE_URL not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+@pytest.fixture
+def db_url(empty_db_url):
+    """URL of an empty database (not migrated), SQLite or PostgreSQL (conftest)."""
+    return with_directory(empty_db_url)
 
 
 @pytest.fixture
