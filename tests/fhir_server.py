@@ -28,6 +28,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+try:  # imported as a top-level module by the tests (rootdir tests/ on sys.path), or as tests.*
+    from loopback import LoopbackServer
+except ImportError:  # pragma: no cover
+    from tests.loopback import LoopbackServer
+
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
 
@@ -171,10 +176,14 @@ class _QuietServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class FhirTestServer:
+class FhirTestServer(LoopbackServer):
     """ThreadingHTTPServer on 127.0.0.1 (ephemeral port) in a daemon thread; a context manager."""
 
+    server_class = _QuietServer
+    thread_name = "fhir-test-server"
+
     def __init__(self, data: FhirData | None = None, *, base_path: str = "/fhir") -> None:
+        super().__init__()
         self.data = data or FhirData()
         self.base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
         self.required_token: str | None = None
@@ -187,8 +196,6 @@ class FhirTestServer:
         self.requests: list[SeenRequest] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> FhirTestServer:
@@ -198,33 +205,11 @@ class FhirTestServer:
             owner = server
 
         self._stop.clear()
-        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fhir-test-server", daemon=True
-        )
-        self._thread.start()
-        return self
+        return self.serve(Handler, poll_interval=0.05)
 
     def stop(self) -> None:
         self._stop.set()  # wakes sleeping handlers
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FhirTestServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "server not started"
-        return self._httpd.server_address[1]
+        super().stop()
 
     @property
     def origin(self) -> str:

@@ -16,18 +16,24 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+try:  # imported as a top-level module by the tests (rootdir tests/ on sys.path), or as tests.*
+    from loopback import LoopbackServer
+except ImportError:  # pragma: no cover
+    from tests.loopback import LoopbackServer
 
-class JwksServer:
+
+class JwksServer(LoopbackServer):
+    thread_name = "jwks-server"
+
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._routes: dict[str, tuple[int, bytes]] = {}
         self._counts: Counter[str] = Counter()
         self._log: list[str] = []
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle
     def start(self) -> "JwksServer":
@@ -56,26 +62,7 @@ class JwksServer:
             def log_message(self, format: str, *args: Any) -> None:  # silence stderr
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="jwks-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> "JwksServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.serve(Handler)
 
     # -- content
     @property
