@@ -130,15 +130,20 @@ def _codings(cc: Any) -> list[tuple[Any, Any]]:
     return out
 
 
+def _raw_nested(raw: Mapping[str, Any], key: str, sub: str) -> Any:
+    """``raw[key][sub]`` of the raw JSON, None when either is absent; _Malformed when ``key`` is no object."""
+    outer = raw.get(key)
+    if outer is None:
+        return None
+    if not isinstance(outer, dict):
+        raise _Malformed
+    return outer.get(sub)
+
+
 def _raw_date_key(raw: Mapping[str, Any]) -> str | None:
     value = raw.get("effectiveDateTime")
     if value is None:
-        period = raw.get("effectivePeriod")
-        if period is None:
-            return None
-        if not isinstance(period, dict):
-            raise _Malformed
-        value = period.get("start")
+        value = _raw_nested(raw, "effectivePeriod", "start")
         if value is None:
             return None
     if not isinstance(value, str) or not value:
@@ -258,12 +263,7 @@ class _Extractor:
             return None
 
     def is_subject(self, raw: Mapping[str, Any]) -> bool:
-        subject = raw.get("subject")
-        if subject is None:
-            return False
-        if not isinstance(subject, dict):
-            raise _Malformed
-        ref = subject.get("reference")
+        ref = _raw_nested(raw, "subject", "reference")
         if ref is None:
             return False
         if not isinstance(ref, str):
