@@ -1,6 +1,6 @@
 """Shared fixtures: test settings, the Flask app and client, the rule set and the FHIR examples.
 
-Test settings: the repository's ``rules/``, no rule-file watching (``rules_poll_seconds=0``), the
+Test settings: the frozen fixture rule set ``tests/fixtures/rules/``, no rule-file watching (``rules_poll_seconds=0``), the
 fixed evaluation date of ``fhir_examples/config.json``, authentication off, and no database (so no
 test writes into the working tree). The process environment is ignored so a developer's ``CDS_*``
 variables cannot change what the tests see.
@@ -22,7 +22,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
-RULES_DIR = ROOT / "rules"
+#: the frozen fixture rule set the Python tests run on (never the shipped ``rules/``, so a rule author's
+#: valid edit of ``rules/`` cannot break a Python test); ``rules/tests/`` tests the shipped content
+RULES_DIR = ROOT / "tests" / "fixtures" / "rules"
 EXAMPLES_DIR = ROOT / "fhir_examples"
 REQUESTS_DIR = EXAMPLES_DIR / "requests"
 EVALUATION_DATE = dt.date.fromisoformat(json.loads((EXAMPLES_DIR / "config.json").read_text())["evaluationDate"])

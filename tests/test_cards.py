@@ -60,7 +60,7 @@ from cds.facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Sess
 from cds.ruleset.model import RuleSet
 from cds.ruleset.schema import Recommend, RuleSetDocument
 
-RULES_DIR = Path(__file__).resolve().parents[1] / "rules"
+from conftest import RULES_DIR  # noqa: E402
 EVAL_DATE = dt.date(2026, 11, 21)
 SESSION_DATE = dt.date(2026, 11, 20)
 OLD_ONSET = dt.date(2026, 1, 10)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from fhir.resources.R4B import get_fhir_model_class
+from conftest import RULES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "fhir_examples"
@@ -33,10 +34,10 @@ PREFETCH_KEYS = {"patient", "lbpConditions", "painScores", "exerciseRounds"}
 DECISIONS = {"new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back", "continue", "step-up"}
 OBS = "https://lbp-cds.org/fhir/CodeSystem/observation"
 
-RULES_FILE = yaml.safe_load((ROOT / "rules" / "progression.yaml").read_text())
+RULES_FILE = yaml.safe_load((RULES_DIR / "progression.yaml").read_text())
 RULES = {r["id"]: r for r in RULES_FILE["rules"]}
 NOTES = {n["id"] for n in RULES_FILE.get("notes", [])}
-CODES = yaml.safe_load((ROOT / "rules" / "codes.yaml").read_text())
+CODES = yaml.safe_load((RULES_DIR / "codes.yaml").read_text())
 LADDER = [r["code"] for r in CODES["ladder"]["rungs"]]
 
 

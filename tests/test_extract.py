@@ -14,8 +14,9 @@ from cds import extract as extract_module
 from cds.extract import PrefetchShapeError, extract
 from cds.facts import PatientFacts
 from cds.ruleset.schema import Codes, Ladder
+from conftest import RULES_DIR
 
-_DOC = yaml.safe_load((Path(__file__).resolve().parents[1] / "rules" / "codes.yaml").read_text())
+_DOC = yaml.safe_load((RULES_DIR / "codes.yaml").read_text())
 CODES = Codes.model_validate(_DOC["codes"])
 LADDER = Ladder.model_validate(_DOC["ladder"])
 

@@ -27,9 +27,10 @@ from cds.clock import FixedClock
 from cds.config import load_settings
 from cds.live_rules import LiveRuleSet
 from cds.ruleset.loader import load_ruleset
+from conftest import RULES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "rules"
+RULES = RULES_DIR
 REQUEST = json.loads((ROOT / "fhir_examples" / "requests" / "onset-undocumented.json").read_text())  # reps 20, 18
 URL = "/cds-services/lbp-exercise-progression"
 EXT = "org.lbp-cds.recommendation"

@@ -15,8 +15,9 @@ from cds.cli import main
 from cds.config import load_settings
 from cds.live_rules import LiveRuleSet
 from cds.ruleset.loader import RuleSetError, check_ruleset
+from conftest import RULES_DIR
 
-RULES = Path(__file__).resolve().parent.parent / "rules"
+RULES = RULES_DIR
 
 
 @pytest.fixture
