@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, Settings, load_settings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -16,12 +16,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .logs import configure_logging
 
+    settings = load_settings(development=args.dev)  # a ConfigError: one line and exit 2 (main)
     configure_logging(logging.INFO)
-    try:
-        settings = load_settings(development=args.dev)
-    except ConfigError as e:
-        print(f"configuration error: {e}", file=sys.stderr)
-        return 2
     from .live_rules import LiveRuleSet
 
     try:
@@ -94,18 +90,14 @@ def _cmd_rules_test(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import datetime as dt
     import json
-    import os
 
-    from .config import REPO_ROOT
     from .explain import EvaluateError, evaluate_request, explain, read_request, render_text
     from .ruleset.loader import RuleSetError
     from .ruleset.ruletests import active_rules
 
-    rules_dir = args.rules or Path(os.environ.get("CDS_RULES_DIR") or REPO_ROOT / "rules")
-    as_of = args.as_of
-    if as_of is None:
-        env = os.environ.get("CDS_EVALUATION_DATE", "")
-        as_of = dt.date.fromisoformat(env) if env and env.lower() != "today" else dt.date.today()
+    settings = load_settings(serving=False)  # CDS_RULES_DIR, CDS_EVALUATION_DATE, as `cds run` reads them
+    rules_dir = args.rules or settings.rules_dir
+    as_of = args.as_of or settings.evaluation_date or dt.date.today()
     try:
         active = active_rules(rules_dir)
     except RuleSetError as e:
@@ -125,11 +117,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings_or_exit() -> object:
-    try:
-        return load_settings()
-    except ConfigError as e:
-        raise SystemExit(f"configuration error: {e}") from None
+def _settings_or_exit() -> Settings:
+    """The settings for the database tools (no CDS_AUDIT_KEY needed); a ConfigError is printed by main."""
+    return load_settings(serving=False)
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -241,8 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``cds`` command. A configuration problem is one line on stderr, ``configuration error:
+    CDS_VARIABLE: what is wrong``, and exit code 2; no traceback."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,13 @@
 """Service configuration: environment variables (SPEC §4), over an embedded default.
 
+Read and validated in one place: :class:`Settings` (pydantic-settings, prefix ``CDS_``). Every entry
+point (``cds run``, ``cds evaluate``, the ``cds db``/``report`` tools, ``cds.wsgi``) goes through
+:func:`load_settings`, which turns every problem into one :class:`ConfigError` whose message names the
+variable (``CDS_EVALUATION_DATE: ...``).
+
 Two embedded defaults exist: production (auth on) and development (``cds run --dev`` / ``make run``:
 auth off, plain-http FHIR allowed, the bundled examples' evaluation date). Environment variables
-always win over either.
+always win over either; keyword overrides (tests) win over the environment.
 """
 
 from __future__ import annotations
@@ -11,64 +16,26 @@ import datetime as dt
 import json
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import CdsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_CONFIG = REPO_ROOT / "fhir_examples" / "config.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(CdsError, ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rules_dir: Path = REPO_ROOT / "rules"
-    evaluation_date: dt.date | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    public_base_url: str = "http://127.0.0.1:8080"
-    auth: bool = True
-    trusted_issuers: Path | None = None
-    allow_http_fhir: bool = False
-    database_url: str = f"sqlite:///{Path.cwd() / 'var' / 'lbp-cds.sqlite3'}"
-    # JWT replay store: per process ("memory") or the database at database_url, shared by every instance
-    jti_store: Literal["memory", "database"] = "memory"
-    cors_origins: tuple[str, ...] = ("*",)
-    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    fetch_connect_timeout: float = Field(default=0.1, gt=0)
-    fetch_total_timeout: float = Field(default=0.4, gt=0)
-    fetch_max_pages: int = Field(default=10, ge=1)
-    audit_key: str = ""  # secret for the keyed hash of patient ids; required outside development
-    audit_retention_days: int = Field(default=365, ge=1)
-    rules_poll_seconds: float = Field(default=2.0, ge=0)  # 0 disables watching the rule files
-    development: bool = False
-
-    @field_validator("audit_key")
-    @classmethod
-    def _key_length(cls, v: str) -> str:
-        if v and len(v.encode()) < 16:
-            raise ValueError("must be at least 16 characters")
-        return v
-
-    @field_validator("jti_store")
-    @classmethod
-    def _jti_store_needs_a_database(cls, v: str, info: ValidationInfo) -> str:
-        if v == "database" and not info.data.get("database_url"):
-            raise ValueError("'database' needs CDS_DATABASE_URL, which is empty")
-        return v
-
-    @field_validator("public_base_url")
-    @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
-
-
-#: environment variable -> settings field
+#: environment variable -> settings field (the variable is always ``CDS_`` + the field name, upper case)
 ENV = {
     "CDS_RULES_DIR": "rules_dir",
     "CDS_EVALUATION_DATE": "evaluation_date",
@@ -89,6 +56,170 @@ ENV = {
     "CDS_AUDIT_RETENTION_DAYS": "audit_retention_days",
     "CDS_RULES_POLL_SECONDS": "rules_poll_seconds",
 }
+_FIELD_TO_VAR = {f: v for v, f in ENV.items()}
+
+_TRUE = ("1", "on", "true", "yes")
+_FALSE = ("0", "off", "false", "no")
+
+
+@dataclass(frozen=True)
+class _Load:
+    """What one :func:`load_settings` call reads (the sources cannot take arguments)."""
+
+    environ: Mapping[str, str] | None = None  # None: os.environ
+    defaults: dict[str, object] = field(default_factory=dict)
+    serving: bool = True
+
+
+_LOAD: ContextVar[_Load] = ContextVar("cds_config_load", default=_Load())
+
+
+class _EnvSource(EnvSettingsSource):
+    """The ``CDS_*`` variables of the ENV table, from a given mapping, as raw strings.
+
+    Parsing (booleans, dates, the origin list) is the field validators' job, for the environment and
+    the keyword overrides alike; other ``CDS_*`` variables (``CDS_WORKERS``, ...) are not settings.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None) -> None:
+        super().__init__(settings_cls)
+        env = os.environ if environ is None else environ
+        self.env_vars = {k.lower(): v for k, v in env.items() if k in ENV}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        var = _FIELD_TO_VAR.get(field_name)
+        if var is None:
+            return None, field_name, False
+        return self.env_vars.get(var.lower()), var.lower(), False
+
+    def prepare_field_value(self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool) -> Any:
+        return value
+
+
+class _DefaultsSource(PydanticBaseSettingsSource):
+    """The embedded development defaults, below the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], defaults: dict[str, object]) -> None:
+        super().__init__(settings_cls)
+        self._defaults = defaults
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._defaults.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._defaults)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="CDS_")
+
+    rules_dir: Path = REPO_ROOT / "rules"
+    evaluation_date: dt.date | None = None  # None: today
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_base_url: str = "http://127.0.0.1:8080"
+    auth: bool = True
+    trusted_issuers: Path | None = None
+    allow_http_fhir: bool = False
+    database_url: str = f"sqlite:///{Path.cwd() / 'var' / 'lbp-cds.sqlite3'}"
+    # JWT replay store: per process ("memory") or the database at database_url, shared by every instance
+    jti_store: Literal["memory", "database"] = "memory"
+    cors_origins: tuple[str, ...] = ("*",)
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    fetch_connect_timeout: float = Field(default=0.1, gt=0)
+    fetch_total_timeout: float = Field(default=0.4, gt=0)
+    fetch_max_pages: int = Field(default=10, ge=1)
+    audit_key: str = ""  # secret for the keyed hash of patient ids; required outside development
+    audit_retention_days: int = Field(default=365, ge=1)
+    rules_poll_seconds: float = Field(default=2.0, ge=0)  # 0 disables watching the rule files
+    development: bool = False  # not an environment variable: `cds run --dev`, `make run`
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        load = _LOAD.get()
+        return init_settings, _EnvSource(settings_cls, load.environ), _DefaultsSource(settings_cls, load.defaults)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _on_off(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v.strip().lower() not in _TRUE + _FALSE:
+                raise ValueError(f"use on or off, not {v!r}")
+            return v.strip().lower() in _TRUE
+        return v
+
+    @field_validator("allow_http_fhir", mode="before")
+    @classmethod
+    def _flag(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v.strip() == "":
+                return False  # set but empty: off, as before
+            if v.strip().lower() not in _TRUE + _FALSE:
+                raise ValueError(f"use 1 or 0 (on/off, true/false, yes/no), not {v!r}")
+            return v.strip().lower() in _TRUE
+        return v
+
+    @field_validator("evaluation_date", mode="before")
+    @classmethod
+    def _date_or_today(cls, v: object) -> object:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.lower() == "today":
+                return None
+            try:
+                if len(text) != 10:
+                    raise ValueError("not in the form YYYY-MM-DD")
+                return dt.date.fromisoformat(text)
+            except ValueError as e:
+                raise ValueError(f"expected a date YYYY-MM-DD or 'today', got {v!r} ({e})") from None
+        return v
+
+    @field_validator("trusted_issuers", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("jti_store", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(o.strip() for o in v.split(",") if o.strip())
+        return v
+
+    @field_validator("audit_key")
+    @classmethod
+    def _key_length(cls, v: str) -> str:
+        if v and len(v.encode()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.jti_store == "database" and not self.database_url:
+            raise ValueError("CDS_JTI_STORE: 'database' needs CDS_DATABASE_URL, which is empty")
+        if self.database_url and not self.audit_key and not self.development and _LOAD.get().serving:
+            raise ValueError(
+                "CDS_AUDIT_KEY: required when the audit is on (a secret of at least 16 characters, the same on "
+                "every instance, so the keyed patient hashes can be linked)"
+            )
+        return self
 
 
 def development_defaults() -> dict[str, object]:
@@ -99,38 +230,30 @@ def development_defaults() -> dict[str, object]:
     return defaults
 
 
-def _parse(field: str, raw: str) -> object:
-    if field in ("auth",):
-        if raw.lower() not in ("on", "off", "1", "0", "true", "false"):
-            raise ValueError("use on or off")
-        return raw.lower() in ("on", "1", "true")
-    if field == "allow_http_fhir":
-        return raw.lower() in ("1", "on", "true", "yes")
-    if field == "jti_store":
-        return raw.strip().lower()
-    if field == "cors_origins":
-        return tuple(o.strip() for o in raw.split(",") if o.strip())
-    if field == "evaluation_date" and raw.lower() == "today":
-        return None
-    if field in ("trusted_issuers",) and not raw:
-        return None
-    return raw
+def _message(e: ValidationError) -> str:
+    msgs = []
+    for err in e.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["loc"]:
+            field_name = str(err["loc"][0])
+            msgs.append(f"{_FIELD_TO_VAR.get(field_name, field_name)}: {msg}")
+        else:
+            msgs.append(msg)  # a cross-field check: the message starts with the variable
+    return "; ".join(msgs)
 
 
-def load_settings(environ: Mapping[str, str] | None = None, *, development: bool = False, **overrides: object) -> Settings:
-    """Settings from the embedded defaults, then ``environ`` (default ``os.environ``), then overrides."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = development_defaults() if development else {}
-    for var, field in ENV.items():
-        if var in env:
-            try:
-                values[field] = _parse(field, env[var])
-            except ValueError as e:
-                raise ConfigError(f"{var}: {e}") from None
-    values.update(overrides)
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, development: bool = False, serving: bool = True, **overrides: object
+) -> Settings:
+    """Settings from the embedded defaults, then ``environ`` (default ``os.environ``), then overrides.
+
+    ``serving=False`` (the ``cds db`` and ``report`` tools) skips the checks that only matter to a
+    running service (``CDS_AUDIT_KEY`` outside development). Raises :class:`ConfigError`.
+    """
+    token = _LOAD.set(_Load(environ, development_defaults() if development else {}, serving))
     try:
-        return Settings(**values)
+        return Settings(**overrides)
     except ValidationError as e:
-        field_to_var = {f: v for v, f in ENV.items()}
-        msgs = [f"{field_to_var.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("; ".join(msgs)) from None
+        raise ConfigError(_message(e)) from None
+    finally:
+        _LOAD.reset(token)

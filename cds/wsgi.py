@@ -2,12 +2,21 @@
 
 import gc
 import logging
+import sys
 
+from .config import ConfigError, load_settings
 from .http import create_app
 from .logs import configure_logging
 
 configure_logging(logging.INFO)
-app = create_app()
+try:
+    settings = load_settings()  # the same loader as `cds run`: the environment over the production defaults
+except ConfigError as e:
+    print(f"configuration error: {e}", file=sys.stderr, flush=True)
+    # Under gunicorn a worker exiting 4 (its APP_LOAD_ERROR) stops the server instead of being
+    # restarted in a loop; anywhere else, the CLI's exit code for a configuration error.
+    raise SystemExit(4 if "gunicorn" in sys.modules else 2) from None
+app = create_app(settings)
 # Start-up objects (modules, FHIR model classes, the compiled rule set) leave the collector's
 # generations: full collections stay short when a large request allocates (p99 of a long history
 # 82 -> 15 ms in bench/).

@@ -255,10 +255,10 @@ def test_two_processes_racing_for_a_jti_accept_it_exactly_once(migrated):
 
 
 def test_cds_jti_store_setting():
-    assert load_settings({}).jti_store == "memory"
-    assert load_settings({"CDS_JTI_STORE": "Database"}).jti_store == "database"
+    assert load_settings({}, serving=False).jti_store == "memory"
+    assert load_settings({"CDS_JTI_STORE": "Database"}, serving=False).jti_store == "database"
     with pytest.raises(ConfigError, match="CDS_JTI_STORE"):
-        load_settings({"CDS_JTI_STORE": "redis"})
+        load_settings({"CDS_JTI_STORE": "redis"}, serving=False)
 
 
 def test_database_store_without_a_database_url_is_a_config_error():
