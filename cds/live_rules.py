@@ -8,7 +8,7 @@ folder has a ``tests/`` directory with cases, every one of its rule tests; other
 keeps serving.
 
 The watcher reloads only files that have been stable for one poll: when the fingerprint (name, mtime,
-size of each rule file) changes it is remembered, and the files are loaded only when the next poll sees
+size of each rule file and rule-test file) changes it is remembered, and the files are loaded only when the next poll sees
 the same fingerprint again, so a file saved in two steps is never loaded half-written.
 
 A replaced engine's C ruleset is freed as soon as no request holds the old pair any more (see
@@ -30,8 +30,11 @@ log = logging.getLogger("cds.rules")
 
 
 def _fingerprint(folder: Path) -> tuple:
+    """Name, mtime and size of each rule file and each rule-test file (``tests/*.yaml``: fixing a
+    failing case makes the watcher try the rule files again)."""
     try:
-        return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in rule_files(folder))
+        files = [*rule_files(folder), *sorted((folder / "tests").glob("*.y*ml"))]
+        return tuple((str(p.relative_to(folder)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
     except OSError:
         return ()
 
