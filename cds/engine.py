@@ -223,6 +223,7 @@ class RuleEngine:
         except Exception as e:
             raise EngineCompileError(None, str(e)) from None
         self._finalizer = weakref.finalize(self, _release_unreachable, self._handles)
+        self._finalizer.atexit = False  # at exit a daemon thread may still evaluate: leave it to the OS
 
     def close(self) -> None:
         """Free the C ruleset (under the engine lock). Idempotent; evaluating afterwards raises
