@@ -4,6 +4,11 @@ Eight threads post a fhir_examples request continuously while the main thread re
 several times, alternating valid versions (another threshold and version number) with invalid ones.
 Every response must be 200 and come from exactly one valid version, with that version's decisions;
 an invalid edit is logged and never served; the last valid version is served at the end.
+
+Issue 9 point 5 (reload is safe): the watcher loads only files stable for one poll (a half-written file
+is never served); a candidate must pass the checker and its own rule tests; a content change without a
+version bump is logged; replaced engines are freed once no request holds them (threads evaluating
+through 50 reloads; 200 reloads grow RSS by less than 8 MiB).
 """
 
 from __future__ import annotations
