@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -44,6 +45,56 @@ _NOTE_PREFIX = "note:"
 _ENGINE_LOCK = threading.Lock()
 _ruleset_counter = itertools.count(1)
 _session_counter = itertools.count(1)
+# C ruleset handles whose engine became unreachable while the engine lock could not be taken (for
+# example a garbage collection inside an evaluation, on the thread that holds the lock): freed at the
+# next safe point (:func:`free_pending`, the next engine built or closed).
+_PENDING_FREE: list[int] = []
+#: handles of the C rulesets alive now (created by a RuleEngine and not yet deleted)
+_LIVE_HANDLES: set[int] = set()
+
+
+def _delete_handles_locked(handles: Iterable[int]) -> None:
+    """Delete C rulesets; the caller holds ``_ENGINE_LOCK``."""
+    import durable_rules_engine as c_engine
+
+    for handle in handles:
+        if handle in _LIVE_HANDLES:
+            _LIVE_HANDLES.discard(handle)
+            try:
+                c_engine.delete_ruleset(handle)
+            except Exception:  # noqa: BLE001 - freeing must never fail a request or a reload
+                log.exception("could not delete a durable-rules ruleset")
+
+
+def _drain_pending_locked() -> None:
+    while _PENDING_FREE:
+        _delete_handles_locked([_PENDING_FREE.pop()])
+
+
+def free_pending() -> None:
+    """Free the C rulesets of engines that were dropped while the engine lock was busy.
+
+    Call it from a thread that does not hold the engine lock (the rule-file watcher does, every poll)."""
+    if _PENDING_FREE:
+        with _ENGINE_LOCK:
+            _drain_pending_locked()
+
+
+def live_rulesets() -> int:
+    """How many C rulesets built by :class:`RuleEngine` are alive (not freed yet)."""
+    return len(_LIVE_HANDLES) - len(set(_PENDING_FREE) & _LIVE_HANDLES)
+
+
+def _release_unreachable(handles: tuple[int, ...]) -> None:
+    """Finaliser of a RuleEngine nobody references any more: free its C ruleset now if the lock is
+    free, else queue it. Never blocks: it may run inside a garbage collection on a thread that already
+    holds the (non-reentrant) engine lock."""
+    _PENDING_FREE.extend(handles)
+    if _ENGINE_LOCK.acquire(blocking=False):
+        try:
+            _drain_pending_locked()
+        finally:
+            _ENGINE_LOCK.release()
 
 
 class EngineError(RuntimeError):
@@ -63,6 +114,10 @@ class EngineCompileError(EngineError):
         super().__init__(f"rule {rule_id or '?'}: {reason}")
         self.rule_id = rule_id
         self.reason = reason
+
+
+def _marker_action(c: Any) -> None:
+    return None
 
 
 class _QuietHost(durable.Host):
@@ -112,12 +167,13 @@ def compile_check(ruleset: RuleSet) -> None:
 
     definition = durable_definition(ruleset)
     with _ENGINE_LOCK:
+        _drain_pending_locked()
         for name, rule in definition.items():
             try:
                 handle = c_engine.create_ruleset(f"check-{next(_ruleset_counter)}", json.dumps({name: rule}))
             except Exception as e:  # the C extension raises plain Exception with an error code
                 raise EngineCompileError(None if name == _MARKER else name.removeprefix(_NOTE_PREFIX), str(e)) from None
-            c_engine.delete_ruleset(handle)
+            c_engine.delete_ruleset(handle)  # each check ruleset is freed at once
 
 
 def _safe_fact(fact: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,7 +197,12 @@ def _safe_fact(fact: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class RuleEngine:
-    """One compiled rule set in durable-rules. Thread-safe; evaluations are serialised."""
+    """One compiled rule set in durable-rules. Thread-safe; evaluations are serialised.
+
+    Its C ruleset lives until :meth:`close` or, at the latest, until nobody references the engine any
+    more (a finaliser frees it then: the actions hold the engine only weakly, so that is as soon as the
+    last reference goes). An engine is closed only when no request can still use it.
+    """
 
     def __init__(self, ruleset: RuleSet):
         self.ruleset = ruleset
@@ -149,32 +210,48 @@ class RuleEngine:
         self._final = {r.id for r in ruleset.document.rules if r.final}
         self._name = f"lbp{next(_ruleset_counter)}"
         self._run: _Run | None = None
+        self.closed = False
         definition = durable_definition(ruleset)
         for name, rule in definition.items():
-            rule["run"] = self._marker_action if name == _MARKER else self._action_for(name)
+            rule["run"] = _marker_action if name == _MARKER else self._action_for(name)
         try:
             with _ENGINE_LOCK:
+                _drain_pending_locked()
                 self._host = _QuietHost({self._name: definition})
+                self._handles = tuple(r._handle for r in self._host._ruleset_list)
+                _LIVE_HANDLES.update(self._handles)
         except Exception as e:
             raise EngineCompileError(None, str(e)) from None
+        self._finalizer = weakref.finalize(self, _release_unreachable, self._handles)
+        self._finalizer.atexit = False  # at exit a daemon thread may still evaluate: leave it to the OS
+
+    def close(self) -> None:
+        """Free the C ruleset (under the engine lock). Idempotent; evaluating afterwards raises
+        :class:`EngineError` instead of reaching freed C memory."""
+        with _ENGINE_LOCK:
+            if self.closed:
+                return
+            self.closed = True
+            self._finalizer.detach()
+            _delete_handles_locked(self._handles)
+            _drain_pending_locked()
 
     # -- actions (run synchronously, on the calling thread, under the lock) -----------------------
-    def _marker_action(self, c: Any) -> None:
-        return None
-
+    # They reference the engine weakly: no reference cycle, so a dropped engine is freed at once.
     def _action_for(self, name: str):
+        engine = weakref.ref(self)
         if name.startswith(_NOTE_PREFIX):
             note_id = name.removeprefix(_NOTE_PREFIX)
 
             def note_action(c: Any) -> None:
-                self._record_note(c.m.stage, note_id)
+                engine()._record_note(c.m.stage, note_id)
 
             return note_action
 
         final = name in self._final
 
         def rule_action(c: Any) -> None:
-            self._record_rule(name)
+            engine()._record_rule(name)
             c.retract_fact(c.m)  # first match wins: the stage fact is gone, pending rules drop
             if final:
                 c.assert_fact({"kind": "halted"})
@@ -197,6 +274,8 @@ class RuleEngine:
         """
         safe = [_safe_fact(f) for f in facts]
         with _ENGINE_LOCK:
+            if self.closed:
+                raise EngineError("this rule engine was closed (its rule set was replaced)")
             run = _Run(sid=f"s{next(_session_counter)}")
             self._run = run
             try:

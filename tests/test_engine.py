@@ -394,3 +394,66 @@ def test_fired_rules_carry_the_rule_file_fields(engine, ruleset):
             assert (f.stage, f.decision, f.indicator, f.recommend) == (
                 rule.stage, rule.decision, rule.indicator, rule.recommend
             )
+
+
+# ------------------------------------------------------------------------------------------------
+# Freeing the C ruleset (reload: each replaced engine must give its memory back)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_close_frees_the_c_ruleset_and_refuses_later_evaluations(ruleset, engine):
+    from cds import engine as engine_module
+    from cds.engine import EngineError
+
+    before = engine_module.live_rulesets()
+    eng = RuleEngine(ruleset)
+    assert engine_module.live_rulesets() == before + 1
+    assert outcome(eng, DISTINCT_CASES[0][0]) == DISTINCT_CASES[0][1]
+    eng.close()
+    eng.close()  # idempotent
+    assert eng.closed
+    assert engine_module.live_rulesets() == before
+    with pytest.raises(EngineError, match="closed"):  # an error, never freed C memory
+        eng.evaluate(DISTINCT_CASES[0][0], TODAY)
+    _next_evaluation_works(engine)  # the other engines are untouched
+
+
+def test_a_dropped_engine_is_freed_without_close(ruleset):
+    from cds import engine as engine_module
+
+    before = engine_module.live_rulesets()
+    eng = RuleEngine(ruleset)
+    eng.evaluate(DISTINCT_CASES[0][0], TODAY)
+    assert engine_module.live_rulesets() == before + 1
+    del eng  # no reference cycle: freed by its last reference, not by a later garbage collection
+    assert engine_module.live_rulesets() == before
+
+
+def test_an_engine_dropped_while_the_lock_is_held_is_freed_later_without_deadlock(ruleset):
+    from cds import engine as engine_module
+
+    before = engine_module.live_rulesets()
+    eng = RuleEngine(ruleset)
+    with engine_module._ENGINE_LOCK:  # as in a garbage collection during an evaluation
+        del eng  # the finaliser must not block on the (non-reentrant) lock
+        assert engine_module._PENDING_FREE
+    assert engine_module.live_rulesets() == before  # queued: no longer counted as live
+    engine_module.free_pending()
+    assert not engine_module._PENDING_FREE
+
+
+def test_300_engines_and_compile_checks_do_not_grow_memory(ruleset):
+    from cds.engine import compile_check
+
+    for _ in range(20):
+        RuleEngine(ruleset).close()
+        compile_check(ruleset)
+    before = rss_bytes()
+    for n in range(300):
+        eng = RuleEngine(ruleset)
+        if n % 2:
+            eng.close()
+        del eng
+        compile_check(ruleset)
+    growth = (rss_bytes() - before) / MiB
+    assert growth < 5, f"300 engines grew RSS by {growth:.1f} MiB"

@@ -4,6 +4,11 @@ Eight threads post a fhir_examples request continuously while the main thread re
 several times, alternating valid versions (another threshold and version number) with invalid ones.
 Every response must be 200 and come from exactly one valid version, with that version's decisions;
 an invalid edit is logged and never served; the last valid version is served at the end.
+
+Issue 9 point 5 (reload is safe): the watcher loads only files stable for one poll (a half-written file
+is never served); a candidate must pass the checker and its own rule tests; a content change without a
+version bump is logged; replaced engines are freed once no request holds them (threads evaluating
+through 50 reloads; 200 reloads grow RSS by less than 8 MiB).
 """
 
 from __future__ import annotations
@@ -237,3 +242,208 @@ def test_sighup_reloads_cds_run(rules: Path, tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+# -- stable files, rule tests, version warning, freeing (issue 9 point 5) ----------------------------
+
+PROGRESSION = (RULES / "progression.yaml").read_text()
+#: progression.yaml cut before its fourth rule: valid YAML and a valid rule set, but half the rules
+HALF = PROGRESSION[: PROGRESSION.index("  - id: pain-unrecorded")]
+FULL_EDITED = PROGRESSION + "# edited: same rules, same version\n"
+
+
+def _sha_of(tmp_path: Path, name: str, progression: str) -> str:
+    folder = tmp_path / f"sha-{name}"
+    shutil.copytree(RULES, folder, ignore=shutil.ignore_patterns("tests"))
+    (folder / "progression.yaml").write_text(progression)
+    return load_ruleset(folder).sha256
+
+
+def _served(live: LiveRuleSet) -> list[str]:
+    """The decisions of the test request under the version served now."""
+    from cds.service import evaluate
+
+    outcome = evaluate(live.current(), REQUEST["prefetch"], patient_id=REQUEST["context"]["patientId"],
+                       clock=FixedClock(__import__("datetime").date(2026, 11, 20)))
+    return [f.decision for f in outcome.evaluation.fired]
+
+
+def test_half_written_file_is_never_loaded(rules: Path, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="cds.rules")
+    half_sha, full_sha = _sha_of(tmp_path, "half", HALF), _sha_of(tmp_path, "full", FULL_EDITED)
+    live = LiveRuleSet(rules)  # polled by hand: one call of poll() is one watcher tick
+    first = live.current().ruleset.sha256
+    (rules / "progression.yaml").write_text(HALF)  # an editor's first step: the file cut short
+    assert live.poll() is False  # changed: remembered, not loaded
+    (rules / "progression.yaml").write_text(FULL_EDITED)  # second step, within the same poll
+    assert live.poll() is False  # changed again: still not stable
+    assert live.poll() is True  # the same files two polls running: loaded
+    assert live.history == [first, full_sha]
+    assert half_sha not in live.history
+    assert _served(live) == ["onset-unknown", "continue"]
+    assert live.poll() is False  # nothing changed: nothing to do
+    # the content changed but ruleset.version did not: a warning naming the version
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ruleset.version is still 1.0.0" in m for m in warnings), warnings
+
+
+def test_half_written_file_is_never_served_by_the_watcher(rules: Path, tmp_path: Path) -> None:
+    half_sha, full_sha = _sha_of(tmp_path, "half", HALF), _sha_of(tmp_path, "full", FULL_EDITED)
+    live = LiveRuleSet(rules, poll_seconds=0.2)
+    live.start_watching()
+    try:
+        for _ in range(3):
+            (rules / "progression.yaml").write_text(HALF)
+            time.sleep(0.05)  # well within one poll
+            (rules / "progression.yaml").write_text(FULL_EDITED)
+            deadline = time.monotonic() + 10
+            while live.current().ruleset.sha256 != full_sha:
+                assert time.monotonic() < deadline, "the full file was not loaded in 10 s"
+                time.sleep(0.02)
+            (rules / "progression.yaml").write_text(PROGRESSION)
+            while live.current().ruleset.sha256 == full_sha:
+                assert time.monotonic() < deadline, "the original file was not loaded again in 10 s"
+                time.sleep(0.02)
+    finally:
+        live.stop()
+    assert half_sha not in live.history
+    assert live.history.count(full_sha) == 3
+
+
+CASE = """\
+cases:
+  - name: onset undocumented, reps 20 and 18
+    as_of: 2026-11-20
+    request: {request}
+    expect:
+      - {{rule: onset-unknown, decision: onset-unknown, indicator: warning}}
+      - {{rule: continue, decision: continue, indicator: info, recommended: bird-dog}}
+"""
+
+
+def test_candidate_must_pass_its_rule_tests(rules: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="cds.rules")
+    (rules / "tests").mkdir()
+    request = ROOT / "fhir_examples" / "requests" / "onset-undocumented.json"
+    (rules / "tests" / "cases.yaml").write_text(CASE.format(request=request))
+    live = LiveRuleSet(rules)
+    before = live.current()
+    # v1.1.0 is a valid rule set, but it answers step-up where the folder's own case expects continue
+    write_atomically(rules / "ruleset.yaml", VERSIONS["v1.1.0"][0])
+    assert live.reload() is False
+    assert live.current() is before
+    assert _served(live) == ["onset-unknown", "continue"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("the rule tests fail; still serving version 1.0.0" in m
+               and f"FAIL {rules}/tests/cases.yaml:2:5: onset undocumented, reps 20 and 18" in m
+               and "card 2 decision: expected continue, got step-up" in m for m in errors), errors
+    assert "1 of 1 rule test(s)" in str(live.last_error)
+    # the rule author updates the case: the same rule files now pass and are swapped in
+    (rules / "tests" / "cases.yaml").write_text(CASE.format(request=request).replace(
+        "decision: continue, indicator: info, recommended: bird-dog",
+        "decision: step-up, indicator: info, recommended: single-leg-reverse-hyper").replace(
+        "rule: continue", "rule: step-up"))
+    assert live.poll() is False and live.poll() is True  # the watcher tries again once the tests change
+    assert live.current().ruleset.identity.version == "1.1.0"
+    assert live.last_error is None
+    # a folder whose case file cannot be read is refused too
+    (rules / "tests" / "broken.yaml").write_text("cases: [{name: x}]\n")
+    write_atomically(rules / "ruleset.yaml", VERSIONS["v1.2.0"][0])
+    assert live.reload() is False
+    assert live.current().ruleset.identity.version == "1.1.0"
+    assert "cannot be read" in str(live.last_error) and "broken.yaml:1:" in str(live.last_error)
+
+
+def test_invalid_candidate_logs_file_line_column(rules: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="cds.rules")
+    live = LiveRuleSet(rules)
+    before = live.current()
+    write_atomically(rules / "ruleset.yaml", VERSIONS["bad-type"][0])
+    assert live.reload() is False
+    assert live.current() is before
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("rule files are invalid; still serving version 1.0.0" in m
+               and f"{rules}/ruleset.yaml:25:14: parameters.reps_high" in m for m in errors), errors
+
+
+def test_threads_evaluate_correctly_through_50_reloads(rules: Path) -> None:
+    import gc
+
+    from cds import engine
+
+    from cds.service import evaluate
+
+    gc.collect()
+    engine.free_pending()
+    baseline = engine.live_rulesets()
+    live = LiveRuleSet(rules)
+    held = live.current()  # a request that holds the first pair through every reload
+    expected = {"1.0.0": VERSIONS["v1.0.0"][1], "1.1.0": VERSIONS["v1.1.0"][1]}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    counts = [0]
+
+    def run(active) -> None:
+        outcome = evaluate(active, REQUEST["prefetch"], patient_id=REQUEST["context"]["patientId"],
+                           clock=FixedClock(__import__("datetime").date(2026, 11, 20)))
+        version = active.ruleset.identity.version
+        assert outcome.evaluation.ruleset.version == version
+        assert [f.decision for f in outcome.evaluation.fired] == expected[version], version
+
+    def loop() -> None:
+        try:
+            while not stop.is_set():
+                run(live.current())
+                run(held)
+                counts[0] += 1
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(50):
+            write_atomically(rules / "ruleset.yaml", VERSIONS["v1.1.0" if n % 2 == 0 else "v1.0.0"][0])
+            assert live.reload() is True
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert counts[0] > 50
+    run(held)  # still evaluates correctly after 50 reloads
+    assert not held.engine.closed
+    gc.collect()
+    engine.free_pending()
+    assert engine.live_rulesets() - baseline == 2  # the one served now and the one still held
+    del held
+    engine.free_pending()
+    assert engine.live_rulesets() - baseline == 1  # released at once by its last holder
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_200_reloads_do_not_grow_memory(rules: Path) -> None:
+    import gc
+
+    live = LiveRuleSet(rules)
+    texts = [VERSIONS["v1.1.0"][0], VERSIONS["v1.0.0"][0]]
+    for n in range(20):  # warm up: caches, allocator arenas
+        (rules / "ruleset.yaml").write_text(texts[n % 2])
+        assert live.reload() is True
+    gc.collect()
+    before = _rss_mib()
+    for n in range(200):
+        (rules / "ruleset.yaml").write_text(texts[n % 2])
+        assert live.reload() is True
+    gc.collect()
+    growth = _rss_mib() - before
+    assert growth < 8, f"200 reloads grew RSS by {growth:.1f} MiB"
