@@ -225,9 +225,9 @@ class RuleEngine:
             raise ActionFailed(f"the engine failed on a fact: {run.error}") from None
 
     def _note_applies(self, note_id: str, decision: str) -> bool:
-        """A note with ``on: [...]`` is only added to the card of a rule with one of those decisions."""
-        on = self.ruleset.note(note_id).on
-        return not on or decision in on
+        """A note with ``decisions: [...]`` is only added to the card of a rule with one of those decisions."""
+        decisions = self.ruleset.note(note_id).decisions
+        return not decisions or decision in decisions
 
     def evaluate(self, assessment: Assessment, evaluation_date: dt.date) -> Evaluation:
         """Run the rule set on one assessment: the stages in order (with their notes)."""

@@ -130,7 +130,7 @@ class Note(_Doc):
     stage: str = Field(pattern=IDENT)
     when: str = Field(min_length=1)
     text: str = Field(min_length=1)
-    on: list[Decision] = []  # only on cards of rules with one of these decisions; empty = every card
+    decisions: list[Decision] = []  # only on cards of rules with one of these decisions; empty = every card
 
 
 class FactsLabels(_Doc):
