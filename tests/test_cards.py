@@ -936,3 +936,95 @@ def test_checker_message_lists_every_problem(good_card):
     text = str(info.value)
     assert "2 problem(s)" in text
     assert "card.summary: is 200 characters" in text and "card.indicator" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# Texts from the rule files, derived placeholders, note decisions, the decided rung
+# ------------------------------------------------------------------------------------------------
+
+
+def test_texts_come_from_the_rule_files(rs):
+    def change(d):
+        t = d["texts"]
+        t["facts"]["heading"] = "Daten"
+        t["facts"]["exercise"] = "Übung"
+        t["not_recorded"] = "unbekannt"
+        t["dose"] = "{rounds} Runden"
+        t["suggestion_label"] = "Verordnen: {recommended_name}"
+        t["action_description"] = "Vorschlag {recommended_name} ({dose})"
+        t["order_note"] = "Regel {rule_id}"
+        t["provenance"] = "Regel {rule_id} / {ruleset_name}"
+
+    other = with_changes(rs, change)
+    facts = make_facts("bird-dog", (20, 22), (1,), onset=None)
+    [card] = cards_for(other, facts, "continue")
+    rounds = render_number(rs.document.parameters["rounds"])
+    assert "**Daten**" in card["detail"] and "| Übung | Bird-dog (`bird-dog`) |" in card["detail"]
+    assert "| unbekannt |" in card["detail"]  # the onset date
+    assert f"Regel continue / {rs.identity.name}" in card["detail"]
+    assert "Facts used" not in card["detail"] and "Rule: `" not in card["detail"]
+    [suggestion] = card["suggestions"]
+    assert suggestion["label"] == "Verordnen: Bird-dog"
+    [action] = suggestion["actions"]
+    assert action["description"] == f"Vorschlag Bird-dog ({rounds} Runden)"
+    assert action["resource"]["orderDetail"] == [{"text": f"{rounds} Runden"}]
+    assert action["resource"]["note"][-1] == {"text": "Regel continue"}
+
+
+def test_reps_target_renders_as_the_middle_of_the_range(rs):
+    def change(d):
+        for r in d["rules"]:
+            if r["id"] == "continue":
+                r["card"]["detail"] = "aim for {reps_target} ({reps_low}-{reps_high})"
+        d["parameters"]["reps_low"], d["parameters"]["reps_high"] = 15, 24
+
+    other = with_changes(rs, change)
+    facts = make_facts("bird-dog", (20, 22), (1,))
+    [card] = cards_for(other, facts, "continue")
+    assert card["detail"].startswith("aim for 19.5 (15-24)")
+    assert max_rendered_length("{reps_target}", other) == len("19.5")
+
+
+def _load_with_note_decisions(tmp_path: Path, decisions: str) -> RuleSet:
+    from cds.ruleset.loader import load_ruleset
+
+    folder = tmp_path / decisions.strip("[]").replace(", ", "_")
+    folder.mkdir()
+    for f in RULES_DIR.glob("*.yaml"):
+        (folder / f.name).write_text(f.read_text())
+    progression = folder / "progression.yaml"
+    text = progression.read_text()
+    marker = "    when: session_recorded and rounds_recorded < rounds\n"
+    assert marker in text
+    progression.write_text(text.replace(marker, marker + f"    decisions: {decisions}\n"))
+    return load_ruleset(folder)
+
+
+def test_note_decisions_limit_where_a_note_is_added(tmp_path):
+    from cds.engine import RuleEngine
+
+    facts = make_facts("bird-dog", (20,), (1,))  # one round of two: continue, an incomplete session
+    for decisions, shown in (("[continue]", True), ("[step-up, step-back]", False)):
+        ruleset = _load_with_note_decisions(tmp_path, decisions)
+        ev = RuleEngine(ruleset).evaluate(assess(facts, ruleset.ladder_codes, EVAL_DATE), EVAL_DATE)
+        [fired] = ev.fired
+        assert fired.decision == "continue"
+        assert fired.notes == (("incomplete-session",) if shown else ()), decisions
+        [pair] = build_cards(ev, facts, ruleset, patient_id=PATIENT)
+        assert ("notes" in pair.card.extension[EXTENSION_KEY]) is shown
+
+
+@pytest.mark.parametrize("rule_id", sorted(SCENARIOS))
+def test_the_engine_decides_the_rung_and_the_card_shows_it(rs, rule_id):
+    from cds.engine import RuleEngine
+
+    kwargs, recommended = SCENARIOS[rule_id]
+    facts = make_facts(**kwargs)
+    ev = RuleEngine(rs).evaluate(assess(facts, rs.ladder_codes, EVAL_DATE), EVAL_DATE)
+    assert rule_id in [f.rule_id for f in ev.fired]
+    pairs = build_cards(ev, facts, rs, patient_id=PATIENT)
+    assert [p.fired for p in pairs] == list(ev.fired)
+    for pair in pairs:
+        assert pair.fired.recommended == pair.card.extension[EXTENSION_KEY].get("recommendedExercise")
+        if pair.fired.rule_id == rule_id:
+            assert pair.fired.recommended == recommended
