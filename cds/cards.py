@@ -1,53 +1,37 @@
-"""Decisions -> CDS Hooks cards.
+"""Decisions -> CDS Hooks cards: arrangement only.
 
 :func:`build_cards` turns an :class:`~cds.decisions.Evaluation` (the rules that fired) into one
-:class:`~cds.cdshooks.Card` per fired rule, in firing order. All clinical content -- numbers, wording,
-codes, evidence, the disclaimer -- comes from the rule set and the patient's facts; this module only
-arranges it.
-
-Card text templates use ``str.format``-style ``{placeholders}`` (parsed with :class:`string.Formatter`;
-``{{`` and ``}}`` are literal braces; no format specs or conversions). A template may name
-
-* every parameter of the rule set (``{pain_gate_max}``, ``{rounds}``...), and
-* the fact placeholders in :data:`PLACEHOLDERS`.
-
-:func:`placeholders_for` gives the full set for one rule set, :func:`template_fields` the names one
-template uses, and :func:`max_rendered_length` an upper bound of a filled-in template's length so the
-rule checker can reject a summary that could reach the CDS Hooks 140-character limit.
+:class:`RuleCard` (the fired rule and its :class:`~cds.cdshooks.Card`) per fired rule, in firing
+order. All clinical content -- numbers, wording, codes, evidence, the disclaimer, the labels -- comes
+from the rule set and the patient's facts; the template language is :mod:`cds.templates`; the
+recommended rung was decided by the engine (:attr:`FiredRule.recommended`).
 """
 
 from __future__ import annotations
 
 import logging
-import string
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from .assessment import Assessment
 from .cdshooks import SUMMARY_MAX_CHARS, Action, Card, Coding, Link, OverrideReason, Source, Suggestion
 from .decisions import Evaluation, FiredRule
 from .fhir_validation import validate
 from .facts import PatientFacts
 from .ruleset.model import RuleSet
-from .ruleset.schema import Recommend, Rung
+from .ruleset.schema import Rung
+from .templates import PLACEHOLDERS, REPS_SEPARATOR, derived_parameters, fill, render_number
 
 __all__ = [
     "EXTENSION_KEY",
-    "NOT_RECORDED",
-    "PLACEHOLDERS",
-    "TemplateError",
+    "RuleCard",
     "build_card",
     "build_cards",
-    "fill",
-    "max_rendered_length",
-    "placeholders_for",
-    "recommended_rung",
-    "render_number",
-    "template_fields",
     "template_values",
+    "text_values",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,168 +39,18 @@ log = logging.getLogger(__name__)
 #: key of the machine-readable recommendation in ``Card.extension``
 EXTENSION_KEY = "org.lbp-cds.recommendation"
 
-#: what an unknown fact renders as in card text
-NOT_RECORDED = "not recorded"
 
-#: the fact placeholders a card template may use, besides the rule set's parameter names
-PLACEHOLDERS: frozenset[str] = frozenset(
-    {
-        "onset_date",  # most recent documented onset, YYYY-MM-DD
-        "onset_days_ago",  # days from onset to the evaluation date
-        "session_date",  # date of the latest session, YYYY-MM-DD
-        "exercise",  # ladder code of the latest session's exercise
-        "exercise_name",  # its ladder display name
-        "recommended",  # ladder code of the recommended exercise
-        "recommended_name",  # its ladder display name
-        "reps",  # reps per round of the latest session, e.g. "28, 27"
-        "max_pain",  # highest pain (0-10) associated with the latest session
-        "min_reps",  # fewest reps in a round of the latest session
-        "max_reps",  # most reps in a round of the latest session
-        "rounds_recorded",  # rounds recorded in the latest session
-    }
-)
+@dataclass(frozen=True)
+class RuleCard:
+    """One fired rule and the card built for it."""
 
-# --- length bounds used by max_rendered_length --------------------------------------------------
-#: a date renders as YYYY-MM-DD
-DATE_CHARS = 10
-#: a standalone number fact (pain, min/max reps, days, rounds): up to 8 characters ("12345678",
-#: "2.333333"); a longer value is possible only with absurd data and is caught by the runtime truncation
-NUMBER_CHARS = 8
-#: ``{reps}`` is bounded as up to 8 rounds of up to 3 characters each, joined by ", " (38 characters)
-REPS_MAX_ROUNDS = 8
-REPS_NUMBER_CHARS = 3
-REPS_SEPARATOR = ", "
-
-_DATE_FIELDS = frozenset({"onset_date", "session_date"})
-_NUMBER_FIELDS = frozenset({"onset_days_ago", "max_pain", "min_reps", "max_reps", "rounds_recorded"})
-_CODE_FIELDS = frozenset({"exercise", "recommended"})
-_NAME_FIELDS = frozenset({"exercise_name", "recommended_name"})
-assert _DATE_FIELDS | _NUMBER_FIELDS | _CODE_FIELDS | _NAME_FIELDS | {"reps"} == PLACEHOLDERS
-
-_formatter = string.Formatter()
-
-
-class TemplateError(ValueError):
-    """A card template that cannot be filled: unknown placeholder, format spec, bad braces."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Templates
-# ------------------------------------------------------------------------------------------------
-
-
-def render_number(value: float | int) -> str:
-    """``28.0`` -> ``"28"``, ``2.5`` -> ``"2.5"`` (shortest round-trip form, never a trailing ``.0``)."""
-    if isinstance(value, bool):
-        raise TypeError("a bool is not a number here")
-    if isinstance(value, int):
-        return str(value)
-    f = float(value)
-    if f.is_integer():
-        return str(int(f))
-    return repr(f)
+    fired: FiredRule
+    card: Card
 
 
 def _json_number(value: float) -> int | float:
     f = float(value)
     return int(f) if f.is_integer() else f
-
-
-def _parse(template: str) -> list[tuple[str, str | None]]:
-    """``[(literal, field_name or None), ...]``; raises :class:`TemplateError` on bad syntax."""
-    try:
-        parsed = list(_formatter.parse(template))
-    except ValueError as exc:
-        raise TemplateError(f"bad template braces: {exc}") from None
-    out: list[tuple[str, str | None]] = []
-    for literal, field, spec, conversion in parsed:
-        if field is not None:
-            if field == "" or not field.isidentifier():
-                raise TemplateError(f"placeholder {{{field}}} must be a plain name")
-            if spec or conversion:
-                raise TemplateError(f"placeholder {{{field}}} must not have a format spec or conversion")
-        out.append((literal, field))
-    return out
-
-
-def template_fields(template: str) -> list[str]:
-    """The placeholder names a template uses, in order of first use."""
-    seen: dict[str, None] = {}
-    for _, field in _parse(template):
-        if field is not None:
-            seen.setdefault(field, None)
-    return list(seen)
-
-
-def placeholders_for(ruleset: RuleSet) -> frozenset[str]:
-    """Every placeholder a template of this rule set may use: its parameter names plus :data:`PLACEHOLDERS`."""
-    return PLACEHOLDERS | frozenset(ruleset.document.parameters)
-
-
-def fill(template: str, values: dict[str, str]) -> str:
-    """Fill a template. An unknown placeholder is a :class:`TemplateError` (the rule checker prevents it)."""
-    out: list[str] = []
-    for literal, field in _parse(template):
-        out.append(literal)
-        if field is not None:
-            if field not in values:
-                raise TemplateError(f"unknown placeholder {{{field}}}")
-            out.append(values[field])
-    return "".join(out)
-
-
-def _placeholder_bound(name: str, ruleset: RuleSet) -> int:
-    unknown = len(NOT_RECORDED)
-    if name in _DATE_FIELDS:
-        return max(DATE_CHARS, unknown)
-    if name in _NUMBER_FIELDS:
-        return max(NUMBER_CHARS, unknown)
-    if name in _CODE_FIELDS:
-        return max(max(len(r.code) for r in ruleset.document.ladder.rungs), unknown)
-    if name in _NAME_FIELDS:
-        return max(max(len(r.display) for r in ruleset.document.ladder.rungs), unknown)
-    if name == "reps":
-        reps = REPS_MAX_ROUNDS * REPS_NUMBER_CHARS + (REPS_MAX_ROUNDS - 1) * len(REPS_SEPARATOR)
-        return max(reps, unknown)
-    if name in ruleset.document.parameters:
-        return len(render_number(ruleset.document.parameters[name]))
-    raise TemplateError(f"unknown placeholder {{{name}}}")
-
-
-def max_rendered_length(template: str, ruleset: RuleSet) -> int:
-    """An upper bound of the template's length once filled in, for this rule set.
-
-    Bounds per placeholder (each at least ``len("not recorded")`` = 12, since an unknown fact renders
-    so): parameters -- their exact rendered value; dates -- 10; ``exercise``/``recommended`` -- the
-    longest ladder code; ``*_name`` -- the longest ladder display name; other numbers --
-    :data:`NUMBER_CHARS`; ``reps`` -- :data:`REPS_MAX_ROUNDS` rounds of :data:`REPS_NUMBER_CHARS`
-    characters. Raises :class:`TemplateError` for an unknown placeholder or bad syntax.
-    """
-    total = 0
-    for literal, field in _parse(template):
-        total += len(literal)
-        if field is not None:
-            total += _placeholder_bound(field, ruleset)
-    return total
-
-
-def recommended_rung(recommend: Recommend | None, assessment: Assessment, ruleset: RuleSet) -> Rung | None:
-    """The ladder rung a rule recommends, relative to the latest session's rung (clamped to the ladder).
-
-    ``first`` -> the first rung; ``previous``/``current``/``next`` -> one below / the same / one above
-    the assessment's rung (``previous`` on the first rung stays there; ``next`` on the top stays there).
-    ``None`` when the rule recommends nothing, or a relative move has no current rung to move from.
-    """
-    if recommend is None:
-        return None
-    rungs = ruleset.document.ladder.rungs
-    if recommend.rung == "first":
-        return rungs[0]
-    if assessment.rung is None:
-        log.warning("rule recommends %r but no session rung is known; no recommendation made", recommend.rung)
-        return None
-    index = assessment.rung - 1 + {"previous": -1, "current": 0, "next": 1}[recommend.rung]
-    return rungs[min(max(index, 0), len(rungs) - 1)]
 
 
 def template_values(
@@ -225,18 +59,21 @@ def template_values(
     ruleset: RuleSet,
     fired: FiredRule | None = None,
 ) -> dict[str, str]:
-    """The value of every placeholder in :func:`placeholders_for` (``ruleset``), as text.
+    """The value of every placeholder in :func:`~cds.templates.placeholders_for` (``ruleset``), as text.
 
-    ``recommended``/``recommended_name`` depend on ``fired`` (its ``recommend``); without a rule or a
-    recommendation they render as "not recorded", like every unknown fact. Fact names take precedence
-    over a parameter of the same name (the rule checker should reject such a clash).
+    ``recommended``/``recommended_name`` come from ``fired.recommended``; without a rule or a
+    recommendation they render as ``texts.not_recorded``, like every unknown fact. Fact names take
+    precedence over a parameter of the same name (the rule checker should reject such a clash).
     """
     a = evaluation.assessment
-    ladder = ruleset.document.ladder
+    doc = ruleset.document
+    ladder = doc.ladder
     session = facts.latest_session
-    values: dict[str, str] = {name: render_number(v) for name, v in ruleset.document.parameters.items()}
+    unknown = doc.texts.not_recorded
+    values: dict[str, str] = {name: render_number(v) for name, v in doc.parameters.items()}
+    values.update({name: render_number(v) for name, v in derived_parameters(doc.parameters).items()})
     for name in PLACEHOLDERS:
-        values[name] = NOT_RECORDED
+        values[name] = unknown
 
     onset = facts.onset
     if onset is not None:
@@ -266,11 +103,23 @@ def template_values(
         values["max_reps"] = render_number(a.max_reps)
     values["rounds_recorded"] = render_number(len(session.reps) if session is not None else a.rounds_recorded)
 
-    rung = recommended_rung(fired.recommend, a, ruleset) if fired is not None else None
-    if rung is not None:
+    if fired is not None and fired.recommended is not None:
+        rung = ladder.rung(fired.recommended)
         values["recommended"] = rung.code
         values["recommended_name"] = rung.display
     return values
+
+
+def text_values(values: dict[str, str], fired: FiredRule, evaluation: Evaluation, ruleset: RuleSet) -> dict[str, str]:
+    """``values`` plus the placeholders of the ``texts`` section (:data:`~cds.templates.TEXT_PLACEHOLDERS`)."""
+    identity = evaluation.ruleset
+    return {
+        **values,
+        "dose": fill(ruleset.document.texts.dose, values).strip(),
+        "rule_id": fired.rule_id,
+        "ruleset_name": identity.name,
+        "ruleset_version": identity.version,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,20 +131,23 @@ def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _facts_table(values: dict[str, str], facts: PatientFacts) -> str:
+def _facts_table(values: dict[str, str], facts: PatientFacts, ruleset: RuleSet) -> str:
+    labels = ruleset.document.texts.facts
+    unknown = ruleset.document.texts.not_recorded
+    a_code = values["exercise"]
     exercise = values["exercise_name"]
-    if values["exercise"] != NOT_RECORDED:
-        exercise = f"{exercise} (`{values['exercise']}`)" if exercise != NOT_RECORDED else f"`{values['exercise']}`"
+    if a_code != unknown:
+        exercise = f"{exercise} (`{a_code}`)" if exercise != unknown else f"`{a_code}`"
     rows = [
-        ("Exercise", exercise),
-        ("Session date", values["session_date"]),
-        ("Reps per round", values["reps"]),
-        ("Highest pain (0-10)", values["max_pain"]),
-        ("Onset date", values["onset_date"]),
+        (labels.exercise, exercise),
+        (labels.session_date, values["session_date"]),
+        (labels.reps, values["reps"]),
+        (labels.max_pain, values["max_pain"]),
+        (labels.onset_date, values["onset_date"]),
     ]
     if facts.skipped_invalid > 0:
-        rows.append(("Resources skipped as invalid", render_number(facts.skipped_invalid)))
-    lines = ["**Facts used**", "", "| Fact | Value |", "|---|---|"]
+        rows.append((labels.skipped_invalid, render_number(facts.skipped_invalid)))
+    lines = [f"**{labels.heading.strip()}**", "", f"| {_cell(labels.fact)} | {_cell(labels.value)} |", "|---|---|"]
     lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
     return "\n".join(lines)
 
@@ -304,21 +156,12 @@ def _blockquote(text: str) -> str:
     return "\n".join(f"> *{line.strip()}*" if line.strip() else ">" for line in text.strip().splitlines())
 
 
-def _dose_text(ruleset: RuleSet) -> str | None:
-    """The dose, from the parameters only: ``rounds`` rounds, pain at most ``pain_gate_max``/10."""
-    params = ruleset.document.parameters
-    parts: list[str] = []
-    if "rounds" in params:
-        parts.append(f"{render_number(params['rounds'])} rounds, each to just short of technical failure")
-    if "pain_gate_max" in params:
-        parts.append(f"pain at most {render_number(params['pain_gate_max'])}/10 during and after")
-    return "; ".join(parts) if parts else None
-
-
 def _service_request(
-    rung: Rung, fired: FiredRule, evaluation: Evaluation, ruleset: RuleSet, patient_id: str, adjustment: str | None
+    rung: Rung, evaluation: Evaluation, ruleset: RuleSet, patient_id: str, adjustment: str | None,
+    values: dict[str, str],
 ) -> dict[str, Any]:
     ladder = ruleset.document.ladder
+    texts = ruleset.document.texts
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
@@ -330,14 +173,14 @@ def _service_request(
         "subject": {"reference": f"Patient/{patient_id}"},
         "authoredOn": evaluation.evaluation_date.isoformat(),
     }
-    dose = _dose_text(ruleset)
+    dose = values["dose"]
     if dose:
         resource["orderDetail"] = [{"text": dose}]
-        resource["patientInstruction"] = f"{rung.display}: {dose}."
+        resource["patientInstruction"] = fill(texts.patient_instruction, values).strip()
     notes = []
     if adjustment:
         notes.append({"text": adjustment})
-    notes.append({"text": f"Proposed by rule {fired.rule_id} of {evaluation.ruleset.name} {evaluation.ruleset.version}."})
+    notes.append({"text": fill(texts.order_note, values).strip()})
     resource["note"] = notes
     # A failure here is a bug in this module or the rule set, never client input: let it raise.
     # The patient reference (a validated FHIR id) and the date are the only per-request parts, so
@@ -346,7 +189,7 @@ def _service_request(
     return resource
 
 
-def _extension(fired: FiredRule, facts: PatientFacts, evaluation: Evaluation, rung: Rung | None) -> dict[str, Any]:
+def _extension(fired: FiredRule, facts: PatientFacts, evaluation: Evaluation) -> dict[str, Any]:
     a = evaluation.assessment
     session = facts.latest_session
     fact_values: dict[str, Any] = {}
@@ -367,8 +210,8 @@ def _extension(fired: FiredRule, facts: PatientFacts, evaluation: Evaluation, ru
     current = session.exercise if session is not None else a.exercise
     if current is not None:
         rec["currentExercise"] = current
-    if rung is not None:
-        rec["recommendedExercise"] = rung.code
+    if fired.recommended is not None:
+        rec["recommendedExercise"] = fired.recommended
     if fired.notes:
         rec["notes"] = list(fired.notes)  # ids of the rule-file notes added to the detail
     rec["ruleset"] = evaluation.ruleset.model_dump()
@@ -397,16 +240,16 @@ def build_card(
     doc = ruleset.document
     rule = ruleset.rule(fired.rule_id)
     values = template_values(evaluation, facts, ruleset, fired)
-    identity = evaluation.ruleset
-    rung = recommended_rung(fired.recommend, evaluation.assessment, ruleset)
+    texts = text_values(values, fired, evaluation, ruleset)
 
     sections = [fill(rule.card.detail, values).strip()]
     sections += [fill(ruleset.note(note_id).text, values).strip() for note_id in fired.notes]
-    sections.append(_facts_table(values, facts))
-    sections.append(f"Rule: `{fired.rule_id}` · Rule set: {identity.name} {identity.version}")
+    sections.append(_facts_table(values, facts, ruleset))
+    sections.append(fill(doc.texts.provenance, texts).strip())
     sections.append(_blockquote(doc.disclaimer))
     detail = "\n\n".join(s for s in sections if s)
 
+    identity = evaluation.ruleset
     meta = doc.ruleset
     source = Source(
         label=f"{meta.source.label} ({identity.name} {identity.version})",
@@ -417,18 +260,18 @@ def build_card(
     override_reasons = [OverrideReason(system=r.system, code=r.code, display=r.display) for r in doc.override_reasons]
 
     suggestions: list[Suggestion] = []
-    if rung is not None:
+    if fired.recommended is not None:
+        rung = doc.ladder.rung(fired.recommended)
         adjustment = None
         if fired.recommend is not None and fired.recommend.adjustment:
             adjustment = fill(fired.recommend.adjustment, values).strip() or None
-        resource = _service_request(rung, fired, evaluation, ruleset, patient_id, adjustment)
-        dose = _dose_text(ruleset)
-        description = f"Propose {rung.display}" + (f": {dose}" if dose else "")
+        resource = _service_request(rung, evaluation, ruleset, patient_id, adjustment, texts)
+        description = fill(doc.texts.action_description, texts).strip()
         if adjustment:
             description += f". {adjustment}"
         suggestions.append(
             Suggestion(
-                label=f"Order {rung.display}",
+                label=fill(doc.texts.suggestion_label, texts).strip(),
                 uuid=uuid_factory(),
                 is_recommended=True,
                 actions=[Action(type="create", description=description, resource=resource)],
@@ -445,7 +288,7 @@ def build_card(
         selection_behavior="at-most-one" if suggestions else None,
         override_reasons=override_reasons,
         links=links,
-        extension=_extension(fired, facts, evaluation, rung),
+        extension=_extension(fired, facts, evaluation),
     )
 
 
@@ -456,17 +299,17 @@ def build_cards(
     *,
     patient_id: str,
     uuid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
-) -> list[Card]:
-    """One card per fired rule, in firing order.
+) -> list[RuleCard]:
+    """One :class:`RuleCard` per fired rule, in firing order.
 
     Each card has a fresh ``uuid``; the summary and detail are the rule's templates filled in, the
     detail followed by the texts of the rule's fired notes, a table of the facts it was decided from,
-    the rule id and rule-set version, and the disclaimer. A recommended exercise becomes one suggestion
+    the ``texts.provenance`` line, and the disclaimer. A recommended exercise becomes one suggestion
     creating a draft FHIR R4 ``ServiceRequest``. ``extension["org.lbp-cds.recommendation"]`` carries the
     decision for machines (SPEC 2.1, plus ``notes``: the ids of the notes shown, when there are any).
     ``patient_id`` must be the hook context's patient (a FHIR id).
     """
     return [
-        build_card(fired, evaluation, facts, ruleset, patient_id=patient_id, uuid_factory=uuid_factory)
+        RuleCard(fired, build_card(fired, evaluation, facts, ruleset, patient_id=patient_id, uuid_factory=uuid_factory))
         for fired in evaluation.fired
     ]

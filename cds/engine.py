@@ -31,7 +31,7 @@ from typing import Any
 from durable import engine as durable
 
 from .assessment import Assessment
-from .decisions import Evaluation, FiredRule
+from .decisions import Evaluation, FiredRule, recommended_rung
 from .ruleset.model import RuleSet
 
 log = logging.getLogger("cds.engine")
@@ -303,6 +303,11 @@ class RuleEngine:
             run.error = f"{type(e).__name__}: {e}"
             raise ActionFailed(f"the engine failed on a fact: {run.error}") from None
 
+    def _note_applies(self, note_id: str, decision: str) -> bool:
+        """A note with ``decisions: [...]`` is only added to the card of a rule with one of those decisions."""
+        decisions = self.ruleset.note(note_id).decisions
+        return not decisions or decision in decisions
+
     def evaluate(self, assessment: Assessment, evaluation_date: dt.date) -> Evaluation:
         """Run the rule set on one assessment: the stages in order (with their notes)."""
         values = assessment.engine_fact()
@@ -315,6 +320,7 @@ class RuleEngine:
         fired = []
         for rule_id in run.fired:
             rule = self.ruleset.rule(rule_id)
+            notes = [n for n in run.notes.get(stage_of[rule_id], ()) if self._note_applies(n, rule.decision)]
             fired.append(
                 FiredRule(
                     rule_id=rule.id,
@@ -322,7 +328,8 @@ class RuleEngine:
                     decision=rule.decision,
                     indicator=rule.indicator,
                     recommend=rule.recommend,
-                    notes=tuple(run.notes.get(stage_of[rule_id], ())),
+                    recommended=recommended_rung(rule.recommend, assessment, rules.ladder),
+                    notes=tuple(notes),
                 )
             )
         return Evaluation(

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .assessment import FACT_FIELDS
-from .cards import EXTENSION_KEY, render_number
+from .templates import render_number
 from .cdshooks import PatientViewRequest, to_json, validation_message
 from .clock import FixedClock
 from .live_rules import ActiveRules
@@ -93,10 +93,9 @@ def explain(outcome: Outcome, active: ActiveRules) -> dict[str, Any]:
             "indicator": rule.indicator,
             "final": definition.final,
             "notes": [{"note": n, "when": ruleset.note(n).when.strip()} for n in rule.notes],
+            "recommended": rule.recommended,
         })
     cards = [to_json(c) for c in outcome.cards]
-    for entry, card in zip(fired, cards):
-        entry["recommended"] = card.get("extension", {}).get(EXTENSION_KEY, {}).get("recommendedExercise")
 
     return {
         "patientId": facts.patient_id,

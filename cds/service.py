@@ -13,7 +13,7 @@ from typing import Any
 
 
 from .assessment import assess
-from .cards import build_cards
+from .cards import RuleCard, build_cards
 from .cdshooks import Card, ServiceDescription
 from .clock import Clock
 from .decisions import Evaluation
@@ -69,10 +69,15 @@ def describe(ruleset: RuleSet) -> ServiceDescription:
 class Outcome:
     """Everything one evaluation produced, for the HTTP layer, the audit and ``cds evaluate``."""
 
-    cards: list[Card]
+    rule_cards: list[RuleCard]  # one per fired rule, in firing order: the rule and its card
     evaluation: Evaluation
     facts: PatientFacts
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cards(self) -> list[Card]:
+        """The cards alone, in firing order."""
+        return [rc.card for rc in self.rule_cards]
 
 
 def evaluate(active: ActiveRules, prefetch: Mapping[str, Any], *, patient_id: str, clock: Clock) -> Outcome:

@@ -23,19 +23,15 @@ from cdshooks_conformance import (
     response_problems,
 )
 from cds.assessment import Assessment, assess
-from cds.cards import (
-    EXTENSION_KEY,
-    NOT_RECORDED,
+from cds.cards import EXTENSION_KEY, RuleCard, build_cards, template_values
+from cds.templates import (
     PLACEHOLDERS,
     TemplateError,
-    build_cards,
     fill,
     max_rendered_length,
     placeholders_for,
-    recommended_rung,
     render_number,
     template_fields,
-    template_values,
 )
 from cds.cdshooks import (
     Action,
@@ -55,7 +51,7 @@ from cds.cdshooks import (
     to_json,
     validation_message,
 )
-from cds.decisions import Evaluation, FiredRule
+from cds.decisions import Evaluation, FiredRule, recommended_rung
 from cds.facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
 from cds.ruleset.model import RuleSet
 from cds.ruleset.schema import Recommend, RuleSetDocument
@@ -121,20 +117,32 @@ def make_facts(
     )
 
 
-def fired_rule(ruleset: RuleSet, rule_id: str, notes: tuple[str, ...] = ()) -> FiredRule:
+def fired_rule(ruleset: RuleSet, rule_id: str, assessment: Assessment, notes: tuple[str, ...] = ()) -> FiredRule:
+    """The FiredRule the engine would build (the recommended rung decided as the engine does)."""
     r = ruleset.rule(rule_id)
     return FiredRule(
-        rule_id=r.id, stage=r.stage, decision=r.decision, indicator=r.indicator, recommend=r.recommend, notes=notes
+        rule_id=r.id, stage=r.stage, decision=r.decision, indicator=r.indicator, recommend=r.recommend,
+        recommended=recommended_rung(r.recommend, assessment, ruleset.document.ladder), notes=notes,
     )
 
 
 def evaluate(ruleset: RuleSet, facts: PatientFacts, *rule_ids: str, notes: tuple[str, ...] = ()) -> Evaluation:
+    assessment = assess(facts, ruleset.ladder_codes, EVAL_DATE)
     return Evaluation(
         ruleset=ruleset.identity,
         evaluation_date=EVAL_DATE,
-        assessment=assess(facts, ruleset.ladder_codes, EVAL_DATE),
-        fired=tuple(fired_rule(ruleset, rid, notes) for rid in rule_ids),
+        assessment=assessment,
+        fired=tuple(fired_rule(ruleset, rid, assessment, notes) for rid in rule_ids),
     )
+
+
+def card_list(*args, **kwargs) -> list[Card]:
+    """The cards of :func:`build_cards`, each checked to be paired with its fired rule."""
+    pairs = build_cards(*args, **kwargs)
+    for pair in pairs:
+        assert isinstance(pair, RuleCard)
+        assert pair.card.extension[EXTENSION_KEY]["ruleId"] == pair.fired.rule_id
+    return [pair.card for pair in pairs]
 
 
 def counter_uuids():
@@ -144,7 +152,7 @@ def counter_uuids():
 
 def cards_for(ruleset: RuleSet, facts: PatientFacts, *rule_ids: str, notes: tuple[str, ...] = ()) -> list[dict]:
     ev = evaluate(ruleset, facts, *rule_ids, notes=notes)
-    cards = build_cards(ev, facts, ruleset, patient_id=PATIENT, uuid_factory=counter_uuids())
+    cards = card_list(ev, facts, ruleset, patient_id=PATIENT, uuid_factory=counter_uuids())
     body = to_json(CdsResponse(cards=cards))
     assert_conformant_response(body)
     # and survives a JSON round trip unchanged
@@ -192,7 +200,7 @@ def test_card_for_each_rule(rs, rule_id):
     assert card["indicator"] == rule.indicator
     assert card["summary"] and len(card["summary"]) < 140
     assert "{" not in card["summary"] and "{" not in card["detail"]
-    assert NOT_RECORDED not in card["summary"]
+    assert rs.document.texts.not_recorded not in card["summary"]
 
     ext = rec(card)
     assert ext["ruleId"] == rule_id
@@ -345,14 +353,14 @@ def test_default_uuid_factory_gives_uuid4(rs):
     import uuid
 
     facts = make_facts("bird-dog", (28, 27), (1,))
-    [card] = build_cards(evaluate(rs, facts, "step-up"), facts, rs, patient_id=PATIENT)
+    [card] = card_list(evaluate(rs, facts, "step-up"), facts, rs, patient_id=PATIENT)
     assert uuid.UUID(card.uuid).version == 4
     assert uuid.UUID(card.suggestions[0].uuid).version == 4
 
 
 def test_no_fired_rules_no_cards(rs):
     facts = make_facts()
-    assert build_cards(evaluate(rs, facts), facts, rs, patient_id=PATIENT) == []
+    assert card_list(evaluate(rs, facts), facts, rs, patient_id=PATIENT) == []
     assert to_json(CdsResponse(cards=[])) == {"cards": []}
 
 
@@ -404,7 +412,7 @@ def test_overlong_summary_is_truncated_with_warning(rs, caplog):
     long = with_changes(rs, change)
     facts = make_facts("bird-dog", (20, 22), (1,))
     with caplog.at_level(logging.WARNING, logger="cds.cards"):
-        [card] = build_cards(evaluate(long, facts, "continue"), facts, long, patient_id=PATIENT)
+        [card] = card_list(evaluate(long, facts, "continue"), facts, long, patient_id=PATIENT)
     assert len(card.summary) == 139 and card.summary.endswith("…")
     assert any("truncated" in r.getMessage() for r in caplog.records)
 
@@ -415,13 +423,13 @@ def test_assessment_by_hand_without_session_facts(rs):
     a = Assessment(onset_known=False, session_recorded=True, rung=2, exercise="bird-dog", rounds_recorded=2,
                    min_reps=20, max_reps=22, pain_recorded=True, max_pain=1)
     ev = Evaluation(ruleset=rs.identity, evaluation_date=EVAL_DATE, assessment=a,
-                    fired=(fired_rule(rs, "continue"),))
+                    fired=(fired_rule(rs, "continue", a),))
     values = template_values(ev, facts, rs, ev.fired[0])
     assert values["exercise"] == "bird-dog" and values["exercise_name"] == "Bird-dog"
     assert values["recommended"] == "bird-dog"
     assert values["max_pain"] == "1" and values["min_reps"] == "20"
-    assert values["onset_date"] == NOT_RECORDED and values["session_date"] == NOT_RECORDED
-    [card] = build_cards(ev, facts, rs, patient_id=PATIENT)
+    assert values["onset_date"] == rs.document.texts.not_recorded and values["session_date"] == rs.document.texts.not_recorded
+    [card] = card_list(ev, facts, rs, patient_id=PATIENT)
     assert_conformant_card(card.wire())
 
 
@@ -434,14 +442,16 @@ def test_template_values_cover_exactly_the_placeholders(rs):
     facts = make_facts("bird-dog", (28, 27), (1,))
     ev = evaluate(rs, facts, "step-up")
     values = template_values(ev, facts, rs, ev.fired[0])
-    assert set(values) == placeholders_for(rs) == PLACEHOLDERS | set(rs.document.parameters)
+    assert set(values) == placeholders_for(rs) == PLACEHOLDERS | set(rs.document.parameters) | {"reps_target"}
+    params = rs.document.parameters
+    assert values["reps_target"] == render_number((params["reps_low"] + params["reps_high"]) / 2)
     assert values["reps"] == "28, 27"
     assert values["recommended"] == "single-leg-reverse-hyper"
     assert values["recommended_name"] == "Single-leg reverse hyper"
     assert values["onset_days_ago"] == str((EVAL_DATE - OLD_ONSET).days)
     assert values["rounds_recorded"] == "2" and values["min_reps"] == "27" and values["max_reps"] == "28"
     # without a rule there is no recommendation
-    assert template_values(ev, facts, rs)["recommended_name"] == NOT_RECORDED
+    assert template_values(ev, facts, rs)["recommended_name"] == rs.document.texts.not_recorded
 
 
 def test_fill_and_template_errors():
@@ -462,8 +472,8 @@ def test_fill_and_template_errors():
 def test_max_rendered_length_bounds(rs):
     longest_name = max(len(r.display) for r in rs.document.ladder.rungs)
     assert max_rendered_length("", rs) == 0
-    assert max_rendered_length("{exercise_name}", rs) == max(longest_name, len(NOT_RECORDED))
-    assert max_rendered_length("{session_date}", rs) == len(NOT_RECORDED)  # > 10 for a date
+    assert max_rendered_length("{exercise_name}", rs) == max(longest_name, len(rs.document.texts.not_recorded))
+    assert max_rendered_length("{session_date}", rs) == len(rs.document.texts.not_recorded)  # > 10 for a date
     assert max_rendered_length("{rounds}", rs) == len(render_number(rs.document.parameters["rounds"]))
     assert max_rendered_length("{reps}", rs) == 8 * 3 + 7 * 2
     assert max_rendered_length("ab {max_pain}", rs) == 3 + 12
@@ -482,19 +492,20 @@ def test_bound_holds_for_scenarios(rs, rule_id):
 
 def test_recommended_rung_moves_and_clamps(rs):
     codes = rs.ladder_codes
+    ladder = rs.document.ladder
 
     def at(rung):
         return Assessment(onset_known=True, session_recorded=rung is not None, rung=rung)
 
-    assert recommended_rung(None, at(2), rs) is None
-    assert recommended_rung(Recommend(rung="first"), at(None), rs).code == codes[0]
-    assert recommended_rung(Recommend(rung="first"), at(3), rs).code == codes[0]
-    assert recommended_rung(Recommend(rung="previous"), at(1), rs).code == codes[0]
-    assert recommended_rung(Recommend(rung="previous"), at(3), rs).code == codes[1]
-    assert recommended_rung(Recommend(rung="current"), at(2), rs).code == codes[1]
-    assert recommended_rung(Recommend(rung="next"), at(2), rs).code == codes[2]
-    assert recommended_rung(Recommend(rung="next"), at(len(codes)), rs).code == codes[-1]
-    assert recommended_rung(Recommend(rung="current"), at(None), rs) is None
+    assert recommended_rung(None, at(2), ladder) is None
+    assert recommended_rung(Recommend(rung="first"), at(None), ladder) == codes[0]
+    assert recommended_rung(Recommend(rung="first"), at(3), ladder) == codes[0]
+    assert recommended_rung(Recommend(rung="previous"), at(1), ladder) == codes[0]
+    assert recommended_rung(Recommend(rung="previous"), at(3), ladder) == codes[1]
+    assert recommended_rung(Recommend(rung="current"), at(2), ladder) == codes[1]
+    assert recommended_rung(Recommend(rung="next"), at(2), ladder) == codes[2]
+    assert recommended_rung(Recommend(rung="next"), at(len(codes)), ladder) == codes[-1]
+    assert recommended_rung(Recommend(rung="current"), at(None), ladder) is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -925,3 +936,95 @@ def test_checker_message_lists_every_problem(good_card):
     text = str(info.value)
     assert "2 problem(s)" in text
     assert "card.summary: is 200 characters" in text and "card.indicator" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# Texts from the rule files, derived placeholders, note decisions, the decided rung
+# ------------------------------------------------------------------------------------------------
+
+
+def test_texts_come_from_the_rule_files(rs):
+    def change(d):
+        t = d["texts"]
+        t["facts"]["heading"] = "Daten"
+        t["facts"]["exercise"] = "Übung"
+        t["not_recorded"] = "unbekannt"
+        t["dose"] = "{rounds} Runden"
+        t["suggestion_label"] = "Verordnen: {recommended_name}"
+        t["action_description"] = "Vorschlag {recommended_name} ({dose})"
+        t["order_note"] = "Regel {rule_id}"
+        t["provenance"] = "Regel {rule_id} / {ruleset_name}"
+
+    other = with_changes(rs, change)
+    facts = make_facts("bird-dog", (20, 22), (1,), onset=None)
+    [card] = cards_for(other, facts, "continue")
+    rounds = render_number(rs.document.parameters["rounds"])
+    assert "**Daten**" in card["detail"] and "| Übung | Bird-dog (`bird-dog`) |" in card["detail"]
+    assert "| unbekannt |" in card["detail"]  # the onset date
+    assert f"Regel continue / {rs.identity.name}" in card["detail"]
+    assert "Facts used" not in card["detail"] and "Rule: `" not in card["detail"]
+    [suggestion] = card["suggestions"]
+    assert suggestion["label"] == "Verordnen: Bird-dog"
+    [action] = suggestion["actions"]
+    assert action["description"] == f"Vorschlag Bird-dog ({rounds} Runden)"
+    assert action["resource"]["orderDetail"] == [{"text": f"{rounds} Runden"}]
+    assert action["resource"]["note"][-1] == {"text": "Regel continue"}
+
+
+def test_reps_target_renders_as_the_middle_of_the_range(rs):
+    def change(d):
+        for r in d["rules"]:
+            if r["id"] == "continue":
+                r["card"]["detail"] = "aim for {reps_target} ({reps_low}-{reps_high})"
+        d["parameters"]["reps_low"], d["parameters"]["reps_high"] = 15, 24
+
+    other = with_changes(rs, change)
+    facts = make_facts("bird-dog", (20, 22), (1,))
+    [card] = cards_for(other, facts, "continue")
+    assert card["detail"].startswith("aim for 19.5 (15-24)")
+    assert max_rendered_length("{reps_target}", other) == len("19.5")
+
+
+def _load_with_note_decisions(tmp_path: Path, decisions: str) -> RuleSet:
+    from cds.ruleset.loader import load_ruleset
+
+    folder = tmp_path / decisions.strip("[]").replace(", ", "_")
+    folder.mkdir()
+    for f in RULES_DIR.glob("*.yaml"):
+        (folder / f.name).write_text(f.read_text())
+    progression = folder / "progression.yaml"
+    text = progression.read_text()
+    marker = "    when: session_recorded and rounds_recorded < rounds\n"
+    assert marker in text
+    progression.write_text(text.replace(marker, marker + f"    decisions: {decisions}\n"))
+    return load_ruleset(folder)
+
+
+def test_note_decisions_limit_where_a_note_is_added(tmp_path):
+    from cds.engine import RuleEngine
+
+    facts = make_facts("bird-dog", (20,), (1,))  # one round of two: continue, an incomplete session
+    for decisions, shown in (("[continue]", True), ("[step-up, step-back]", False)):
+        ruleset = _load_with_note_decisions(tmp_path, decisions)
+        ev = RuleEngine(ruleset).evaluate(assess(facts, ruleset.ladder_codes, EVAL_DATE), EVAL_DATE)
+        [fired] = ev.fired
+        assert fired.decision == "continue"
+        assert fired.notes == (("incomplete-session",) if shown else ()), decisions
+        [pair] = build_cards(ev, facts, ruleset, patient_id=PATIENT)
+        assert ("notes" in pair.card.extension[EXTENSION_KEY]) is shown
+
+
+@pytest.mark.parametrize("rule_id", sorted(SCENARIOS))
+def test_the_engine_decides_the_rung_and_the_card_shows_it(rs, rule_id):
+    from cds.engine import RuleEngine
+
+    kwargs, recommended = SCENARIOS[rule_id]
+    facts = make_facts(**kwargs)
+    ev = RuleEngine(rs).evaluate(assess(facts, rs.ladder_codes, EVAL_DATE), EVAL_DATE)
+    assert rule_id in [f.rule_id for f in ev.fired]
+    pairs = build_cards(ev, facts, rs, patient_id=PATIENT)
+    assert [p.fired for p in pairs] == list(ev.fired)
+    for pair in pairs:
+        assert pair.fired.recommended == pair.card.extension[EXTENSION_KEY].get("recommendedExercise")
+        if pair.fired.rule_id == rule_id:
+            assert pair.fired.recommended == recommended

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from cds.assessment import FACT_FIELDS
-from cds.cards import PLACEHOLDERS
+from cds.templates import PLACEHOLDERS
 from cds.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

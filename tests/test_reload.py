@@ -218,7 +218,8 @@ def _wait_for(port: int, version: str, timeout: float = 20) -> bool:
 def test_sighup_reloads_cds_run(rules: Path, tmp_path: Path) -> None:
     port = _free_port()
     env = dict(os.environ, CDS_RULES_DIR=str(rules), CDS_PORT=str(port), CDS_RULES_POLL_SECONDS="0",
-               CDS_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3", CDS_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
+               CDS_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3", CDS_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))  # this checkout's cds, not an installed one
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "cds.cli", "run", "--dev"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=tmp_path)

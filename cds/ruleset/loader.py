@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..assessment import FACT_FIELDS
+from ..templates import TEXT_PLACEHOLDERS, max_rendered_length, placeholders_for
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .model import RuleSet
@@ -269,17 +271,20 @@ class _Loader:
                     )
 
     def check_templates(self, ruleset: RuleSet) -> None:
-        from ..cards import PLACEHOLDERS, max_rendered_length
-        import string
-
         doc = ruleset.document
-        known = set(PLACEHOLDERS) | set(doc.parameters)
-        templates = [("rules", (i, "card", "summary"), r.card.summary, True) for i, r in enumerate(doc.rules)]
-        templates += [("rules", (i, "card", "detail"), r.card.detail, False) for i, r in enumerate(doc.rules)]
-        templates += [("notes", (i, "text"), n.text, False) for i, n in enumerate(doc.notes)]
-        templates += [("rules", (i, "recommend", "adjustment"), r.recommend.adjustment, False)
+        known = set(placeholders_for(ruleset))
+        text_known = known | set(TEXT_PLACEHOLDERS)
+        templates = [("rules", (i, "card", "summary"), r.card.summary, True, known) for i, r in enumerate(doc.rules)]
+        templates += [("rules", (i, "card", "detail"), r.card.detail, False, known) for i, r in enumerate(doc.rules)]
+        templates += [("notes", (i, "text"), n.text, False, known) for i, n in enumerate(doc.notes)]
+        templates += [("rules", (i, "recommend", "adjustment"), r.recommend.adjustment, False, known)
                       for i, r in enumerate(doc.rules) if r.recommend and r.recommend.adjustment]
-        for section, path, text, is_summary in templates:
+        texts = doc.texts
+        templates += [("texts", ("dose",), texts.dose, False, known)]
+        templates += [("texts", (key,), getattr(texts, key), False, text_known)
+                      for key in ("suggestion_label", "action_description", "patient_instruction", "order_note",
+                                  "provenance")]
+        for section, path, text, is_summary, allowed in templates:
             try:
                 fields = list(string.Formatter().parse(text))
             except ValueError as e:
@@ -289,9 +294,9 @@ class _Loader:
             for literal, name, spec, conversion in fields:
                 offset += len(literal) + literal.count("{") + literal.count("}")  # '{{' reads as '{'
                 if name is not None:
-                    if name not in known:
+                    if name not in allowed:
                         ok = False
-                        self.at(section, path, f"unknown fact '{{{name}}}' in card text{_hint(name, known)}",
+                        self.at(section, path, f"unknown fact '{{{name}}}' in card text{_hint(name, allowed)}",
                                 column=offset)
                     elif spec or conversion:
                         ok = False

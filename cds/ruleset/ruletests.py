@@ -298,8 +298,9 @@ def run_case(case: RuleCase, active) -> CaseResult:
     except Exception as e:  # noqa: BLE001 - reported as the case's failure
         result.error = f"evaluation failed: {type(e).__name__}: {e}"
         return result
-    for fired, card in zip(outcome.evaluation.fired, outcome.cards):
-        rec = (card.extension or {}).get(EXTENSION_KEY, {})
+    for rule_card in outcome.rule_cards:
+        fired = rule_card.fired
+        rec = (rule_card.card.extension or {}).get(EXTENSION_KEY, {})
         result.actual.append(ExpectedCard(fired.rule_id, fired.decision, fired.indicator,
                                           rec.get("recommendedExercise"), tuple(fired.notes)))
     result.skipped_invalid = outcome.facts.skipped_invalid

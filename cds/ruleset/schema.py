@@ -130,6 +130,34 @@ class Note(_Doc):
     stage: str = Field(pattern=IDENT)
     when: str = Field(min_length=1)
     text: str = Field(min_length=1)
+    decisions: list[Decision] = []  # only on cards of rules with one of these decisions; empty = every card
+
+
+class FactsLabels(_Doc):
+    """The labels of the facts table every card's detail ends with."""
+
+    heading: str = Field(min_length=1)
+    fact: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+    exercise: str = Field(min_length=1)
+    session_date: str = Field(min_length=1)
+    reps: str = Field(min_length=1)
+    max_pain: str = Field(min_length=1)
+    onset_date: str = Field(min_length=1)
+    skipped_invalid: str = Field(min_length=1)
+
+
+class Texts(_Doc):
+    """The wording every card shares (templates; see ``cds/templates.py``)."""
+
+    not_recorded: str = Field(min_length=1)
+    dose: str = Field(min_length=1)
+    facts: FactsLabels
+    suggestion_label: str = Field(min_length=1)
+    action_description: str = Field(min_length=1)
+    patient_instruction: str = Field(min_length=1)
+    order_note: str = Field(min_length=1)
+    provenance: str = Field(min_length=1)
 
 
 class RuleFile(_Doc):
@@ -138,6 +166,7 @@ class RuleFile(_Doc):
     ruleset: RuleSetMeta | None = None
     parameters: dict[str, int | float] | None = None
     disclaimer: str | None = None
+    texts: Texts | None = None
     evidence: list[Evidence] | None = None
     override_reasons: list[OverrideReason] | None = None
     codes: Codes | None = None
@@ -156,7 +185,7 @@ class RuleFile(_Doc):
 
 
 #: sections that must appear in exactly one file of the rule set
-REQUIRED_SECTIONS = ("ruleset", "parameters", "disclaimer", "evidence", "codes", "ladder", "stages", "rules")
+REQUIRED_SECTIONS = ("ruleset", "parameters", "disclaimer", "texts", "evidence", "codes", "ladder", "stages", "rules")
 
 
 class RuleSetDocument(_Doc):
@@ -165,6 +194,7 @@ class RuleSetDocument(_Doc):
     ruleset: RuleSetMeta
     parameters: dict[str, int | float]
     disclaimer: str
+    texts: Texts
     evidence: list[Evidence]
     override_reasons: list[OverrideReason] = []
     codes: Codes

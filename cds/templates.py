@@ -1,0 +1,194 @@
+"""The template language of rule-file texts: the one home of parsing, filling and length bounds.
+
+Texts use ``str.format``-style ``{placeholders}`` (parsed with :class:`string.Formatter`; ``{{`` and
+``}}`` are literal braces; no format specs or conversions). A card text may name
+
+* every parameter of the rule set (``{pain_gate_max}``, ``{rounds}``...),
+* the parameters derived from them in :data:`DERIVED` (``{reps_target}``), and
+* the fact placeholders in :data:`PLACEHOLDERS`.
+
+The ``texts`` section of a rule set may also name :data:`TEXT_PLACEHOLDERS` (``{dose}``,
+``{rule_id}``...), except ``texts.dose`` itself, which uses card placeholders only.
+
+:func:`placeholders_for` gives the card-text set for one rule set, :func:`template_fields` the names
+one template uses, and :func:`max_rendered_length` an upper bound of a filled-in template's length
+so the rule checker can reject a summary that could reach the CDS Hooks 140-character limit.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+
+from .ruleset.model import RuleSet
+
+__all__ = [
+    "DERIVED",
+    "PLACEHOLDERS",
+    "TEXT_PLACEHOLDERS",
+    "TemplateError",
+    "derived_parameters",
+    "fill",
+    "max_rendered_length",
+    "parse",
+    "placeholder_bound",
+    "placeholders_for",
+    "render_number",
+    "template_fields",
+]
+
+#: the fact placeholders a card template may use, besides the rule set's parameter names
+PLACEHOLDERS: frozenset[str] = frozenset(
+    {
+        "onset_date",  # most recent documented onset, YYYY-MM-DD
+        "onset_days_ago",  # days from onset to the evaluation date
+        "session_date",  # date of the latest session, YYYY-MM-DD
+        "exercise",  # ladder code of the latest session's exercise
+        "exercise_name",  # its ladder display name
+        "recommended",  # ladder code of the recommended exercise
+        "recommended_name",  # its ladder display name
+        "reps",  # reps per round of the latest session, e.g. "28, 27"
+        "max_pain",  # highest pain (0-10) associated with the latest session
+        "min_reps",  # fewest reps in a round of the latest session
+        "max_reps",  # most reps in a round of the latest session
+        "rounds_recorded",  # rounds recorded in the latest session
+    }
+)
+
+#: placeholders computed from parameters: name -> (the parameters it needs, how it is computed)
+DERIVED: dict[str, tuple[tuple[str, ...], Callable[..., float]]] = {
+    "reps_target": (("reps_low", "reps_high"), lambda low, high: (low + high) / 2),  # middle of the range
+}
+
+#: extra placeholders of the ``texts`` section (not of rule cards)
+TEXT_PLACEHOLDERS: frozenset[str] = frozenset({"dose", "rule_id", "ruleset_name", "ruleset_version"})
+
+# --- length bounds used by max_rendered_length --------------------------------------------------
+#: a date renders as YYYY-MM-DD
+DATE_CHARS = 10
+#: a standalone number fact (pain, min/max reps, days, rounds): up to 8 characters ("12345678",
+#: "2.333333"); a longer value is possible only with absurd data and is caught by the runtime truncation
+NUMBER_CHARS = 8
+#: ``{reps}`` is bounded as up to 8 rounds of up to 3 characters each, joined by ", " (38 characters)
+REPS_MAX_ROUNDS = 8
+REPS_NUMBER_CHARS = 3
+REPS_SEPARATOR = ", "
+
+DATE_FIELDS = frozenset({"onset_date", "session_date"})
+NUMBER_FIELDS = frozenset({"onset_days_ago", "max_pain", "min_reps", "max_reps", "rounds_recorded"})
+CODE_FIELDS = frozenset({"exercise", "recommended"})
+NAME_FIELDS = frozenset({"exercise_name", "recommended_name"})
+assert DATE_FIELDS | NUMBER_FIELDS | CODE_FIELDS | NAME_FIELDS | {"reps"} == PLACEHOLDERS
+
+_formatter = string.Formatter()
+
+
+class TemplateError(ValueError):
+    """A template that cannot be filled: unknown placeholder, format spec, bad braces."""
+
+
+def render_number(value: float | int) -> str:
+    """``28.0`` -> ``"28"``, ``2.5`` -> ``"2.5"`` (shortest round-trip form, never a trailing ``.0``)."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a number here")
+    if isinstance(value, int):
+        return str(value)
+    f = float(value)
+    if f.is_integer():
+        return str(int(f))
+    return repr(f)
+
+
+def parse(template: str) -> list[tuple[str, str | None]]:
+    """``[(literal, field_name or None), ...]``; raises :class:`TemplateError` on bad syntax."""
+    try:
+        parsed = list(_formatter.parse(template))
+    except ValueError as exc:
+        raise TemplateError(f"bad template braces: {exc}") from None
+    out: list[tuple[str, str | None]] = []
+    for literal, field, spec, conversion in parsed:
+        if field is not None:
+            if field == "" or not field.isidentifier():
+                raise TemplateError(f"placeholder {{{field}}} must be a plain name")
+            if spec or conversion:
+                raise TemplateError(f"placeholder {{{field}}} must not have a format spec or conversion")
+        out.append((literal, field))
+    return out
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholder names a template uses, in order of first use."""
+    seen: dict[str, None] = {}
+    for _, field in parse(template):
+        if field is not None:
+            seen.setdefault(field, None)
+    return list(seen)
+
+
+def derived_parameters(parameters: Mapping[str, int | float]) -> dict[str, float]:
+    """The :data:`DERIVED` placeholders whose parameters this rule set defines, with their values.
+    A parameter of the same name wins over a derived one."""
+    out: dict[str, float] = {}
+    for name, (needs, compute) in DERIVED.items():
+        if name not in parameters and all(n in parameters for n in needs):
+            out[name] = compute(*(parameters[n] for n in needs))
+    return out
+
+
+def placeholders_for(ruleset: RuleSet) -> frozenset[str]:
+    """Every placeholder a card template of this rule set may use: parameters, derived, facts."""
+    params = ruleset.document.parameters
+    return PLACEHOLDERS | frozenset(params) | frozenset(derived_parameters(params))
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """Fill a template. An unknown placeholder is a :class:`TemplateError` (the rule checker prevents it)."""
+    out: list[str] = []
+    for literal, field in parse(template):
+        out.append(literal)
+        if field is not None:
+            if field not in values:
+                raise TemplateError(f"unknown placeholder {{{field}}}")
+            out.append(values[field])
+    return "".join(out)
+
+
+def placeholder_bound(name: str, ruleset: RuleSet) -> int:
+    """The longest a card placeholder can render for this rule set (at least the "not recorded" text)."""
+    doc = ruleset.document
+    unknown = len(doc.texts.not_recorded)
+    if name in DATE_FIELDS:
+        return max(DATE_CHARS, unknown)
+    if name in NUMBER_FIELDS:
+        return max(NUMBER_CHARS, unknown)
+    if name in CODE_FIELDS:
+        return max(max(len(r.code) for r in doc.ladder.rungs), unknown)
+    if name in NAME_FIELDS:
+        return max(max(len(r.display) for r in doc.ladder.rungs), unknown)
+    if name == "reps":
+        reps = REPS_MAX_ROUNDS * REPS_NUMBER_CHARS + (REPS_MAX_ROUNDS - 1) * len(REPS_SEPARATOR)
+        return max(reps, unknown)
+    if name in doc.parameters:
+        return len(render_number(doc.parameters[name]))
+    derived = derived_parameters(doc.parameters)
+    if name in derived:
+        return len(render_number(derived[name]))
+    raise TemplateError(f"unknown placeholder {{{name}}}")
+
+
+def max_rendered_length(template: str, ruleset: RuleSet) -> int:
+    """An upper bound of the template's length once filled in, for this rule set.
+
+    Bounds per placeholder (each at least the length of ``texts.not_recorded``, since an unknown
+    fact renders so): parameters and derived parameters -- their exact rendered value; dates -- 10;
+    ``exercise``/``recommended`` -- the longest ladder code; ``*_name`` -- the longest ladder display
+    name; other numbers -- :data:`NUMBER_CHARS`; ``reps`` -- :data:`REPS_MAX_ROUNDS` rounds of
+    :data:`REPS_NUMBER_CHARS` characters. Raises :class:`TemplateError` for an unknown placeholder or
+    bad syntax.
+    """
+    total = 0
+    for literal, field in parse(template):
+        total += len(literal)
+        if field is not None:
+            total += placeholder_bound(field, ruleset)
+    return total
