@@ -403,3 +403,63 @@ def test_cli_errors_and_warnings(rules: Path, capsys) -> None:
 
 def test_live_ruleset_loads_with_warnings(rules: Path) -> None:
     assert LiveRuleSet(rules).current().ruleset.identity.version == "1.0.0"
+
+
+# -- YAML mistakes in plain words (issue 9.2c) ------------------------------------------------------
+
+YAML_MISTAKES = {
+    "indented-too-far": (
+        "progression.yaml", "    priority: 20\n    when: not pain_recorded", "     priority: 20\n    when: not pain_recorded",
+        "progression.yaml:61:6: wrong indentation: 'priority' is indented 5 spaces, expected 4 spaces "
+        "(like 'stage' on line 60)",
+    ),
+    "indented-too-little": (
+        "ruleset.yaml", "  reps_low: 15 ", " reps_low: 15 ",
+        "ruleset.yaml:24:2: wrong indentation: 'reps_low' is indented 1 space, expected 2 spaces "
+        "(like 'pain_gate_max' on line 23)",
+    ),
+    "list-item-indented-wrong": (
+        "progression.yaml", "  - id: pain-unrecorded\n", " - id: pain-unrecorded\n",
+        "progression.yaml:59:2: wrong indentation: the list item is indented 1 space, expected 2 spaces "
+        "(like the list item on line 43)",
+    ),
+    "tab": (
+        "progression.yaml", "    priority: 20\n    when: not pain_recorded", "    priority: 20\n\twhen: not pain_recorded",
+        "progression.yaml:62:1: a tab character is used for indentation; indent with spaces only (YAML does not allow tabs)",
+    ),
+    "unclosed-double-quote": (
+        "progression.yaml", '"{exercise_name} too easy (reps {reps}): add resistance"',
+        '"{exercise_name} too easy (reps {reps}): add resistance',
+        'progression.yaml:151:16: unclosed quote: the " that starts here has no closing "',
+    ),
+    "unclosed-single-quote": (
+        "progression.yaml", "when: not pain_recorded", "when: 'not pain_recorded",
+        "progression.yaml:62:11: unclosed quote: the ' that starts here has no closing '",
+    ),
+    "text-after-quote": (
+        "progression.yaml", "when: not pain_recorded", "when: 'a' < 'b'",
+        "progression.yaml:62:15: text after the closing quote: a value that starts with ' ends at the matching '; "
+        "put the whole value in the other quotes (\"...\" or '...')",
+    ),
+    "colon-in-value": (
+        "ruleset.yaml", "  title: Low-back", "  title: Low: back",
+        "ruleset.yaml:7:13: YAML syntax error: mapping values are not allowed here; a value that contains ': ' "
+        "must be in quotes",
+    ),
+    "block-text-indented-less": (
+        "progression.yaml", "(reps {reps}),\n        so the exercise is too hard for now. It is",
+        "(reps {reps}),\n      so the exercise is too hard for now. It is",
+        "progression.yaml:121:7: this line is not 'key: value' (a ':' is missing, or text that continues the value "
+        "above is indented less than that value)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(YAML_MISTAKES))
+def test_yaml_mistake_in_plain_words(rules: Path, name: str, capsys) -> None:
+    file, old, new, expected = YAML_MISTAKES[name]
+    edit(rules, file, old, new)
+    assert problems(rules) == [expected]
+    assert main(["rules", "check", str(rules)]) == 1
+    out, err = capsys.readouterr()
+    assert out == f"{rules}/{expected}\n" and "Traceback" not in err
