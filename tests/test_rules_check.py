@@ -463,3 +463,70 @@ def test_yaml_mistake_in_plain_words(rules: Path, name: str, capsys) -> None:
     assert main(["rules", "check", str(rules)]) == 1
     out, err = capsys.readouterr()
     assert out == f"{rules}/{expected}\n" and "Traceback" not in err
+
+
+# -- a content change needs a new ruleset.version (issue 9.2f) --------------------------------------
+
+
+def git(repo: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                   check=True, capture_output=True)
+
+
+@pytest.fixture
+def committed_rules(rules: Path) -> Path:
+    """The rule copy inside a git repository (the folder is a subfolder, as rules/ is), committed."""
+    git(rules.parent, "init", "-q")
+    git(rules.parent, "add", "rules")
+    git(rules.parent, "commit", "-q", "-m", "rules")
+    return rules
+
+
+def since(folder: Path, ref: str = "HEAD") -> list[str]:
+    from cds.ruleset.loader import check_since
+
+    return [str(p).removeprefix(f"{folder}/") for p in check_since(folder, ref)]
+
+
+VERSION_WARNING = ("ruleset.yaml:6:12: warning: the rule files changed since HEAD but ruleset.version is still "
+                   "'1.0.0'; raise it")
+
+
+def test_since_warns_when_content_changed_but_not_the_version(committed_rules: Path) -> None:
+    assert since(committed_rules) == []
+    edit(committed_rules, "ruleset.yaml", "  reps_high: 25 ", "  reps_high: 30 ")
+    assert since(committed_rules) == [VERSION_WARNING]
+    edit(committed_rules, "ruleset.yaml", "  version: 1.0.0", "  version: 1.1.0")
+    assert since(committed_rules) == []
+
+
+def test_since_counts_a_new_rule_file_as_a_change(committed_rules: Path) -> None:
+    (committed_rules / "extra.yaml").write_text("notes: []\n")
+    assert since(committed_rules) == [VERSION_WARNING]
+
+
+def test_since_unknown_revision_is_an_error(committed_rules: Path) -> None:
+    assert since(committed_rules, "no-such-ref") == [
+        f"{committed_rules}:1:1: --since no-such-ref: not a git revision of the repository holding this folder"
+    ]
+
+
+def test_cli_since(committed_rules: Path, capsys) -> None:
+    edit(committed_rules, "ruleset.yaml", "  reps_high: 25 ", "  reps_high: 30 ")
+    assert main(["rules", "check", str(committed_rules), "--since", "HEAD"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"{committed_rules}/{VERSION_WARNING}" in out and out[-1] == f"{committed_rules}: rule set is valid"
+    assert main(["rules", "check", str(committed_rules), "--since", "HEAD", "--strict"]) == 1
+
+
+def test_version_unchanged() -> None:
+    from cds.ruleset.loader import content_digest, load_ruleset, version_unchanged
+
+    ruleset = load_ruleset(RULES)
+    contents = {p.name: p.read_bytes() for p in sorted(RULES.glob("*.yaml"))}
+    assert content_digest(contents) == ruleset.sha256
+    assert version_unchanged("a" * 64, "1.0.0", ruleset.sha256, "1.0.0")
+    assert not version_unchanged(ruleset.sha256, "1.0.0", ruleset.sha256, "1.0.0")
+    assert not version_unchanged("a" * 64, "1.0.0", ruleset.sha256, "1.1.0")
