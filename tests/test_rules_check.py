@@ -530,3 +530,18 @@ def test_version_unchanged() -> None:
     assert version_unchanged("a" * 64, "1.0.0", ruleset.sha256, "1.0.0")
     assert not version_unchanged(ruleset.sha256, "1.0.0", ruleset.sha256, "1.0.0")
     assert not version_unchanged("a" * 64, "1.0.0", ruleset.sha256, "1.1.0")
+
+
+def test_since_outside_git_is_an_error(rules: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(rules.parent.parent))
+    assert since(rules) == [f"{rules}:1:1: --since HEAD: this folder is not in a git repository"]
+
+
+def test_document_refuses_a_blank_disclaimer(ruleset) -> None:
+    from pydantic import ValidationError
+
+    from cds.ruleset.schema import RuleSetDocument
+
+    data = ruleset.document.model_dump()
+    with pytest.raises(ValidationError):
+        RuleSetDocument.model_validate({**data, "disclaimer": "  "})

@@ -128,6 +128,8 @@ def check_since(path: str | Path, ref: str) -> list[Problem]:
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(folder), *args], capture_output=True)
 
+    if git("rev-parse", "--show-toplevel").returncode != 0:
+        return [Problem(str(folder), 1, 1, f"--since {ref}: this folder is not in a git repository")]
     if git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
         return [Problem(str(folder), 1, 1, f"--since {ref}: not a git revision of the repository holding this folder")]
     listed = git("ls-tree", "--name-only", ref, "--", ".").stdout.decode().splitlines()
