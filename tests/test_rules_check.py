@@ -55,8 +55,8 @@ NEW_RULE = """\
 CASES = {
     "yaml-syntax": (
         "ruleset.yaml", "  pain_gate_max: 2 ", "  pain_gate_max: [2 ",
-        "ruleset.yaml:24:3: YAML syntax error: expected ',' or ']', but got '<scalar>' "
-        "(while parsing a flow sequence that starts at line 23, column 18)",
+        ("ruleset.yaml:24:3: YAML syntax error: expected ',' or ']', but got '<scalar>' "
+        "(while parsing a flow sequence that starts at line 23, column 18)"),
     ),
     "yaml-duplicate-key": (
         "ruleset.yaml", "  pain_gate_max: 2 ", "  pain_gate_max: 2\n  pain_gate_max: 3 ",
@@ -136,8 +136,8 @@ CASES = {
     ),
     "shadowed-rule": (
         "progression.yaml", "  - id: step-back-first-rung\n", NEW_RULE,
-        "progression.yaml:111:11: rule 'severe-pain' can never fire: rule 'pain-gate' has a higher priority "
-        "and matches whenever this rule does",
+        ("progression.yaml:111:11: rule 'severe-pain' can never fire: rule 'pain-gate' has a higher priority "
+        "and matches whenever this rule does"),
     ),
     "unknown-stage": (
         "progression.yaml", "    stage: onset\n    priority: 20", "    stage: onsett\n    priority: 20",
@@ -146,8 +146,8 @@ CASES = {
     "source-url-not-absolute": (
         "ruleset.yaml", "    url: https://lbp-cds.org/rulesets/lbp-exercise-progression",
         "    url: lbp-cds.org/rulesets",
-        "ruleset.yaml:14:10: ruleset.source.url: expected an absolute URL starting with https:// or http://, "
-        "found 'lbp-cds.org/rulesets'",
+        ("ruleset.yaml:14:10: ruleset.source.url: expected an absolute URL starting with https:// or http://, "
+        "found 'lbp-cds.org/rulesets'"),
     ),
     "duplicate-section": (
         "codes.yaml", "\nladder:", "\nstages: [onset]\nladder:",
@@ -296,20 +296,20 @@ def test_rule_without_an_id_is_named_by_position(rules: Path) -> None:
 # -- type mismatches in conditions are errors with a position, not a TypeError (issue 9.2e) ---------
 
 TYPE_MISMATCHES = {
-    "minus-text": ("max_pain > -'a'", "22: rule 'pain-unrecorded': 'max_pain' is a number fact: compare it with a "
-                   "number or a parameter name, not text (-'a')"),
-    "text-plus-number": ("max_pain > 'a' + 1", "22: rule 'pain-unrecorded': 'max_pain' is a number fact: compare it "
-                         "with a number or a parameter name, not a calculation ('a' + 1)"),
-    "not-comparison": ("not 'x' > 3", "15: rule 'pain-unrecorded': 'not' applies only to a yes/no fact, "
-                       "e.g. 'not pain_recorded'"),
-    "bool-fact-vs-number": ("pain_recorded > 3", "27: rule 'pain-unrecorded': 'pain_recorded' is a yes/no fact: "
-                            "write 'pain_recorded' or 'not pain_recorded', not a comparison"),
-    "number-fact-vs-bool": ("max_pain > True", "22: rule 'pain-unrecorded': 'max_pain' is a number fact: compare it "
-                            "with a number or a parameter name, not a yes/no value (True)"),
-    "number-fact-vs-minus-bool": ("max_pain == -True", "23: rule 'pain-unrecorded': 'max_pain' is a number fact: "
-                                  "compare it with a number or a parameter name, not a yes/no value (-True)"),
-    "number-fact-vs-bool-fact": ("max_pain > pain_recorded", "22: rule 'pain-unrecorded': 'max_pain' is compared "
-                                 "with another fact 'pain_recorded': compare a fact with a number or a parameter name"),
+    "minus-text": ("max_pain > -'a'", ("22: rule 'pain-unrecorded': 'max_pain' is a number fact: compare it with a "
+                   "number or a parameter name, not text (-'a')")),
+    "text-plus-number": ("max_pain > 'a' + 1", ("22: rule 'pain-unrecorded': 'max_pain' is a number fact: compare it "
+                         "with a number or a parameter name, not a calculation ('a' + 1)")),
+    "not-comparison": ("not 'x' > 3", ("15: rule 'pain-unrecorded': 'not' applies only to a yes/no fact, "
+                       "e.g. 'not pain_recorded'")),
+    "bool-fact-vs-number": ("pain_recorded > 3", ("27: rule 'pain-unrecorded': 'pain_recorded' is a yes/no fact: "
+                            "write 'pain_recorded' or 'not pain_recorded', not a comparison")),
+    "number-fact-vs-bool": ("max_pain > True", ("22: rule 'pain-unrecorded': 'max_pain' is a number fact: compare it "
+                            "with a number or a parameter name, not a yes/no value (True)")),
+    "number-fact-vs-minus-bool": ("max_pain == -True", ("23: rule 'pain-unrecorded': 'max_pain' is a number fact: "
+                                  "compare it with a number or a parameter name, not a yes/no value (-True)")),
+    "number-fact-vs-bool-fact": ("max_pain > pain_recorded", ("22: rule 'pain-unrecorded': 'max_pain' is compared "
+                                 "with another fact 'pain_recorded': compare a fact with a number or a parameter name")),
     "text-vs-text": ("\"'a' < 'b'\"", "12: rule 'pain-unrecorded': expected a fact name, found \"'a'\""),
     "huge-number": ("max_pain > 1e999", "22: rule 'pain-unrecorded': number 1e309 is too large"),
 }
@@ -355,11 +355,11 @@ def test_fixture_warnings_do_not_prevent_loading(rules: Path) -> None:
          "ended below 15 repetitions (reps {reps}),\n        so the exercise is too hard for now. It is",
          "progression.yaml:120:66: warning: 15 in card text equals parameter 'reps_low'; write {reps_low}"),
         ("progression.yaml", "above {pain_gate_max}/10, modify it", "above 2/10, modify it",
-         "progression.yaml:85:62: warning: 2 in card text equals parameters 'pain_gate_max' or 'rounds'; "
-         "write {pain_gate_max} or {rounds}"),
+         ("progression.yaml:85:62: warning: 2 in card text equals parameters 'pain_gate_max' or 'rounds'; "
+         "write {pain_gate_max} or {rounds}")),
         ("progression.yaml", "Only {rounds_recorded} of {rounds} rounds", "Only {rounds_recorded} of 2.0 rounds",
-         "progression.yaml:194:38: warning: 2.0 in card text equals parameters 'pain_gate_max' or 'rounds'; "
-         "write {pain_gate_max} or {rounds}"),
+         ("progression.yaml:194:38: warning: 2.0 in card text equals parameters 'pain_gate_max' or 'rounds'; "
+         "write {pain_gate_max} or {rounds}")),
         ("progression.yaml", '"{exercise_name} too easy (reps {reps}): add resistance"',
          '"{exercise_name} too easy (reps {reps} > 25): add resistance"',
          "progression.yaml:151:57: warning: 25 in card text equals parameter 'reps_high'; write {reps_high}"),
@@ -410,18 +410,18 @@ def test_live_ruleset_loads_with_warnings(rules: Path) -> None:
 YAML_MISTAKES = {
     "indented-too-far": (
         "progression.yaml", "    priority: 20\n    when: not pain_recorded", "     priority: 20\n    when: not pain_recorded",
-        "progression.yaml:61:6: wrong indentation: 'priority' is indented 5 spaces, expected 4 spaces "
-        "(like 'stage' on line 60)",
+        ("progression.yaml:61:6: wrong indentation: 'priority' is indented 5 spaces, expected 4 spaces "
+        "(like 'stage' on line 60)"),
     ),
     "indented-too-little": (
         "ruleset.yaml", "  reps_low: 15 ", " reps_low: 15 ",
-        "ruleset.yaml:24:2: wrong indentation: 'reps_low' is indented 1 space, expected 2 spaces "
-        "(like 'pain_gate_max' on line 23)",
+        ("ruleset.yaml:24:2: wrong indentation: 'reps_low' is indented 1 space, expected 2 spaces "
+        "(like 'pain_gate_max' on line 23)"),
     ),
     "list-item-indented-wrong": (
         "progression.yaml", "  - id: pain-unrecorded\n", " - id: pain-unrecorded\n",
-        "progression.yaml:59:2: wrong indentation: the list item is indented 1 space, expected 2 spaces "
-        "(like the list item on line 43)",
+        ("progression.yaml:59:2: wrong indentation: the list item is indented 1 space, expected 2 spaces "
+        "(like the list item on line 43)"),
     ),
     "tab": (
         "progression.yaml", "    priority: 20\n    when: not pain_recorded", "    priority: 20\n\twhen: not pain_recorded",
@@ -438,19 +438,19 @@ YAML_MISTAKES = {
     ),
     "text-after-quote": (
         "progression.yaml", "when: not pain_recorded", "when: 'a' < 'b'",
-        "progression.yaml:62:15: text after the closing quote: a value that starts with ' ends at the matching '; "
-        "put the whole value in the other quotes (\"...\" or '...')",
+        ("progression.yaml:62:15: text after the closing quote: a value that starts with ' ends at the matching '; "
+        "put the whole value in the other quotes (\"...\" or '...')"),
     ),
     "colon-in-value": (
         "ruleset.yaml", "  title: Low-back", "  title: Low: back",
-        "ruleset.yaml:7:13: YAML syntax error: mapping values are not allowed here; a value that contains ': ' "
-        "must be in quotes",
+        ("ruleset.yaml:7:13: YAML syntax error: mapping values are not allowed here; a value that contains ': ' "
+        "must be in quotes"),
     ),
     "block-text-indented-less": (
         "progression.yaml", "(reps {reps}),\n        so the exercise is too hard for now. It is",
         "(reps {reps}),\n      so the exercise is too hard for now. It is",
-        "progression.yaml:121:7: this line is not 'key: value' (a ':' is missing, or text that continues the value "
-        "above is indented less than that value)",
+        ("progression.yaml:121:7: this line is not 'key: value' (a ':' is missing, or text that continues the value "
+        "above is indented less than that value)"),
     ),
 }
 

@@ -126,7 +126,7 @@ def check_since(path: str | Path, ref: str) -> list[Problem]:
         return []
 
     def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True)
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, check=False)
 
     if git("rev-parse", "--show-toplevel").returncode != 0:
         return [Problem(str(folder), 1, 1, f"--since {ref}: this folder is not in a git repository")]
@@ -563,6 +563,17 @@ def describe(problems: list[Problem]) -> str:
 
 
 __all__ = [
-    "ERROR", "WARNING", "Problem", "RuleSetError", "load_ruleset", "load_ruleset_with_warnings", "check_ruleset",
-    "check_since", "content_digest", "version_unchanged", "literal_numbers", "rule_files", "describe",
+    "ERROR",
+    "WARNING",
+    "Problem",
+    "RuleSetError",
+    "check_ruleset",
+    "check_since",
+    "content_digest",
+    "describe",
+    "literal_numbers",
+    "load_ruleset",
+    "load_ruleset_with_warnings",
+    "rule_files",
+    "version_unchanged",
 ]

@@ -76,8 +76,8 @@ def explain(text: str, e: yaml.MarkedYAMLError) -> tuple[str, Mark]:
         if 0 <= n < len(lines):
             lead = lines[n][: len(lines[n]) - len(lines[n].lstrip(" \t"))]
             if "\t" in lead:
-                return ("a tab character is used for indentation; indent with spaces only (YAML does not "
-                        "allow tabs)", Mark(n + 1, lead.index("\t") + 1))
+                return (("a tab character is used for indentation; indent with spaces only (YAML does not "
+                        "allow tabs)"), Mark(n + 1, lead.index("\t") + 1))
     if e.context == "while scanning a quoted scalar" and e.context_mark is not None:
         c = e.context_mark
         quote = lines[c.line][c.column] if c.line < len(lines) and c.column < len(lines[c.line]) else '"'
@@ -90,8 +90,8 @@ def explain(text: str, e: yaml.MarkedYAMLError) -> tuple[str, Mark]:
         return indentation
     if e.context == "while scanning a simple key" and e.context_mark is not None:
         c = e.context_mark
-        return ("this line is not 'key: value' (a ':' is missing, or text that continues the value above "
-                "is indented less than that value)", Mark(c.line + 1, c.column + 1))
+        return (("this line is not 'key: value' (a ':' is missing, or text that continues the value above "
+                "is indented less than that value)"), Mark(c.line + 1, c.column + 1))
     msg = e.problem or e.context or "invalid YAML"
     if e.context and e.problem:
         c = e.context_mark
@@ -125,8 +125,8 @@ def _text_after_quote(lines: list[str], e: yaml.MarkedYAMLError) -> tuple[str, M
     match = re.match(r"^\s*(?:- )?[\w-]+:\s+((['\"]).*?\2)\s*\S", lines[m.line])
     if not match or match.end(1) > m.column:
         return None
-    return (f"text after the closing quote: a value that starts with {match[2]} ends at the matching {match[2]}; "
-            f"put the whole value in the other quotes (\"...\" or '...')", Mark(m.line + 1, m.column + 1))
+    return ((f"text after the closing quote: a value that starts with {match[2]} ends at the matching {match[2]}; "
+            f"put the whole value in the other quotes (\"...\" or '...')"), Mark(m.line + 1, m.column + 1))
 
 
 def _code_lines(lines: list[str], upto: int) -> list[tuple[int, int, int, str]]:
@@ -154,6 +154,10 @@ def _code_lines(lines: list[str], upto: int) -> list[tuple[int, int, int, str]]:
         if _BLOCK_SCALAR.search(raw):
             block_indent = indent
     return out
+
+
+def _spaces(k: int) -> str:
+    return f"{k} space{'s' if k != 1 else ''}"
 
 
 def _indentation(lines: list[str], line: int, e: yaml.MarkedYAMLError) -> tuple[str, Mark] | None:
@@ -187,10 +191,9 @@ def _indentation(lines: list[str], line: int, e: yaml.MarkedYAMLError) -> tuple[
     if not levels or any(col == indent for col, _, _ in levels):
         return None
     col, n, what = min(levels, key=lambda lv: (abs(lv[0] - indent), -lv[0]))
-    spaces = lambda k: f"{k} space{'s' if k != 1 else ''}"  # noqa: E731
     this = "the list item" if item else f"'{key[1]}'"
-    return (f"wrong indentation: {this} is indented {spaces(indent)}, expected {spaces(col)} "
-            f"(like {what} on line {n + 1})", Mark(line + 1, indent + 1))
+    message = f"wrong indentation: {this} is indented {_spaces(indent)}, expected {_spaces(col)} (like {what} on line {n + 1})"
+    return message, Mark(line + 1, indent + 1)
 
 
 def _mark(node: yaml.Node) -> Mark:
