@@ -59,14 +59,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_rules_check(args: argparse.Namespace) -> int:
-    from .ruleset.loader import check_ruleset
+    from .ruleset.loader import check_ruleset, check_since
 
-    problems = check_ruleset(args.path)
+    problems = check_ruleset(args.path, warnings=True)
+    if args.since:
+        problems = sorted([*problems, *check_since(args.path, args.since)])
     for problem in problems:
         print(problem)
-    if problems:
-        print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
+    errors = [p for p in problems if p.is_error]
+    warnings = len(problems) - len(errors)
+    if errors:
+        also = f" and {warnings} warning(s)" if warnings else ""
+        print(f"{len(errors)} problem(s){also} in {args.path}", file=sys.stderr)
         return 1
+    if warnings and args.strict:
+        print(f"{warnings} warning(s) in {args.path} (--strict: warnings fail the check)", file=sys.stderr)
+        return 1
+    if warnings:
+        print(f"{warnings} warning(s) in {args.path}", file=sys.stderr)
     print(f"{args.path}: rule set is valid")
     return 0
 
@@ -199,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     rules = sub.add_parser("rules", help="rule-file tools").add_subparsers(dest="rules_command", required=True)
     check = rules.add_parser("check", help="validate rule files; problems as file:line:column: message")
     check.add_argument("path", nargs="?", default="rules", type=Path)
+    check.add_argument("--strict", action="store_true", help="warnings fail the check too (exit 1)")
+    check.add_argument("--since", metavar="REF", default=None,
+                       help="warn when the rule files changed since git revision REF but ruleset.version did not")
     check.set_defaults(func=_cmd_rules_check)
     test = rules.add_parser("test", help="run the rule tests (PATH/tests/*.yaml) and report uncovered rules")
     test.add_argument("path", nargs="?", default="rules", type=Path, help="the rule folder (default: rules)")

@@ -8,6 +8,14 @@ The guide marks its examples with HTML comments just before a fenced block::
     <!-- example NAME: run `cds ARGS`, which prints (exit N) -->
                                                     the command's output contains the block's lines
                                                     in order (``...`` stands for lines left out)
+    <!-- example NAME: run `cds ARGS`, which prints exactly (exit N) -->
+                                                    the command's output is the block, line for line,
+                                                    once the lines the same command prints for the
+                                                    unchanged rules (e.g. "rule set is valid", the
+                                                    shipped warnings) are left out: what it prints
+                                                    for the mistake, so a pasted message cannot go stale
+    <!-- example NAME: commit rules in git -->      the block (shown to the reader) is done for real:
+                                                    ``git init``, ``git add rules``, ``git commit``
 
 The steps of one NAME run in order on a fresh copy of ``rules/`` and ``fhir_examples/``. The facts
 table and the placeholder list are checked against the code (``FACT_FIELDS``, ``PLACEHOLDERS``).
@@ -61,6 +69,31 @@ def test_placeholder_list_matches_the_code() -> None:
 def test_every_example_is_checked() -> None:
     assert TEXT.count("<!-- example ") == len(STEP.findall(TEXT))
     assert {"threshold", "site-code", "new-rule", "request-case", "typo", "evaluate"} <= set(steps())
+    # the mistakes `cds rules check` explains, each with its exact output pasted (issue 9.2)
+    mistakes = {"disclaimer-blank", "disclaimer-null", "literal-number", "yaml-indent", "yaml-tab", "yaml-quote",
+                "condition-type", "since"}
+    assert mistakes <= set(steps())
+    for name in mistakes:
+        assert any("which prints exactly" in action for action, _ in steps()[name]), name
+
+
+def run_cds(args: str, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(shlex.split(args))
+    return code, capsys.readouterr().out
+
+
+def commit_rules(folder: Path) -> None:
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(folder), "-c", "user.name=docs", "-c", "user.email=docs@example.org", *args],
+                       check=True, capture_output=True)
+
+    if not (folder / ".git").exists():
+        git("init", "-q")
+    git("add", "rules")
+    git("commit", "-q", "-m", "rules")
 
 
 def contains_in_order(output: str, expected: str) -> None:
@@ -82,6 +115,19 @@ def test_doc_example(name: str, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CDS_RULES_DIR", raising=False)
     find: tuple[Path, str] | None = None
+    baseline: dict[str, str] = {}  # what a command prints for the unchanged copy
+    for action, block in steps()[name]:
+        if m := re.fullmatch(r"run `cds (.+)`, which prints exactly \(exit (\d+)\)", action):
+            baseline.setdefault(m[1], "")
+    if baseline:
+        pristine = tmp_path / "pristine"
+        shutil.copytree(tmp_path / "rules", pristine / "rules")
+        monkeypatch.chdir(pristine)
+        if any(action == "commit rules in git" for action, _ in steps()[name]):
+            commit_rules(pristine)
+        for args in baseline:
+            baseline[args] = run_cds(args, capsys)[1]
+        monkeypatch.chdir(tmp_path)
     for action, block in steps()[name]:
         if m := re.fullmatch(r"in (\S+), find", action):
             path = tmp_path / m[1]
@@ -94,6 +140,14 @@ def test_doc_example(name: str, tmp_path: Path, monkeypatch, capsys) -> None:
             find = None
         elif m := re.fullmatch(r"create (\S+)", action):
             (tmp_path / m[1]).write_text(block)
+        elif action == "commit rules in git":
+            commit_rules(tmp_path)
+        elif m := re.fullmatch(r"run `cds (.+)`, which prints exactly \(exit (\d+)\)", action):
+            code, out = run_cds(m[1], capsys)
+            assert code == int(m[2]), f"{name}: `cds {m[1]}` exited {code}\n{out}"
+            unchanged = set(baseline[m[1]].splitlines())
+            printed = [line for line in out.splitlines() if line not in unchanged]
+            assert printed == block.splitlines(), f"{name}: `cds {m[1]}` prints, for this mistake:\n" + "\n".join(printed)
         elif m := re.fullmatch(r"run `cds (.+)`, which prints \(exit (\d+)\)", action):
             capsys.readouterr()
             code = main(shlex.split(m[1]))

@@ -18,6 +18,7 @@ outside this grammar is a :class:`ConditionError` with the column it starts at.
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,12 @@ def compile_condition(
             raise ConditionError(f"condition does not parse: it ends too early ({e.msg})", lead + len(text)) from None
         raise ConditionError(f"condition does not parse: {e.msg}", lead + e.offset - 1) from None
     compiler = _Compiler(fact_types, parameters, ladder_codes, lead)
-    durable, dnf = compiler.visit(tree.body)
+    try:
+        durable, dnf = compiler.visit(tree.body)
+    except ConditionError:
+        raise
+    except (TypeError, ValueError, ArithmeticError, RecursionError) as e:  # a mismatch the grammar missed
+        raise ConditionError(f"condition cannot be compiled: {e}", lead) from None
     return CompiledCondition(text, durable, compiler.facts, compiler.parameters, dnf)
 
 
@@ -119,6 +125,8 @@ class _Compiler:
         return node.id
 
     def bool_fact(self, node: ast.AST, message: str) -> str:
+        if not isinstance(node, ast.Name):
+            raise self.error(node, message)
         if isinstance(node, ast.Name) and node.id in self.fact_types and self.fact_types[node.id] is not bool:
             raise self.error(node, message)
         if isinstance(node, ast.Name) and node.id in self.params:
@@ -146,16 +154,26 @@ class _Compiler:
                 raise self.error(node, f"unknown ladder rung {node.value!r}{hint}")
             return node.value
         if isinstance(node, ast.Name):
+            if node.id not in self.params and node.id in self.fact_types:
+                raise self.error(node, f"{fact!r} is compared with another fact {node.id!r}: compare a fact with "
+                                       f"a number or a parameter name")
             if node.id not in self.params:
                 hint = _did_you_mean(node.id, list(self.params))
                 raise self.error(node, f"unknown parameter {node.id!r}{hint}")
             self.parameters.add(node.id)
             return float(self.params[node.id])
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
-            node = ast.Constant(-node.operand.value, col_offset=node.col_offset)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-            return float(node.value)
-        raise self.error(node, f"expected a number or a parameter name, found {ast.unparse(node)!r}")
+        number = None
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and _is_number(node.operand):
+            number = -float(node.operand.value)
+        elif _is_number(node):
+            number = float(node.value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise self.error(node, f"number {ast.unparse(node)} is too large")
+            return number
+        kind = _kind_of(node)
+        found = f"not {kind} ({ast.unparse(node)})" if kind else f"found {ast.unparse(node)!r}"
+        raise self.error(node, f"{fact!r} is a number fact: compare it with a number or a parameter name, {found}")
 
     def compare(self, node: ast.Compare) -> tuple[dict[str, Any], list[list[Comparison]]]:
         if len(node.ops) != 1:
@@ -174,6 +192,24 @@ class _Compiler:
             raise self.error(node, f"{fact!r} can only be compared with == or !=")
         durable = {fact: value} if op_type is ast.Eq else {_OPS[op_type]: {fact: value}}
         return durable, [[Comparison(fact, _SYMBOL[op_type], value)]]
+
+
+def _is_number(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+
+
+def _kind_of(node: ast.AST) -> str:
+    """What a rule author wrote, in words, for a value that is not a number."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return _kind_of(node.operand)
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool):
+            return "a yes/no value"
+        if isinstance(node.value, str):
+            return "text"
+    if isinstance(node, ast.BinOp):
+        return "a calculation"
+    return ""
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:

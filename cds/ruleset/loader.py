@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,22 +31,37 @@ log = logging.getLogger("cds.rules")
 MAX_SUMMARY = 139  # CDS Hooks: summary "<140 characters"
 
 
+ERROR = "error"
+WARNING = "warning"
+
+
 @dataclass(frozen=True, order=True)
 class Problem:
+    """One finding at ``file:line:column``. An ``error`` makes the rule set invalid (it is not loaded);
+    a ``warning`` is printed (``file:line:column: warning: ...``) but the rule set still loads."""
+
     file: str
     line: int
     column: int
     message: str
+    severity: str = ERROR  # ERROR | WARNING
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == ERROR
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+        tag = "" if self.severity == ERROR else f"{self.severity}: "
+        return f"{self.file}:{self.line}:{self.column}: {tag}{self.message}"
 
 
 class RuleSetError(Exception):
     """The rule files are not valid; ``problems`` lists each one with its position."""
 
-    def __init__(self, problems: Iterable[Problem]):
+    def __init__(self, problems: Iterable[Problem], warnings: Iterable[Problem] = ()):
         self.problems = sorted(problems)
+        #: warnings found before loading stopped (not part of the message)
+        self.warnings = sorted(warnings)
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
@@ -54,8 +70,31 @@ def rule_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
 
 
+def content_digest(contents: Mapping[str, bytes]) -> str:
+    """The sha256 of a rule set's files (file name -> bytes): ``RuleSet.sha256`` of the loaded set."""
+    digest = hashlib.sha256()
+    for name in sorted(contents):
+        digest.update(name.encode() + b"\0" + contents[name] + b"\0")
+    return digest.hexdigest()
+
+
+def version_unchanged(old_sha256: str, old_version: str, new_sha256: str, new_version: str) -> bool:
+    """True when the rule files changed (different content digest) but ``ruleset.version`` did not:
+    the mistake ``cds rules check --since`` and a reload warn about."""
+    return old_sha256 != new_sha256 and old_version.strip() == new_version.strip()
+
+
+VERSION_UNCHANGED = "the rule files changed since {ref} but ruleset.version is still {version!r}; raise it"
+
+
 def load_ruleset(path: str | Path) -> RuleSet:
-    """Load, validate and compile the rule set in ``path``; raise :class:`RuleSetError` on any problem."""
+    """Load, validate and compile the rule set in ``path``; raise :class:`RuleSetError` on any error
+    (warnings do not stop loading: :func:`load_ruleset_with_warnings` returns them)."""
+    return load_ruleset_with_warnings(path)[0]
+
+
+def load_ruleset_with_warnings(path: str | Path) -> tuple[RuleSet, list[Problem]]:
+    """The rule set in ``path`` and its warnings (sorted); raise :class:`RuleSetError` on any error."""
     folder = Path(path)
     if not folder.is_dir():
         raise RuleSetError([Problem(str(folder), 1, 1, "not a folder of rule files")])
@@ -65,12 +104,65 @@ def load_ruleset(path: str | Path) -> RuleSet:
     return _Loader(folder, files).load()
 
 
-def check_ruleset(path: str | Path) -> list[Problem]:
-    """Every problem in the rule set at ``path`` (empty when it is valid)."""
+def check_ruleset(path: str | Path, *, warnings: bool = False) -> list[Problem]:
+    """Every error in the rule set at ``path`` (empty when it is valid); with ``warnings=True`` the
+    warnings too, sorted by position (``Problem.severity`` tells them apart)."""
     try:
-        load_ruleset(path)
+        _, found = load_ruleset_with_warnings(path)
     except RuleSetError as e:
-        return e.problems
+        return sorted([*e.problems, *e.warnings]) if warnings else e.problems
+    return found if warnings else []
+
+
+def check_since(path: str | Path, ref: str) -> list[Problem]:
+    """A warning when the rule files in ``path`` differ from git revision ``ref`` (of the repository
+    holding the folder) while ``ruleset.version`` is the same: a content change needs a new version,
+    or cards, audit records and reports of two different contents carry one version."""
+    import subprocess
+
+    import yaml
+
+    folder = Path(path)
+    files = rule_files(folder) if folder.is_dir() else []
+    if not files:
+        return []
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, check=False)
+
+    if git("rev-parse", "--show-toplevel").returncode != 0:
+        return [Problem(str(folder), 1, 1, f"--since {ref}: this folder is not in a git repository")]
+    if git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
+        return [Problem(str(folder), 1, 1, f"--since {ref}: not a git revision of the repository holding this folder")]
+    listed = git("ls-tree", "--name-only", ref, "--", ".").stdout.decode().splitlines()
+    old: dict[str, bytes] = {}
+    for name in listed:
+        if Path(name).suffix in (".yaml", ".yml"):
+            shown = git("show", f"{ref}:./{name}")
+            if shown.returncode == 0:
+                old[Path(name).name] = shown.stdout
+    if not old:
+        return []  # the folder is new since ref: nothing to compare with
+    old_version = None
+    for raw in old.values():
+        try:
+            data = yaml.safe_load(raw.decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("ruleset"), dict) and "version" in data["ruleset"]:
+            old_version = str(data["ruleset"]["version"])
+    new = {p.name: p.read_bytes() for p in files}
+    for p in files:
+        try:
+            doc = yamlpos.load(new[p.name].decode("utf-8"))
+        except (yamlpos.YamlSyntaxError, UnicodeDecodeError):
+            continue
+        meta = doc.data.get("ruleset") if isinstance(doc.data, dict) else None
+        if isinstance(meta, dict) and "version" in meta and old_version is not None:
+            version = str(meta["version"])
+            if version_unchanged(content_digest(old), old_version, content_digest(new), version):
+                mark = doc.mark(("ruleset", "version"))
+                return [Problem(str(p), mark.line, mark.column, VERSION_UNCHANGED.format(ref=ref, version=version), WARNING)]
     return []
 
 
@@ -78,7 +170,8 @@ class _Loader:
     def __init__(self, folder: Path, files: list[Path]):
         self.folder = folder
         self.files = files
-        self.problems: list[Problem] = []
+        self.problems: list[Problem] = []  # errors
+        self.warnings: list[Problem] = []
         self.docs: dict[str, yamlpos.PositionedYaml] = {}
         self.origin: dict[str, str] = {}  # section -> file name that holds it
 
@@ -86,39 +179,59 @@ class _Loader:
     def problem(self, file: str, mark: yamlpos.Mark, message: str) -> None:
         self.problems.append(Problem(file, mark.line, mark.column, message))
 
-    def at(self, section: str, path: tuple, message: str, *, key: bool = False, column: int | None = None) -> None:
+    def warn(self, file: str, mark: yamlpos.Mark, message: str) -> None:
+        self.warnings.append(Problem(file, mark.line, mark.column, message, WARNING))
+
+    def stop_on_errors(self) -> None:
+        if self.problems:
+            raise RuleSetError(self.problems, self.warnings)
+
+    @staticmethod
+    def named(section: str, item: Any, index: int) -> str:
+        """How a message names rule/note ``index``: by its id (``rule 'step-up'``), else by position."""
+        ident = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
+        kind = "rule" if section == "rules" else "note"
+        return f"{kind} {ident!r}" if isinstance(ident, str) and ident else f"{section}.{index}"
+
+    def position(self, section: str, path: tuple, *, key: bool = False, column: int | None = None) -> tuple[str, yamlpos.Mark]:
         file = self.origin[section]
         doc = self.docs[file]
         full = (section, *path)
         mark = yamlpos.scalar_column_mark(doc, full, column) if column is not None else doc.mark(full, key=key)
-        self.problem(file, mark, message)
+        return file, mark
+
+    def at(self, section: str, path: tuple, message: str, *, key: bool = False, column: int | None = None) -> None:
+        self.problem(*self.position(section, path, key=key, column=column), message)
 
     # -- stages -------------------------------------------------------------------------------
-    def load(self) -> RuleSet:
+    def load(self) -> tuple[RuleSet, list[Problem]]:
         merged: dict[str, Any] = {}
-        digest = hashlib.sha256()
+        contents: dict[str, bytes] = {}
         for path in self.files:
             raw = path.read_bytes()
-            digest.update(path.name.encode() + b"\0" + raw + b"\0")
+            contents[path.name] = raw
             self.parse_file(path, raw, merged)
-        if self.problems:
-            raise RuleSetError(self.problems)
-        first = self.files[0].name
+        self.stop_on_errors()
+        first = self.display_name(self.files[0])
         for section in REQUIRED_SECTIONS:
             if section not in merged:
                 self.problem(first, yamlpos.Mark(1, 1), f"section '{section}' is missing from the rule set (no file defines it)")
-        if self.problems:
-            raise RuleSetError(self.problems)
-        document = RuleSetDocument.model_validate(merged)
+        self.stop_on_errors()
+        try:
+            document = RuleSetDocument.model_validate(merged)
+        except ValidationError as e:  # pragma: no cover - every file was validated on its own
+            for err in e.errors():
+                self.problem(first, yamlpos.Mark(1, 1), f"{'.'.join(map(str, err['loc']))}: {_friendly(err)}")
+            self.stop_on_errors()
+            raise
         conditions = self.check(document)
-        if self.problems:
-            raise RuleSetError(self.problems)
-        ruleset = RuleSet(document, digest.hexdigest(), tuple(p.name for p in self.files), conditions)
+        self.stop_on_errors()
+        ruleset = RuleSet(document, content_digest(contents), tuple(p.name for p in self.files), conditions)
         self.check_templates(ruleset)
         self.check_engine(ruleset)
-        if self.problems:
-            raise RuleSetError(self.problems)
-        return ruleset
+        self.stop_on_errors()
+        self.check_literal_numbers(document)
+        return ruleset, sorted(self.warnings)
 
     def parse_file(self, path: Path, raw: bytes, merged: dict[str, Any]) -> None:
         name = self.display_name(path)
@@ -142,6 +255,7 @@ class _Loader:
             RuleFile.model_validate(doc.data)
         except ValidationError as e:
             self.report_validation_errors(name, doc, e.errors())
+        self.check_empty_sections(name, doc)
         for section, value in doc.data.items():
             if section in merged and section in RuleFile.model_fields:
                 self.problem(
@@ -150,6 +264,19 @@ class _Loader:
                 continue
             merged[section] = value
             self.origin[section] = name
+
+    def check_empty_sections(self, name: str, doc: yamlpos.PositionedYaml) -> None:
+        """A section written with no value (``disclaimer:``) or a blank disclaimer is an error here,
+        with its position (pydantic would only see "no section", or nothing wrong with ``"  "``)."""
+        for section, value in doc.data.items():
+            if section not in RuleFile.model_fields:
+                continue
+            if value is None:
+                what = "the disclaimer every card carries" if section == "disclaimer" else "its content"
+                self.problem(name, doc.mark((section,), key=True), f"section '{section}' has no value: write {what}")
+            elif section == "disclaimer" and isinstance(value, str) and not value.strip():
+                self.problem(name, doc.mark((section,)),
+                             "disclaimer is blank: write the disclaimer text every card carries")
 
     def display_name(self, path: Path) -> str:
         return str(path)
@@ -194,18 +321,33 @@ class _Loader:
         return path
 
     def report_validation_error(self, file: str, doc: yamlpos.PositionedYaml, err: dict, path: list) -> None:
-        where = ".".join(str(p) for p in path)
         kind = err["type"]
         if kind == "extra_forbidden":
             parent_model = _model_at(RuleFile, path[:-1])
             allowed = list(parent_model.model_fields) if parent_model else []
             close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})" if allowed else ""
-            self.problem(file, doc.mark(tuple(path), key=True), f"unknown key '{path[-1]}' in {'.'.join(map(str, path[:-1])) or 'the file'}{hint}")
+            prefix, rest = self.split_item(doc, path[:-1])
+            inside = f"{prefix}: unknown key '{path[-1]}'" + (f" in {rest}" if rest else "") if prefix else (
+                f"unknown key '{path[-1]}' in {rest or 'the file'}")
+            self.problem(file, doc.mark(tuple(path), key=True), f"{inside}{hint}")
         elif kind == "missing":
+            prefix, rest = self.split_item(doc, path[:-1])
+            where = f"{prefix}: {rest}" if prefix and rest else prefix or rest
             self.problem(file, doc.mark(tuple(path[:-1])), f"{where}: required key '{path[-1]}' is missing")
         else:
+            prefix, rest = self.split_item(doc, path)
+            where = f"{prefix}: {rest}" if prefix and rest else prefix or rest
             self.problem(file, doc.mark(tuple(path)), f"{where}: {_friendly(err)}")
+
+    def split_item(self, doc: yamlpos.PositionedYaml, path: list) -> tuple[str, str]:
+        """``rules.1.priority`` -> ("rule 'onset-unknown'", "priority"): a rule or note is named by its id."""
+        if len(path) >= 2 and path[0] in ("rules", "notes") and isinstance(path[1], int):
+            items = doc.data.get(path[0]) if isinstance(doc.data, dict) else None
+            if isinstance(items, list) and path[1] < len(items):
+                name = self.named(path[0], items[path[1]], path[1])
+                return name, ".".join(map(str, path[2:]))
+        return "", ".".join(map(str, path))
 
     # -- semantic checks ----------------------------------------------------------------------
     def check(self, doc: RuleSetDocument) -> dict[str, CompiledCondition]:
@@ -228,15 +370,15 @@ class _Loader:
                 self.at("parameters", (name,), f"parameter '{name}' has the name of a fact; rename it", key=True)
 
         compiled: dict[str, CompiledCondition] = {}
-        items = [("rules", i, r.id, r.stage, r.when) for i, r in enumerate(doc.rules)]
-        items += [("notes", i, f"note:{n.id}", n.stage, n.when) for i, n in enumerate(doc.notes)]
-        for section, i, key, stage, when in items:
+        items = [("rules", i, r.id, f"rule '{r.id}'", r.stage, r.when) for i, r in enumerate(doc.rules)]
+        items += [("notes", i, f"note:{n.id}", f"note '{n.id}'", n.stage, n.when) for i, n in enumerate(doc.notes)]
+        for section, i, key, named, stage, when in items:
             if stage not in doc.stages:
-                self.at(section, (i, "stage"), f"unknown stage '{stage}' (stages: {', '.join(doc.stages)})")
+                self.at(section, (i, "stage"), f"{named}: unknown stage '{stage}' (stages: {', '.join(doc.stages)})")
             try:
                 compiled[key] = compile_condition(when, fact_types=fact_types, parameters=params, ladder_codes=ladder)
             except ConditionError as e:
-                self.at(section, (i, "when"), e.message, column=e.column)
+                self.at(section, (i, "when"), f"{named}: {e.message}", column=e.column)
         if not self.problems:
             self.check_shadowing(doc, compiled)
         return compiled
@@ -309,6 +451,26 @@ class _Loader:
                     self.at(section, path, f"summary can reach {longest} characters once filled in; "
                                            f"CDS Hooks allows at most {MAX_SUMMARY}")
 
+    def check_literal_numbers(self, doc: RuleSetDocument) -> None:
+        """Warn about a number written into card text that equals a parameter: when the parameter
+        changes, the text would silently go stale (write the placeholder instead)."""
+        texts = [("rules", (i, "card", "summary"), r.card.summary) for i, r in enumerate(doc.rules)]
+        texts += [("rules", (i, "card", "detail"), r.card.detail) for i, r in enumerate(doc.rules)]
+        texts += [("rules", (i, "recommend", "adjustment"), r.recommend.adjustment)
+                  for i, r in enumerate(doc.rules) if r.recommend and r.recommend.adjustment]
+        texts += [("notes", (i, "text"), n.text) for i, n in enumerate(doc.notes)]
+        for section, path, text in texts:
+            for number, column in literal_numbers(text):
+                names = [name for name, value in doc.parameters.items() if float(value) == number]
+                if not names:
+                    continue
+                shown = " or ".join(f"'{n}'" for n in names)
+                write = " or ".join(f"{{{n}}}" for n in names)
+                kind = "parameter" if len(names) == 1 else "parameters"
+                literal = _NUMBER.match(text, column)[0]
+                self.warn(*self.position(section, path, column=column),
+                          f"{literal} in card text equals {kind} {shown}; write {write}")
+
     def check_engine(self, ruleset: RuleSet) -> None:
         """Compile to durable-rules for real, so an expression the engine rejects is caught here."""
         from ..engine import EngineCompileError, compile_check
@@ -317,7 +479,19 @@ class _Loader:
             compile_check(ruleset)
         except EngineCompileError as e:
             section, index = ("rules", ruleset.document.rules.index(ruleset.rule(e.rule_id))) if e.rule_id else ("rules", 0)
-            self.at(section, (index, "when"), f"durable-rules rejects this condition: {e.reason}")
+            named = f"rule '{e.rule_id}': " if e.rule_id else ""
+            self.at(section, (index, "when"), f"{named}durable-rules rejects this condition: {e.reason}")
+
+
+#: a number in card text: not part of a word or code (``bird-dog-28``, ``v2``), ranges (``15-25``) count
+_NUMBER = re.compile(r"(?<![\w.])(?<![A-Za-z_]-)\d+(?:\.\d+)?(?!\w|\.\d)")
+_PLACEHOLDER_OR_NUMBER = re.compile(r"\{\{|\}\}|\{[^{}]*\}|" + _NUMBER.pattern)
+
+
+def literal_numbers(text: str) -> list[tuple[float, int]]:
+    """The numbers written in the literal text of a card template, with their 0-based columns
+    (a number inside a placeholder such as ``{reps}`` is not literal text)."""
+    return [(float(m[0]), m.start()) for m in _PLACEHOLDER_OR_NUMBER.finditer(text) if m[0][0].isdigit()]
 
 
 def _model_at(model: Any, path: list[str | int]) -> Any:
@@ -393,4 +567,18 @@ def describe(problems: list[Problem]) -> str:
     return "\n".join(str(p) for p in problems)
 
 
-__all__ = ["Problem", "RuleSetError", "load_ruleset", "check_ruleset", "rule_files", "describe"]
+__all__ = [
+    "ERROR",
+    "WARNING",
+    "Problem",
+    "RuleSetError",
+    "check_ruleset",
+    "check_since",
+    "content_digest",
+    "describe",
+    "literal_numbers",
+    "load_ruleset",
+    "load_ruleset_with_warnings",
+    "rule_files",
+    "version_unchanged",
+]

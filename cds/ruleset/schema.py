@@ -193,10 +193,17 @@ class RuleSetDocument(_Doc):
 
     ruleset: RuleSetMeta
     parameters: dict[str, int | float]
-    disclaimer: str
+    disclaimer: str = Field(min_length=1)  # carried by every card; the loader reports blank/null with a position
     texts: Texts
     evidence: list[Evidence]
     override_reasons: list[OverrideReason] = []
+
+    @field_validator("disclaimer")
+    @classmethod
+    def _disclaimer_has_text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the disclaimer is blank")
+        return v
     codes: Codes
     ladder: Ladder
     stages: list[str]
