@@ -58,6 +58,11 @@ def empty_db_url(request, tmp_path):
         admin.dispose()
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: a long test (e.g. the clone experiment re-runs the suite); runs by "
+                                       "default, skip with -m 'not slow'")
+
+
 def with_directory(url: str) -> str:
     """``url``, with the folder of a SQLite file created (the store itself never creates folders)."""
     if url.startswith("sqlite:///"):
