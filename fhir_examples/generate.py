@@ -1,9 +1,16 @@
-"""Generate the example CDS Hooks patient-view requests in ``fhir_examples/requests/``.
+"""Generate the example CDS Hooks patient-view requests in ``rules/tests/requests/`` and ``README.md``.
 
 Run ``.venv/bin/python fhir_examples/generate.py``. For every scenario declared below it writes
 
-* ``requests/<scenario>.json``: a complete ``patient-view`` request with all four prefetch keys;
-* ``requests/<scenario>.expected.json``: the cards the service must return, in order.
+* ``rules/tests/requests/<scenario>.json``: a complete ``patient-view`` request with all four prefetch
+  keys (``fhir_examples/requests`` is a symlink to that folder, so ``-d @fhir_examples/requests/...``
+  keeps working);
+* a row of the scenario table in ``fhir_examples/README.md``.
+
+The scenarios here declare only the patient data. What each one shows (``description``) and the cards
+the service must answer (``expect``) are written once, in the rule test case of the same name in
+``rules/tests/examples.yaml``; the README table is built from those cases, so the expected outcome of a
+scenario has a single source, tested by ``cds rules test rules``.
 
 Dates in the scenarios are day offsets from the anchor evaluation date in ``config.json``; start the
 service with ``CDS_EVALUATION_DATE`` set to that date. The output is deterministic, so the committed
@@ -24,7 +31,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REQUESTS_DIR = HERE / "requests"
+ROOT = HERE.parent
+RULE_TESTS_DIR = ROOT / "rules" / "tests"
+REQUESTS_DIR = RULE_TESTS_DIR / "requests"
+EXAMPLE_CASES = RULE_TESTS_DIR / "examples.yaml"
 CONFIG_FILE = HERE / "config.json"
 README_FILE = HERE / "README.md"
 
@@ -109,28 +119,17 @@ class Pain:
 
 @dataclass(frozen=True)
 class Scenario:
+    """The patient data of one example; its description and expected cards are in rules/tests/examples.yaml."""
+
     name: str
-    description: str
     sessions: tuple[Session, ...] = ()
     pains: tuple[Pain, ...] = ()
     conditions: tuple[Condition, ...] = (Condition(onset=-300),)
-    cards: tuple[dict[str, Any], ...] = ()
-    skipped_invalid: int = 0
 
-
-def card(decision: str, rule: str | None = None, indicator: str = "info", exercise: str | None = None,
-         notes: tuple[str, ...] = ()) -> dict[str, Any]:
-    """An expected card. ``recommendedExercise`` and ``notes`` are omitted when there are none."""
-    out: dict[str, Any] = {"decision": decision, "ruleId": rule or decision, "indicator": indicator}
-    if exercise:
-        out["recommendedExercise"] = exercise
-    if notes:
-        out["notes"] = list(notes)
-    return out
-
-
-NEW_ONSET = card("new-onset", indicator="warning")
-ONSET_UNKNOWN = card("onset-unknown", indicator="warning")
+    @property
+    def deliberately_invalid(self) -> int:
+        """How many resources of the request are broken on purpose (and must be skipped as invalid)."""
+        return sum(p.invalid for p in self.pains)
 
 
 def older(exercise: str, linked: bool = False, pain: int | None = 1) -> tuple[Session, ...]:
@@ -147,92 +146,68 @@ L = -2  # the day of the latest session in most scenarios
 
 SCENARIOS: tuple[Scenario, ...] = (
     # onset
-    Scenario("new-onset", "LBP began 10 days ago: the programme does not apply yet, only the new-onset card.",
+    Scenario("new-onset",
              conditions=(Condition(-10),),
-             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1)), cards=(NEW_ONSET,)),
-    Scenario("new-onset-period", "Onset given as onsetPeriod.start 10 days ago: still a new onset.",
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("new-onset-period",
              conditions=(Condition(-10, period=True, code="M54.50"),),
-             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)), cards=(NEW_ONSET,)),
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
     Scenario("recurrence-new-onset",
-             "An old chronic LBP condition plus a recurrence 20 days ago: the most recent onset counts.",
              conditions=(Condition(-400, code="278860009"), Condition(-20, code="M54.59", clinical="recurrence")),
-             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)), cards=(NEW_ONSET,)),
-    Scenario("onset-undocumented", "No LBP condition at all: onset-unknown warning, progression advice still given.",
-             conditions=(), sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)),
-             cards=(ONSET_UNKNOWN, card("continue", exercise=BD))),
-    Scenario("condition-without-onset", "An active LBP condition with no onset recorded: onset-unknown warning.",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
+    Scenario("onset-undocumented",
+             conditions=(), sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
+    Scenario("condition-without-onset",
              conditions=(Condition(None, code="M54.5"),),
-             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1, linked=True)),
-             cards=(ONSET_UNKNOWN, card("continue", exercise=BD))),
-    Scenario("onset-period", "Onset as onsetPeriod.start 200 days ago (no onsetDateTime): not new, step up.",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1, linked=True))),
+    Scenario("onset-period",
              conditions=(Condition(-200, period=True),),
-             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1)), cards=(card("step-up", exercise=SL),)),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
     # start
-    Scenario("no-sessions", "Chronic LBP, no rounds recorded: start on the first rung.",
-             conditions=(Condition(-300, code="278860009"),),
-             cards=(card("start", exercise=HA),)),
+    Scenario("no-sessions",
+             conditions=(Condition(-300, code="278860009"),)),
     # pain gate
-    Scenario("pain-5-bird-dog", "Pain 5/10 on bird-dog: above the gate, step back to hip abduction.",
-             sessions=(*older(BD), Session(L, BD, (20, 19), pain=5, linked=True)),
-             cards=(card("pain-gate", indicator="warning", exercise=HA),)),
-    Scenario("pain-4-hip-abduction", "Pain 4/10 on the first rung: modify hip abduction to be pain-free.",
-             sessions=(*older(HA), Session(L, HA, (20, 20), pain=4)),
-             cards=(card("pain-gate", "pain-gate-first-rung", "warning", HA),)),
-    Scenario("no-pain-recorded", "Bird-dog 22, 21 with no pain score at all: the gate cannot be confirmed.",
-             sessions=(*older(BD, pain=None), Session(L, BD, (22, 21))),
-             cards=(card("pain-unrecorded", indicator="warning", exercise=BD),)),
-    Scenario("pain-loinc-answer", "Pain recorded as the LOINC answer LA6113-0 (= 2): at the gate, continue.",
+    Scenario("pain-5-bird-dog",
+             sessions=(*older(BD), Session(L, BD, (20, 19), pain=5, linked=True))),
+    Scenario("pain-4-hip-abduction",
+             sessions=(*older(HA), Session(L, HA, (20, 20), pain=4))),
+    Scenario("no-pain-recorded",
+             sessions=(*older(BD, pain=None), Session(L, BD, (22, 21)))),
+    Scenario("pain-loinc-answer",
              sessions=(*older(BD), Session(L, BD, (22, 20))),
-             pains=(Pain(L, 2, value="answer"),), cards=(card("continue", exercise=BD),)),
-    Scenario("pain-value-quantity", "Pain 4/10 recorded as valueQuantity: above the gate, step back.",
+             pains=(Pain(L, 2, value="answer"),)),
+    Scenario("pain-value-quantity",
              sessions=(*older(BD), Session(L, BD, (20, 18))),
-             pains=(Pain(L, 4, value="quantity"),), cards=(card("pain-gate", indicator="warning", exercise=HA),)),
+             pains=(Pain(L, 4, value="quantity"),)),
     # rep range
-    Scenario("bird-dog-12-14", "Bird-dog 12, 14 (a round below 15): too hard, step back to hip abduction.",
-             sessions=(*older(BD), Session(L, BD, (12, 14), pain=1)), cards=(card("step-back", exercise=HA),)),
-    Scenario("bird-dog-20-18", "Bird-dog 20, 18 with pain 1: in range, continue.",
-             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)), cards=(card("continue", exercise=BD),)),
-    Scenario("bird-dog-28-27", "Bird-dog 28, 27 with pain 1: too easy, step up to the single-leg reverse hyper.",
-             sessions=(*older(BD, linked=True), Session(L, BD, (28, 27), pain=1, linked=True)),
-             cards=(card("step-up", exercise=SL),)),
-    Scenario("reverse-hyper-30-29", "Reverse hyper 30, 29 with pain 0: top rung, stay and add resistance.",
-             sessions=(*older(RH, linked=True), Session(L, RH, (30, 29), pain=0, linked=True)),
-             cards=(card("step-up", "step-up-top-rung", exercise=RH),)),
-    Scenario("hip-abduction-10-9", "Hip abduction 10, 9: too hard on the first rung, make it easier.",
-             sessions=(*older(HA), Session(L, HA, (10, 9), pain=1)),
-             cards=(card("step-back", "step-back-first-rung", exercise=HA),)),
-    Scenario("single-round", "Only one round (20) recorded: continue, with the incomplete-session note.",
-             sessions=(*older(BD), Session(L, BD, (20,), pain=1, linked=True)),
-             cards=(card("continue", exercise=BD, notes=("incomplete-session",)),)),
+    Scenario("bird-dog-12-14",
+             sessions=(*older(BD), Session(L, BD, (12, 14), pain=1))),
+    Scenario("bird-dog-20-18",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
+    Scenario("bird-dog-28-27",
+             sessions=(*older(BD, linked=True), Session(L, BD, (28, 27), pain=1, linked=True))),
+    Scenario("reverse-hyper-30-29",
+             sessions=(*older(RH, linked=True), Session(L, RH, (30, 29), pain=0, linked=True))),
+    Scenario("hip-abduction-10-9",
+             sessions=(*older(HA), Session(L, HA, (10, 9), pain=1))),
+    Scenario("single-round",
+             sessions=(*older(BD), Session(L, BD, (20,), pain=1, linked=True))),
     # latest-session selection and pain association
     Scenario("two-exercises-same-day",
-             "Hip abduction 20, 20 and bird-dog 22, 21 on the same latest day: the highest rung is the session.",
-             sessions=(*older(BD), Session(L, HA, (20, 20), time="11:00:00-05:00"), Session(L, BD, (22, 21), pain=1)),
-             cards=(card("continue", exercise=BD),)),
+             sessions=(*older(BD), Session(L, HA, (20, 20), time="11:00:00-05:00"), Session(L, BD, (22, 21), pain=1))),
     Scenario("pain-derived-from",
-             "Pain 4 dated the day after the session but derivedFrom its rounds counts for it; pain 0 on the "
-             "session day derived from an older session's round does not.",
              sessions=(Session(-16, BD, (19, 18), pain=1, linked=True), Session(-9, BD, (20, 18)),
                        Session(L, BD, (28, 27))),
              pains=(Pain(L + 1, 4, derived_from=((L, BD),), time="08:15:00-05:00"),
-                    Pain(L, 0, derived_from=((-9, BD),), time="18:00:00-05:00")),
-             cards=(card("pain-gate", indicator="warning", exercise=HA),)),
+                    Pain(L, 0, derived_from=((-9, BD),), time="18:00:00-05:00"))),
     Scenario("pain-derived-from-older-session",
-             "The only pain on the latest day is derivedFrom an older session's round: the latest session has no pain.",
              sessions=(Session(-16, BD, (19, 18), pain=1), Session(-9, BD, (20, 18)), Session(L, BD, (28, 27))),
-             pains=(Pain(L, 5, derived_from=((-9, BD),)),),
-             cards=(card("pain-unrecorded", indicator="warning", exercise=BD),)),
+             pains=(Pain(L, 5, derived_from=((-9, BD),)),)),
     Scenario("date-as-written",
-             "Session at 23:10-05:00 (the next day in UTC): the session date is the date as written, so the "
-             "pain 4 written on the next day does not belong to it; pain 1 written on the session day does.",
              sessions=(*older(BD), Session(L, BD, (28, 27), time="23:10:00-05:00")),
-             pains=(Pain(L, 1, time="23:40:00-05:00"), Pain(L + 1, 4, time="05:00:00+00:00")),
-             cards=(card("step-up", exercise=SL),)),
+             pains=(Pain(L, 1, time="23:40:00-05:00"), Pain(L + 1, 4, time="05:00:00+00:00"))),
     # resources that must not be used
     Scenario("ignored-resources",
-             "Bird-dog 20, 18 pain 1 plus decoys that must be ignored: entered-in-error and preliminary "
-             "observations, another patient's round and pain, and entered-in-error, refuted, resolved and "
-             "other-patient conditions with recent onsets.",
              conditions=(Condition(-300),
                          Condition(-5, clinical=None, verification="entered-in-error"),
                          Condition(-3, subject="someone-else"),
@@ -243,39 +218,32 @@ SCENARIOS: tuple[Scenario, ...] = (
                        Session(L, RH, (30,), subject="someone-else", label="other")),
              pains=(Pain(L, 9, status="entered-in-error", label="eie", time="11:00:00-05:00"),
                     Pain(L, 8, subject="someone-else", label="other"),
-                    Pain(L, 7, status="preliminary", label="prelim", time="11:30:00-05:00")),
-             cards=(card("continue", exercise=BD),)),
+                    Pain(L, 7, status="preliminary", label="prelim", time="11:30:00-05:00"))),
     Scenario("invalid-resource",
-             "Bird-dog 28, 27 pain 1 plus a pain 9 derivedFrom the same rounds whose effectiveDateTime is "
-             "impossible (30 February): it fails FHIR validation, is skipped and counted.",
              sessions=(*older(BD), Session(L, BD, (28, 27), pain=1, linked=True)),
              pains=(Pain(L, 9, derived_from=((L, BD),), label="invalid", effective="2026-02-30T10:00:00Z",
-                         invalid=True),),
-             cards=(card("step-up", exercise=SL),), skipped_invalid=1),
+                         invalid=True),)),
     # boundaries of SPEC section 1
-    Scenario("boundary-reps-15-15", "Reps 15, 15: 15 is not below reps_low, continue.",
-             sessions=(*older(BD), Session(L, BD, (15, 15), pain=1)), cards=(card("continue", exercise=BD),)),
-    Scenario("boundary-reps-25-25", "Reps 25, 25: 25 is not above reps_high, continue.",
-             sessions=(*older(BD), Session(L, BD, (25, 25), pain=1, linked=True)),
-             cards=(card("continue", exercise=BD),)),
-    Scenario("boundary-reps-26-26", "Reps 26, 26: every round above reps_high, step up.",
-             sessions=(*older(BD), Session(L, BD, (26, 26), pain=1)), cards=(card("step-up", exercise=SL),)),
-    Scenario("boundary-reps-25-26", "Reps 25, 26: not every round above reps_high, continue.",
-             sessions=(*older(BD), Session(L, BD, (25, 26), pain=1)), cards=(card("continue", exercise=BD),)),
-    Scenario("boundary-reps-14-20", "Reps 14, 20: one round below reps_low, step back.",
-             sessions=(*older(BD), Session(L, BD, (14, 20), pain=1, linked=True)),
-             cards=(card("step-back", exercise=HA),)),
-    Scenario("boundary-pain-2", "Pain 2: at the gate (not above it), continue.",
-             sessions=(*older(BD), Session(L, BD, (20, 18), pain=2)), cards=(card("continue", exercise=BD),)),
-    Scenario("boundary-pain-3", "Pain 3: above the gate, step back.",
-             sessions=(*older(BD), Session(L, BD, (20, 18), pain=3)),
-             cards=(card("pain-gate", indicator="warning", exercise=HA),)),
-    Scenario("boundary-onset-41-days", "Onset 41 days ago: fewer than 42, new onset.",
+    Scenario("boundary-reps-15-15",
+             sessions=(*older(BD), Session(L, BD, (15, 15), pain=1))),
+    Scenario("boundary-reps-25-25",
+             sessions=(*older(BD), Session(L, BD, (25, 25), pain=1, linked=True))),
+    Scenario("boundary-reps-26-26",
+             sessions=(*older(BD), Session(L, BD, (26, 26), pain=1))),
+    Scenario("boundary-reps-25-26",
+             sessions=(*older(BD), Session(L, BD, (25, 26), pain=1))),
+    Scenario("boundary-reps-14-20",
+             sessions=(*older(BD), Session(L, BD, (14, 20), pain=1, linked=True))),
+    Scenario("boundary-pain-2",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=2))),
+    Scenario("boundary-pain-3",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=3))),
+    Scenario("boundary-onset-41-days",
              conditions=(Condition(-41),),
-             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)), cards=(NEW_ONSET,)),
-    Scenario("boundary-onset-42-days", "Onset exactly 42 days ago: not new onset, continue.",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
+    Scenario("boundary-onset-42-days",
              conditions=(Condition(-42),),
-             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)), cards=(card("continue", exercise=BD),)),
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
 )
 
 
@@ -435,11 +403,6 @@ def build_request(s: Scenario, anchor: dt.date) -> dict[str, Any]:
     }
 
 
-def build_expected(s: Scenario, anchor: dt.date) -> dict[str, Any]:
-    return {"scenario": s.name, "description": s.description, "evaluationDate": anchor.isoformat(),
-            "cards": [dict(c) for c in s.cards], "skippedInvalid": s.skipped_invalid}
-
-
 # --- validation and output ------------------------------------------------------------------------
 
 def is_deliberately_invalid(resource: dict[str, Any]) -> bool:
@@ -485,49 +448,72 @@ def render(obj: Any) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
+def load_example_cases(path: Path = EXAMPLE_CASES) -> dict[str, dict[str, Any]]:
+    """The rule test cases of ``rules/tests/examples.yaml`` by request file stem (``requests/<name>.json``)."""
+    import yaml
+
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    out: dict[str, dict[str, Any]] = {}
+    for case in doc.get("cases") or []:
+        request = str(case.get("request", ""))
+        if request.startswith("requests/") and request.endswith(".json"):
+            out[request.removeprefix("requests/").removesuffix(".json")] = case
+    return out
+
+
 def describe_cards(cards: list[dict[str, Any]]) -> str:
+    """The expected cards of a rule test case, as the README table shows them."""
     parts = []
     for c in cards:
-        text = c["decision"] + (f" → {c['recommendedExercise']}" if "recommendedExercise" in c else "")
-        rule = f", rule {c['ruleId']}" if c["ruleId"] != c["decision"] else ""
+        text = c["decision"] + (f" → {c['recommended']}" if c.get("recommended") else "")
+        rule = f", rule {c['rule']}" if c["rule"] != c["decision"] else ""
         notes = f", note {', '.join(c['notes'])}" if c.get("notes") else ""
         parts.append(f"{text} ({c['indicator']}{rule}{notes})")
-    return "; ".join(parts)
+    return "; ".join(parts) or "no card"
 
 
-def build_readme(anchor: dt.date) -> str:
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def build_readme(anchor: dt.date, cases: dict[str, dict[str, Any]]) -> str:
     rows = []
     for s in SCENARIOS:
-        expected = build_expected(s, anchor)
-        skipped = f"; skippedInvalid {s.skipped_invalid}" if s.skipped_invalid else ""
-        rows.append(f"| `{s.name}` | {s.description} | {describe_cards(expected['cards'])}{skipped} |")
+        case = cases[s.name]
+        skipped = f"; skippedInvalid {case['skipped_invalid']}" if case.get("skipped_invalid") else ""
+        rows.append(f"| `{s.name}` | {_cell(case.get('description', ''))} | "
+                    f"{describe_cards(case.get('expect') or [])}{skipped} |")
     return README_TEMPLATE.format(anchor=anchor.isoformat(), table="\n".join(rows))
 
 
-def build(anchor: dt.date | None = None) -> dict[str, str]:
-    """Every generated file: path relative to ``fhir_examples/`` -> exact text. Validates the requests."""
+def build(anchor: dt.date | None = None, cases: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """Every generated file: path relative to the repository root -> exact text. Validates the requests.
+
+    Every scenario needs a rule test case in ``rules/tests/examples.yaml`` with a ``description``."""
     anchor = anchor or load_anchor()
+    cases = load_example_cases() if cases is None else cases
     names = [s.name for s in SCENARIOS]
     assert len(names) == len(set(names)), "duplicate scenario name"
+    missing = [n for n in names if n not in cases or not cases[n].get("description")]
+    assert not missing, f"scenarios without a described case (request: requests/<name>.json) in examples.yaml: {missing}"
     files: dict[str, str] = {}
     for s in SCENARIOS:
         request = build_request(s, anchor)
         validate_request(request)
-        files[f"requests/{s.name}.json"] = render(request)
-        files[f"requests/{s.name}.expected.json"] = render(build_expected(s, anchor))
-    files["README.md"] = build_readme(anchor)
+        files[f"rules/tests/requests/{s.name}.json"] = render(request)
+    files["fhir_examples/README.md"] = build_readme(anchor, cases)
     return files
 
 
 def main() -> int:
     files = build()
-    REQUESTS_DIR.mkdir(exist_ok=True)
+    REQUESTS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in REQUESTS_DIR.glob("*.json"):
-        if f"requests/{stale.name}" not in files:
+        if f"rules/tests/requests/{stale.name}" not in files:
             stale.unlink()
     for rel, text in files.items():
-        (HERE / rel).write_text(text, encoding="utf-8")
-    print(f"wrote {len(SCENARIOS)} scenarios to {REQUESTS_DIR.relative_to(HERE.parent)}/ and README.md")
+        (ROOT / rel).write_text(text, encoding="utf-8")
+    print(f"wrote {len(SCENARIOS)} scenarios to {REQUESTS_DIR.relative_to(ROOT)}/ and fhir_examples/README.md")
     return 0
 
 
@@ -535,8 +521,7 @@ README_TEMPLATE = """\
 # FHIR example requests
 
 Complete CDS Hooks 2.0 `patient-view` requests for the `lbp-exercise-progression` service, one per
-clinical scenario, each with the cards the service must answer. They are for demos, for trying the
-service with curl, and for the end-to-end tests.
+clinical scenario. They are for demos, for trying the service with curl, and for the end-to-end tests.
 
 *Generated by `generate.py`; do not edit this README or `requests/` by hand.*
 
@@ -544,18 +529,16 @@ service with curl, and for the end-to-end tests.
 
 - `config.json`: the anchor evaluation date, **{anchor}**. Every date in the examples is a day
   offset from it, so the examples never rot: start the service with `CDS_EVALUATION_DATE={anchor}`.
-- `requests/<scenario>.json`: the request. `hook`, a fixed `hookInstance`, `context`
+- `requests/<scenario>.json`: the request (`requests/` links to `../rules/tests/requests/`: the rule
+  tests own the files, so a copy of `rules/` carries everything its cases need). `hook`, a fixed `hookInstance`, `context`
   (`userId` `Practitioner/example`, `patientId` `lbp-<scenario>`) and `prefetch` with exactly the
   keys `patient` (a Patient), `lbpConditions`, `painScores` and `exerciseRounds` (searchset Bundles,
   newest first like `_sort=-date`). There is no `fhirServer`: everything is prefetched.
-- `requests/<scenario>.expected.json`: the expected outcome,
-  `{{"scenario", "description", "evaluationDate", "cards": [...], "skippedInvalid"}}`. `cards` lists
-  the cards in response order, each `{{"decision", "ruleId", "indicator", "recommendedExercise"}}`
-  (`recommendedExercise` absent when the card recommends none) plus `"notes": [...]` only when a
-  rule-file note (e.g. `incomplete-session`) is expected on that card. Compare these fields with the
-  card's `extension["org.lbp-cds.recommendation"]`, the card's `indicator`, and `skippedInvalid` with
-  `facts.skippedInvalid` (absent or 0 when nothing was skipped).
-- `generate.py`: the scenarios, declared as data at its top, and the generator.
+- The expected outcome of each scenario is written once, in the rule test case of the same name in
+  [`rules/tests/examples.yaml`](../rules/tests/examples.yaml) (`description`, `expect`: the cards in
+  response order, and `skipped_invalid`), checked by `cds rules test rules`; the table below is built
+  from those cases. See docs/rule-authoring.md for the case format.
+- `generate.py`: the scenarios (patient data only), declared as data at its top, and the generator.
 
 Resources follow SPEC section 2: LBP Conditions (SNOMED CT 279039007/278860009 or ICD-10-CM M54.5x),
 pain scores (LOINC 72514-3, `valueInteger` unless the scenario says otherwise) and one exercise-round
@@ -574,7 +557,8 @@ Every resource is valid FHIR R4 (checked with the `fhir.resources` R4B models by
 .venv/bin/python fhir_examples/generate.py
 ```
 
-Commit the script and its output together; the test fails when they differ.
+Commit the script, `rules/tests/examples.yaml` and the output together; `tests/test_examples_data.py`
+fails when they differ. A new scenario needs a case with a `description` in `rules/tests/examples.yaml`.
 
 ## Try one
 
@@ -584,6 +568,8 @@ curl -s -X POST http://127.0.0.1:8080/cds-services/lbp-exercise-progression -H '
 ```
 
 ## Scenarios
+
+From `rules/tests/examples.yaml`:
 
 | scenario | what it shows | expected cards (decision → recommended exercise, indicator) |
 |---|---|---|

@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: valid edit of ``rules/`` cannot break a Python test); ``rules/tests/`` tests the shipped content
 RULES_DIR = ROOT / "tests" / "fixtures" / "rules"
 EXAMPLES_DIR = ROOT / "fhir_examples"
+#: the example hook requests; the files live in ``rules/tests/requests`` (``fhir_examples/requests`` links
+#: there). What the shipped rules answer to them is tested only by ``rules/tests``; the Python tests use
+#: them as realistic input, evaluated with the fixture rule set
 REQUESTS_DIR = EXAMPLES_DIR / "requests"
 EVALUATION_DATE = dt.date.fromisoformat(json.loads((EXAMPLES_DIR / "config.json").read_text())["evaluationDate"])
 SERVICE_URL = "/cds-services/lbp-exercise-progression"
@@ -55,6 +58,11 @@ def empty_db_url(request, tmp_path):
         admin.dispose()
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: a long test (e.g. the clone experiment re-runs the suite); runs by "
+                                       "default, skip with -m 'not slow'")
+
+
 def with_directory(url: str) -> str:
     """``url``, with the folder of a SQLite file created (the store itself never creates folders)."""
     if url.startswith("sqlite:///"):
@@ -62,18 +70,20 @@ def with_directory(url: str) -> str:
     return url
 
 
-def example_pairs() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """Every ``(scenario, request, expected)`` of ``fhir_examples/requests``, sorted by scenario."""
-    pairs = []
-    for path in sorted(REQUESTS_DIR.glob("*.json")):
-        if path.name.endswith(".expected.json"):
-            continue
-        expected = path.with_name(path.stem + ".expected.json")
-        pairs.append((path.stem, json.loads(path.read_text()), json.loads(expected.read_text())))
-    return pairs
+def example_requests() -> list[tuple[str, dict[str, Any]]]:
+    """Every ``(scenario, request)`` of ``fhir_examples/requests``, sorted by scenario.
+
+    There is no expected outcome here on purpose: each scenario's cards are written once, in
+    ``rules/tests/examples.yaml``, and checked against the shipped rules by ``cds rules test rules``."""
+    return [(path.stem, json.loads(path.read_text())) for path in sorted(REQUESTS_DIR.glob("*.json"))]
 
 
-EXAMPLE_NAMES = [name for name, _, _ in example_pairs()]
+def example_pairs() -> list[tuple[str, dict[str, Any], None]]:
+    """``(scenario, request, None)``: :func:`example_requests` in the older three-item shape (no expectations)."""
+    return [(name, request, None) for name, request in example_requests()]
+
+
+EXAMPLE_NAMES = [name for name, _ in example_requests()]
 
 
 def make_settings(**overrides: Any):
@@ -168,6 +178,6 @@ def rules_copy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def examples() -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Every fhir_examples ``(request, expected)`` pair."""
-    return [(request, expected) for _, request, expected in example_pairs()]
+def examples() -> list[dict[str, Any]]:
+    """Every fhir_examples request."""
+    return [request for _, request in example_requests()]

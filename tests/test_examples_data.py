@@ -1,6 +1,9 @@
 """The committed FHIR example requests are complete, valid FHIR R4, and exactly what the generator makes.
 
-These tests check the data only; posting the requests to the service is the end-to-end test's job.
+These tests check the data only; posting the requests to the service is the end-to-end test's job. The
+request files live in ``rules/tests/requests`` (``fhir_examples/requests`` is a symlink to it); each
+scenario's description and expected cards are written once, in ``rules/tests/examples.yaml``, and
+checked only by the rule tests: nothing here asserts what the shipped rules answer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from conftest import RULES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "fhir_examples"
-REQUESTS = EXAMPLES / "requests"
+REQUESTS = ROOT / "rules" / "tests" / "requests"
 
 _spec = importlib.util.spec_from_file_location("fhir_examples_generate", EXAMPLES / "generate.py")
 gen = importlib.util.module_from_spec(_spec)
@@ -31,18 +34,14 @@ ANCHOR = dt.date.fromisoformat(json.loads((EXAMPLES / "config.json").read_text()
 SCENARIOS = {s.name: s for s in gen.SCENARIOS}
 NAMES = sorted(SCENARIOS)
 PREFETCH_KEYS = {"patient", "lbpConditions", "painScores", "exerciseRounds"}
-DECISIONS = {"new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back", "continue", "step-up"}
 OBS = "https://lbp-cds.org/fhir/CodeSystem/observation"
 
-RULES_FILE = yaml.safe_load((RULES_DIR / "progression.yaml").read_text())
-RULES = {r["id"]: r for r in RULES_FILE["rules"]}
-NOTES = {n["id"] for n in RULES_FILE.get("notes", [])}
 CODES = yaml.safe_load((RULES_DIR / "codes.yaml").read_text())
 LADDER = [r["code"] for r in CODES["ladder"]["rungs"]]
 
 
-def load(name: str, suffix: str = ".json") -> dict[str, Any]:
-    return json.loads((REQUESTS / f"{name}{suffix}").read_text(encoding="utf-8"))
+def load(name: str) -> dict[str, Any]:
+    return json.loads((REQUESTS / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
@@ -74,11 +73,25 @@ def test_anchor_is_the_fixed_evaluation_date():
 
 def test_committed_files_equal_generator_output():
     files = gen.build(ANCHOR)
-    committed = {f"requests/{p.name}" for p in REQUESTS.glob("*.json")}
-    generated = {rel for rel in files if rel.startswith("requests/")}
+    committed = {f"rules/tests/requests/{p.name}" for p in REQUESTS.iterdir()}
+    generated = {rel for rel in files if rel.startswith("rules/tests/requests/")}
     assert committed == generated, "stale or missing files: run .venv/bin/python fhir_examples/generate.py"
+    assert set(files) == generated | {"fhir_examples/README.md"}
     for rel, text in files.items():
-        assert (EXAMPLES / rel).read_text(encoding="utf-8") == text, f"{rel} differs from generate.py output"
+        assert (ROOT / rel).read_text(encoding="utf-8") == text, f"{rel} differs from generate.py output"
+
+
+def test_fhir_examples_requests_is_a_relative_link_to_the_rule_tests():
+    link = EXAMPLES / "requests"
+    assert link.is_symlink() and str(link.readlink()) == "../rules/tests/requests"
+    assert link.resolve() == REQUESTS.resolve()
+    assert (link / "bird-dog-28-27.json").read_bytes() == (REQUESTS / "bird-dog-28-27.json").read_bytes()
+
+
+def test_no_outcome_sidecars():
+    """The expected cards are written once, in rules/tests/examples.yaml."""
+    assert not list(REQUESTS.glob("*.expected.json"))
+    assert not list(ROOT.glob("fhir_examples/**/*.expected.json"))
 
 
 def test_required_scenarios_present():
@@ -146,7 +159,7 @@ def test_resources_validate_as_fhir_r4(name):
                 model.model_validate(resource)
         else:
             model.model_validate(resource)
-    assert invalid == load(name, ".expected.json")["skippedInvalid"]
+    assert invalid == SCENARIOS[name].deliberately_invalid
     gen.validate_request(req)  # the Bundles too, minus deliberately invalid entries
 
 
@@ -224,7 +237,6 @@ def test_onset_fields():
 def test_new_onset_is_exactly_ten_days_before_the_evaluation_date():
     condition = entries(load("new-onset")["prefetch"]["lbpConditions"])[0]
     assert dt.date.fromisoformat(condition["onsetDateTime"]) == ANCHOR - dt.timedelta(days=10)
-    assert load("new-onset", ".expected.json")["evaluationDate"] == ANCHOR.isoformat()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -306,29 +318,31 @@ def test_scenario_specifics():
                for r in rounds)
 
 
-# --- the sidecars ---------------------------------------------------------------------------------
+# --- the rule test cases of the scenarios ---------------------------------------------------------
 
-@pytest.mark.parametrize("name", NAMES)
-def test_sidecar_is_well_formed(name):
-    exp = load(name, ".expected.json")
-    assert set(exp) == {"scenario", "description", "evaluationDate", "cards", "skippedInvalid"}
-    assert exp["scenario"] == name and exp["description"]
-    assert exp["evaluationDate"] == ANCHOR.isoformat()
-    assert isinstance(exp["skippedInvalid"], int) and exp["skippedInvalid"] >= 0
-    assert exp["cards"], "every scenario expects at least one card"
-    for c in exp["cards"]:
-        assert set(c) <= {"decision", "ruleId", "indicator", "recommendedExercise", "notes"}
-        assert c["decision"] in DECISIONS
-        rule = RULES[c["ruleId"]]  # a rule that exists in the rule files ...
-        assert (rule["decision"], rule["indicator"]) == (c["decision"], c["indicator"])  # ... and agrees
-        assert ("recommendedExercise" in c) == (c["decision"] not in {"new-onset", "onset-unknown"})
-        if "recommendedExercise" in c:
-            assert c["recommendedExercise"] in LADDER
-        assert set(c.get("notes", [])) <= NOTES and c.get("notes", True)
-    stages = [RULES[c["ruleId"]]["stage"] for c in exp["cards"]]
-    assert stages == sorted(stages, key=RULES_FILE["stages"].index), "cards in stage order"
-    if exp["cards"][0]["decision"] == "new-onset":
-        assert len(exp["cards"]) == 1, "new onset is final: no progression card"
+CASES_FILE = ROOT / "rules" / "tests" / "examples.yaml"
+
+
+def test_every_scenario_has_one_described_rule_test_case():
+    """Each request is the ``request:`` of exactly one case of rules/tests/examples.yaml (relative to it),
+    which carries the scenario's description and expected cards; no case names a missing request."""
+    doc = yaml.safe_load(CASES_FILE.read_text(encoding="utf-8"))
+    requests = [c["request"] for c in doc["cases"] if "request" in c]
+    assert sorted(requests) == sorted(f"requests/{n}.json" for n in NAMES)
+    cases = gen.load_example_cases()
+    for name in NAMES:
+        assert cases[name]["name"] == name and cases[name]["description"].strip()
+        assert cases[name]["as_of"] == ANCHOR
+
+
+def test_readme_table_is_built_from_the_rule_test_cases():
+    """Change a case's description or expected cards and the README row follows (no second copy)."""
+    cases = gen.load_example_cases()
+    cases["bird-dog-28-27"] = {**cases["bird-dog-28-27"], "description": "Changed | text.",
+                               "expect": [{"rule": "x-rule", "decision": "continue", "indicator": "info",
+                                           "recommended": "bird-dog", "notes": ["n1"]}], "skipped_invalid": 2}
+    readme = gen.build_readme(ANCHOR, cases)
+    assert "| `bird-dog-28-27` | Changed \\| text. | continue → bird-dog (info, rule x-rule, note n1); skippedInvalid 2 |" in readme
 
 
 def test_readme_documents_every_scenario():

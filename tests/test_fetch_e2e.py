@@ -1,6 +1,8 @@
 """End to end through the Flask app: every fhir_examples request gives the same cards whether its data is
 prefetched, partly prefetched, or all fetched from a real FHIR server on loopback (tests/fhir_server.py);
 and the fetch failures give a 412 naming the key, within the time budget, without leaking the token.
+Mechanics only, on the fixture rule set (tests/fixtures/rules): the cards are compared with each other,
+never with what the shipped rules should answer (that is rules/tests' job).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ try:
 except ImportError:  # pragma: no cover - run as a package
     from tests.fhir_server import FhirData, FhirTestServer, Override
 
-ROOT = Path(__file__).resolve().parent.parent
-REQUESTS = sorted(p for p in (ROOT / "fhir_examples" / "requests").glob("*.json") if not p.name.endswith(".expected.json"))
+from conftest import REQUESTS_DIR, RULES_DIR
+
+REQUESTS = sorted(REQUESTS_DIR.glob("*.json"))
 SERVICE_URL = "/cds-services/lbp-exercise-progression"
 KEYS = ["patient", "lbpConditions", "painScores", "exerciseRounds"]
 TOKEN = "e2e-tok-7Hq2-SECRET-do-not-log"
@@ -51,7 +54,7 @@ VARIANTS = {
 
 
 def _app(**overrides: Any):
-    settings = load_settings({}, development=True, database_url="", rules_poll_seconds=0,
+    settings = load_settings({}, development=True, database_url="", rules_dir=RULES_DIR, rules_poll_seconds=0,
                              evaluation_date="2026-11-20", allow_http_fhir=True, auth=False, **overrides)
     return create_app(settings).test_client()
 

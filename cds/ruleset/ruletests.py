@@ -4,14 +4,19 @@ A test file holds ``cases:``, a list of::
 
     - name: bird-dog 28, 27 is too easy          # what the case shows
       as_of: 2026-11-20                           # the evaluation date
-      request: ../../fhir_examples/requests/bird-dog-28-27.json   # a hook request, relative to this file
+      description: Too easy, step up.             # optional: what the scenario shows (fhir_examples/README.md)
+      request: requests/bird-dog-28-27.json       # a hook request, relative to this file
       expect:                                     # the cards, in order
-        - {rule: step-up, decision: step-up, indicator: info, recommended: single-leg-reverse-hyper}
+        - {rule: step-up, decision: step-up, indicator: info, recommended: single-leg-reverse-hyper,
+           summary: {contains: Single-leg reverse hyper}, suggestion: {label: {contains: reverse hyper}}}
 
 or, instead of ``request``, ``patient: <id>`` and ``resources:`` (a list of FHIR resources: LBP
 Conditions, pain-score and exercise-round Observations; a Patient is added when none is given).
 ``recommended`` and ``notes`` (ids of rule-file notes on the card) are optional; leaving them out
-means "none". ``skipped_invalid`` (resources skipped as invalid FHIR) is checked when given.
+means "none". A card may also check its text: ``summary`` and ``detail`` take ``{contains: "..."}`` or
+``{matches: "regex"}`` (``re.search``), and ``suggestion`` takes ``{label: {contains: ...}}`` (or
+``matches``: some suggestion's label must match) or ``none`` (the card has no suggestion); text that is
+not checked is not compared. ``skipped_invalid`` (resources skipped as invalid FHIR) is checked when given.
 A file may also have ``blocks:``, ignored by the runner: a place for YAML anchors (``&round``) that
 cases reuse with aliases and merge keys (``<<: *round``).
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +38,39 @@ from typing import Any
 from . import yamlpos
 from .loader import Problem, RuleSetError, load_ruleset
 
-CASE_KEYS = ("name", "as_of", "request", "patient", "resources", "expect", "skipped_invalid")
+CASE_KEYS = ("name", "description", "as_of", "request", "patient", "resources", "expect", "skipped_invalid")
 CARD_KEYS = ("rule", "decision", "indicator", "recommended", "notes")
+TEXT_KEYS = ("summary", "detail", "suggestion")
+MATCH_KEYS = ("contains", "matches")
+
+
+@dataclass(frozen=True)
+class TextCheck:
+    """``contains`` a literal or ``matches`` a regular expression (searched anywhere in the text)."""
+
+    how: str  # "contains" | "matches"
+    text: str
+
+    def test(self, value: str | None) -> bool:
+        if value is None:
+            return False
+        return self.text in value if self.how == "contains" else re.search(self.text, value) is not None
+
+    def describe(self) -> str:
+        return f"to {'contain' if self.how == 'contains' else 'match'} {_quote(self.text)}"
+
+
+#: ``suggestion: none`` in a case: the card has no suggestion
+NO_SUGGESTION = "none"
+
+
+@dataclass(frozen=True)
+class CardText:
+    """The text of an answered card: what ``summary``, ``detail`` and ``suggestion`` checks look at."""
+
+    summary: str | None = None
+    detail: str | None = None
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +80,9 @@ class ExpectedCard:
     indicator: str
     recommended: str | None = None
     notes: tuple[str, ...] = ()
+    summary: TextCheck | None = None
+    detail: TextCheck | None = None
+    suggestion: TextCheck | str | None = None  # a label check, NO_SUGGESTION, or None (not checked)
 
 
 @dataclass(frozen=True)
@@ -57,6 +97,7 @@ class RuleCase:
     patient: str | None = None
     resources: tuple[Any, ...] = ()
     skipped_invalid: int | None = None
+    description: str | None = None
 
     @property
     def where(self) -> str:
@@ -67,6 +108,7 @@ class RuleCase:
 class CaseResult:
     case: RuleCase
     actual: list[ExpectedCard] = field(default_factory=list)
+    texts: list[CardText] = field(default_factory=list)
     skipped_invalid: int = 0
     diff: list[str] = field(default_factory=list)
     error: str | None = None
@@ -174,6 +216,10 @@ def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
     if not isinstance(raw.get("name", ""), str) or not str(raw.get("name", "x")).strip():
         bad((*at, "name"), "name: expected text")
     out["name"] = str(raw.get("name", ""))
+    if "description" in raw:
+        if not isinstance(raw["description"], str) or not raw["description"].strip():
+            bad((*at, "description"), "description: expected text")
+        out["description"] = str(raw["description"])
     as_of = raw.get("as_of")
     if isinstance(as_of, str):
         try:
@@ -216,9 +262,10 @@ def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
                 bad(where, "a card is a mapping: rule, decision, indicator, recommended")
                 continue
             for key in card:
-                if key not in CARD_KEYS:
-                    close = difflib.get_close_matches(str(key), CARD_KEYS, n=1)
-                    hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(CARD_KEYS)})"
+                if key not in CARD_KEYS + TEXT_KEYS:
+                    close = difflib.get_close_matches(str(key), CARD_KEYS + TEXT_KEYS, n=1)
+                    hint = (f" (did you mean '{close[0]}'?)" if close
+                            else f" (allowed: {', '.join(CARD_KEYS + TEXT_KEYS)})")
                     bad((*where, key), f"unknown key '{key}' in an expected card{hint}", key=True)
             for key in ("rule", "decision", "indicator"):
                 if not isinstance(card.get(key), str):
@@ -227,14 +274,58 @@ def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
             if not isinstance(notes, list):
                 bad((*where, "notes"), "notes: expected a list of note ids")
                 notes = []
+            texts: dict[str, Any] = {}
+            for key in ("summary", "detail"):
+                if key in card:
+                    texts[key] = _text_check(card[key], (*where, key), key, bad)
+            if "suggestion" in card:
+                texts["suggestion"] = _suggestion_check(card["suggestion"], (*where, "suggestion"), bad)
             cards.append(ExpectedCard(str(card.get("rule")), str(card.get("decision")), str(card.get("indicator")),
-                                      card.get("recommended"), tuple(str(n) for n in notes)))
+                                      card.get("recommended"), tuple(str(n) for n in notes), **texts))
     out["expect"] = tuple(cards)
     if "skipped_invalid" in raw:
         if not isinstance(raw["skipped_invalid"], int) or isinstance(raw["skipped_invalid"], bool):
             bad((*at, "skipped_invalid"), "skipped_invalid: expected a whole number")
         out["skipped_invalid"] = raw["skipped_invalid"]
     return out
+
+
+def _text_check(raw: Any, at: tuple, name: str, bad) -> TextCheck | None:
+    """``{contains: "..."}`` or ``{matches: "regex"}``; a problem at ``at`` otherwise."""
+    import difflib
+
+    if not isinstance(raw, dict) or len(raw) != 1:
+        bad(at, f"{name}: expected {{contains: \"...\"}} or {{matches: \"regex\"}}")
+        return None
+    [(how, text)] = raw.items()
+    if how not in MATCH_KEYS:
+        close = difflib.get_close_matches(str(how), MATCH_KEYS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (allowed: contains, matches)"
+        bad((*at, how), f"unknown key '{how}' in {name}{hint}", key=True)
+        return None
+    if not isinstance(text, str) or not text:
+        bad((*at, how), f"{name}.{how}: expected text")
+        return None
+    if how == "matches":
+        try:
+            re.compile(text)
+        except re.error as e:
+            bad((*at, how), f"{name}.matches: not a regular expression: {e}")
+            return None
+    return TextCheck(how, text)
+
+
+def _suggestion_check(raw: Any, at: tuple, bad) -> TextCheck | str | None:
+    """``none`` (the word, or YAML null) or ``{label: {contains|matches: ...}}``."""
+    if raw is None or raw == NO_SUGGESTION:
+        return NO_SUGGESTION
+    if not isinstance(raw, dict) or "label" not in raw:
+        bad(at, "suggestion: expected {label: {contains: \"...\"}} or none")
+        return None
+    for key in raw:
+        if key != "label":
+            bad((*at, key), f"unknown key '{key}' in suggestion (allowed: label)", key=True)
+    return _text_check(raw["label"], (*at, "label"), "suggestion.label", bad)
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -307,7 +398,40 @@ def run_case(case: RuleCase, active) -> CaseResult:
     result.diff = diff_cards(case.expect, result.actual)
     if case.skipped_invalid is not None and case.skipped_invalid != result.skipped_invalid:
         result.diff.append(f"skipped_invalid: expected {case.skipped_invalid}, got {result.skipped_invalid}")
+    # the card text checks (summary, detail, suggestion), on the answered cards in order
+    result.texts = [card_text(c) for c in outcome.cards]
+    result.diff += diff_texts(case.expect, result.texts)
     return result
+
+
+def card_text(card: Any) -> CardText:
+    """The summary, detail and suggestion labels of an answered card (a :class:`~cds.cdshooks.Card`)."""
+    return CardText(card.summary, card.detail, tuple(s.label for s in (card.suggestions or [])))
+
+
+def _quote(text: str | None) -> str:
+    """``'text'`` on one line (newlines shown as ``\\n``), or ``no text``."""
+    return "no text" if text is None else "'" + text.replace("\n", "\\n") + "'"
+
+
+def diff_texts(expected: Iterable[ExpectedCard], texts: list[CardText]) -> list[str]:
+    """``card 1 summary: expected to contain '...', got '...'``, one line per failed text check."""
+    lines: list[str] = []
+    for n, e in enumerate(expected):
+        if n >= len(texts):
+            break  # the missing card is already reported
+        t = texts[n]
+        for name in ("summary", "detail"):
+            check = getattr(e, name)
+            if check is not None and not check.test(getattr(t, name)):
+                lines.append(f"card {n + 1} {name}: expected {check.describe()}, got {_quote(getattr(t, name))}")
+        if e.suggestion == NO_SUGGESTION:
+            if t.labels:
+                lines.append(f"card {n + 1} suggestion: expected none, got {', '.join(map(_quote, t.labels))}")
+        elif e.suggestion is not None and not any(e.suggestion.test(label) for label in t.labels):
+            got = ", ".join(map(_quote, t.labels)) or "no suggestion"
+            lines.append(f"card {n + 1} suggestion label: expected {e.suggestion.describe()}, got {got}")
+    return lines
 
 
 def _show(value: Any) -> str:
@@ -400,6 +524,6 @@ def format_report(report: TestReport) -> str:
 
 
 __all__ = [
-    "CaseResult", "ExpectedCard", "RuleCase", "RuleSetError", "RuleTestError", "TestReport", "active_rules",
-    "diff_cards", "format_report", "load_cases", "run_case", "run_cases", "run_tests",
+    "CardText", "CaseResult", "ExpectedCard", "TextCheck", "RuleCase", "RuleSetError", "RuleTestError", "TestReport", "active_rules",
+    "card_text", "diff_cards", "diff_texts", "format_report", "load_cases", "run_case", "run_cases", "run_tests",
 ]

@@ -32,3 +32,16 @@ def test_every_rule_and_note_is_covered(active) -> None:
     report = run_cases(CASES, active)
     assert report.uncovered_rules == []
     assert report.uncovered_notes == []
+
+
+def test_a_copy_of_rules_passes_every_case_anywhere(tmp_path) -> None:
+    """``cp -r rules /tmp/x && cds rules test /tmp/x``: the folder carries everything its cases need."""
+    import shutil
+
+    from cds.cli import main
+
+    copy = tmp_path / "x"
+    shutil.copytree(RULES, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    report = run_cases(load_cases(copy / "tests"), active_rules(copy))
+    assert len(report.results) == len(CASES) and report.ok, [r.case.name for r in report.failed]
+    assert main(["rules", "test", str(copy)]) == 0
