@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, Settings, load_settings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -125,7 +125,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings_or_exit() -> object:
+def _settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigError as e:

@@ -152,7 +152,9 @@ class _Compiler:
             self.parameters.add(node.id)
             return float(self.params[node.id])
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
-            node = ast.Constant(-node.operand.value, col_offset=node.col_offset)
+            operand = node.operand.value
+            if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+                node = ast.Constant(-operand, col_offset=node.col_offset)
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
             return float(node.value)
         raise self.error(node, f"expected a number or a parameter name, found {ast.unparse(node)!r}")

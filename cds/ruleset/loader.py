@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from ..assessment import FACT_FIELDS
 from . import yamlpos
@@ -152,7 +153,7 @@ class _Loader:
     def display_name(self, path: Path) -> str:
         return str(path)
 
-    def report_validation_errors(self, file: str, doc: yamlpos.PositionedYaml, errors: list[dict]) -> None:
+    def report_validation_errors(self, file: str, doc: yamlpos.PositionedYaml, errors: list[ErrorDetails]) -> None:
         """One problem per YAML position: a union (``int | float``) fails once per branch, and a
         misspelt required key is reported as the unknown key (with its "did you mean"), not twice."""
         paths = [self.yaml_path(doc, err) for err in errors]
@@ -171,11 +172,12 @@ class _Loader:
             seen.add(key)
             same = [e for e, p in zip(errors, paths) if tuple(p) == key]
             if len(same) > 1 and all(e["type"] in _NUMBER_ERRORS for e in same):
-                err = dict(err, type="number_parsing")
+                err = err.copy()
+                err["type"] = "number_parsing"
             self.report_validation_error(file, doc, err, path)
 
     @staticmethod
-    def yaml_path(doc: yamlpos.PositionedYaml, err: dict) -> list[str | int]:
+    def yaml_path(doc: yamlpos.PositionedYaml, err: ErrorDetails) -> list[str | int]:
         loc = tuple(err["loc"])
         # pydantic adds union-branch names ("int", "float") to loc; drop what is not a YAML path
         path: list[str | int] = []
@@ -191,7 +193,7 @@ class _Loader:
                 path.append(part)
         return path
 
-    def report_validation_error(self, file: str, doc: yamlpos.PositionedYaml, err: dict, path: list) -> None:
+    def report_validation_error(self, file: str, doc: yamlpos.PositionedYaml, err: ErrorDetails, path: list) -> None:
         where = ".".join(str(p) for p in path)
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -274,6 +276,7 @@ class _Loader:
 
         doc = ruleset.document
         known = set(PLACEHOLDERS) | set(doc.parameters)
+        templates: list[tuple[str, tuple[int | str, ...], str, bool]]
         templates = [("rules", (i, "card", "summary"), r.card.summary, True) for i, r in enumerate(doc.rules)]
         templates += [("rules", (i, "card", "detail"), r.card.detail, False) for i, r in enumerate(doc.rules)]
         templates += [("notes", (i, "text"), n.text, False) for i, n in enumerate(doc.notes)]
@@ -341,7 +344,7 @@ def _model_at(model: Any, path: list[str | int]) -> Any:
 _NUMBER_ERRORS = {"int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"}
 
 
-def _friendly(err: dict) -> str:
+def _friendly(err: ErrorDetails) -> str:
     """A pydantic error in words a rule author uses, with the value that was found."""
     kind, found = err["type"], err.get("input")
     shown = repr(found) if isinstance(found, (str, int, float, bool)) or found is None else f"a {_yaml_kind(found)}"
@@ -365,7 +368,7 @@ def _friendly(err: dict) -> str:
     if kind == "literal_error":
         return f"{err['msg'].replace('Input should be', 'expected')}, found {shown}"
     if kind == "string_pattern_mismatch":
-        pattern = (err.get("ctx") or {}).get("pattern")
+        pattern = str((err.get("ctx") or {}).get("pattern", ""))
         rule = {
             _SLUG: "lower-case letters, digits and '-'",
             _IDENT: "lower-case letters, digits and '_'",
@@ -376,7 +379,8 @@ def _friendly(err: dict) -> str:
 
 
 def _yaml_kind(value: Any) -> str:
-    return {dict: "mapping", list: "list"}.get(type(value), type(value).__name__)
+    kinds: dict[type, str] = {dict: "mapping", list: "list"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _hint(word: str, choices: Iterable[str]) -> str:

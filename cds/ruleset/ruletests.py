@@ -334,6 +334,7 @@ def diff_cards(expected: Iterable[ExpectedCard], actual: Iterable[ExpectedCard])
         e = expected[n] if n < len(expected) else None
         a = actual[n] if n < len(actual) else None
         if e is None:
+            assert a is not None  # n < max(len(expected), len(actual))
             lines.append(f"card {n + 1}: not expected, got {describe_card(a)}")
         elif a is None:
             lines.append(f"card {n + 1}: expected {describe_card(e)}, got no card")
