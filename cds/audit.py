@@ -26,7 +26,7 @@ class AuditObserver:
                 indicator=fired.indicator,
                 suggestion_uuids=tuple(s.uuid for s in card.suggestions or ()),
             )
-            for card, fired in zip(outcome.cards, outcome.evaluation.fired)
+            for card, fired in zip(outcome.cards, outcome.evaluation.fired, strict=True)
         )
         self.writer.submit(
             AuditRecord(

@@ -29,8 +29,8 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from .assessment import Assessment
 from .cdshooks import SUMMARY_MAX_CHARS, Action, Card, Coding, Link, OverrideReason, Source, Suggestion
 from .decisions import Evaluation, FiredRule
-from .fhir_validation import validate
 from .facts import PatientFacts
+from .fhir_validation import validate
 from .ruleset.model import RuleSet
 from .ruleset.schema import Recommend, Rung
 

@@ -148,7 +148,8 @@ def _scrub_error(err: ValidationError) -> ValidationError:
         try:
             ValidationError.from_exception_data(err.title, [item])  # a built-in error type?
         except Exception:  # noqa: BLE001 - custom error type: keep its message, drop ctx
-            item = {"loc": d["loc"], "input": None, "type": PydanticCustomError(d["type"], d["msg"].replace("{", "{{").replace("}", "}}"))}
+            message = d["msg"].replace("{", "{{").replace("}", "}}")
+            item = {"loc": d["loc"], "input": None, "type": PydanticCustomError(d["type"], message)}
         details.append(item)
     return ValidationError.from_exception_data(err.title, details, hide_input=True)
 

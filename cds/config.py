@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_CONFIG = REPO_ROOT / "fhir_examples" / "config.json"

@@ -95,7 +95,7 @@ def explain(outcome: Outcome, active: ActiveRules) -> dict[str, Any]:
             "notes": [{"note": n, "when": ruleset.note(n).when.strip()} for n in rule.notes],
         })
     cards = [to_json(c) for c in outcome.cards]
-    for entry, card in zip(fired, cards):
+    for entry, card in zip(fired, cards, strict=True):
         entry["recommended"] = card.get("extension", {}).get(EXTENSION_KEY, {}).get("recommendedExercise")
 
     return {

@@ -34,8 +34,8 @@ from typing import Any
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.observation import Observation
 
-from .fhir_validation import validate
 from .facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
+from .fhir_validation import validate
 from .ruleset.schema import Codes, Ladder
 
 __all__ = ["PrefetchShapeError", "extract"]

@@ -14,10 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from werkzeug.serving import make_server
-
 from cdshooks_conformance import assert_conformant_response
 from conftest import EXAMPLE_NAMES, SERVICE_URL, build_app, example_pairs
+from werkzeug.serving import make_server
 
 EXAMPLES = {name: (request, expected) for name, request, expected in example_pairs()}
 EXT = "org.lbp-cds.recommendation"
@@ -45,7 +44,7 @@ def check_answer(body: dict[str, Any], expected: dict[str, Any], ruleset) -> Non
     assert got == want
 
     ident = ruleset.identity
-    for card, want_card in zip(cards, expected["cards"]):
+    for card, want_card in zip(cards, expected["cards"], strict=True):
         ext = card["extension"][EXT]
         # notes: exactly those listed, and each note's text is shown in the card detail
         want_notes = want_card.get("notes", [])

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cdshooks_conformance import assert_conformant_card
+from conftest import EXAMPLE_NAMES, RULES_DIR, example_pairs
+
 from cds import service
 from cds.cdshooks import CdsResponse, to_json
 from cds.clock import FixedClock
 from cds.live_rules import LiveRuleSet
 from cds.ruleset.loader import load_ruleset
-from conftest import EXAMPLE_NAMES, RULES_DIR, example_pairs
 
 EXAMPLES = {name: (request, expected) for name, request, expected in example_pairs()}
 EXT = "org.lbp-cds.recommendation"
@@ -55,7 +55,7 @@ def test_evaluate_an_example_without_flask(active, clock, evaluation_date, name)
     assert [f.decision for f in outcome.evaluation.fired] == [c["decision"] for c in expected["cards"]]
     body = to_json(CdsResponse(cards=outcome.cards))
     assert len(body["cards"]) == len(expected["cards"])
-    for card, want in zip(body["cards"], expected["cards"]):
+    for card, want in zip(body["cards"], expected["cards"], strict=True):
         assert_conformant_card(card)
         ext = card["extension"][EXT]
         assert ext.get("recommendedExercise") == want.get("recommendedExercise")

@@ -144,7 +144,8 @@ class _Loader:
         for section, value in doc.data.items():
             if section in merged and section in RuleFile.model_fields:
                 self.problem(
-                    name, doc.mark((section,), key=True), f"section '{section}' is also defined in {Path(self.origin[section]).name}"
+                    name, doc.mark((section,), key=True),
+                    f"section '{section}' is also defined in {Path(self.origin[section]).name}",
                 )
                 continue
             merged[section] = value
@@ -158,19 +159,19 @@ class _Loader:
         misspelt required key is reported as the unknown key (with its "did you mean"), not twice."""
         paths = [self.yaml_path(doc, err) for err in errors]
         misspelt = set()
-        for err, path in zip(errors, paths):
+        for err, path in zip(errors, paths, strict=True):
             if err["type"] == "extra_forbidden":
                 parent_model = _model_at(RuleFile, path[:-1])
                 allowed = list(parent_model.model_fields) if parent_model else []
                 for close in difflib.get_close_matches(str(path[-1]), allowed, n=1):
                     misspelt.add((*path[:-1], close))
         seen: set[tuple] = set()
-        for err, path in zip(errors, paths):
+        for err, path in zip(errors, paths, strict=True):
             key = tuple(path)
             if key in seen or (err["type"] == "missing" and key in misspelt):
                 continue
             seen.add(key)
-            same = [e for e, p in zip(errors, paths) if tuple(p) == key]
+            same = [e for e, p in zip(errors, paths, strict=True) if tuple(p) == key]
             if len(same) > 1 and all(e["type"] in _NUMBER_ERRORS for e in same):
                 err = err.copy()
                 err["type"] = "number_parsing"
@@ -201,7 +202,8 @@ class _Loader:
             allowed = list(parent_model.model_fields) if parent_model else []
             close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})" if allowed else ""
-            self.problem(file, doc.mark(tuple(path), key=True), f"unknown key '{path[-1]}' in {'.'.join(map(str, path[:-1])) or 'the file'}{hint}")
+            where_in = ".".join(map(str, path[:-1])) or "the file"
+            self.problem(file, doc.mark(tuple(path), key=True), f"unknown key '{path[-1]}' in {where_in}{hint}")
         elif kind == "missing":
             self.problem(file, doc.mark(tuple(path[:-1])), f"{where}: required key '{path[-1]}' is missing")
         else:
@@ -221,7 +223,8 @@ class _Loader:
         self.unique("ladder", [("rungs", i, "code") for i in range(len(doc.ladder.rungs))], ladder, "ladder rung")
         self.unique("evidence", [(i, "id") for i in range(len(doc.evidence))], [e.id for e in doc.evidence], "evidence id")
         self.unique("rules", [(i, "id") for i in range(len(doc.rules))], [r.id for r in doc.rules], "rule id")
-        self.unique("notes", [(i, "id") for i in range(len(doc.notes))], [n.id for n in doc.notes], "note id") if doc.notes else None
+        if doc.notes:
+            self.unique("notes", [(i, "id") for i in range(len(doc.notes))], [n.id for n in doc.notes], "note id")
         self.unique("stages", [(i,) for i in range(len(doc.stages))], doc.stages, "stage")
         for name in params:
             if name in fact_types:
@@ -243,7 +246,7 @@ class _Loader:
 
     def unique(self, section: str, paths: list[tuple], values: list[str], what: str) -> None:
         seen: dict[str, tuple] = {}
-        for path, value in zip(paths, values):
+        for path, value in zip(paths, values, strict=True):
             if value in seen:
                 self.at(section, path, f"duplicate {what} '{value}' (first defined at {self.where(section, seen[value])})")
             else:
@@ -271,8 +274,9 @@ class _Loader:
                     )
 
     def check_templates(self, ruleset: RuleSet) -> None:
-        from ..cards import PLACEHOLDERS, max_rendered_length
         import string
+
+        from ..cards import PLACEHOLDERS, max_rendered_length
 
         doc = ruleset.document
         known = set(PLACEHOLDERS) | set(doc.parameters)

@@ -298,7 +298,7 @@ def run_case(case: RuleCase, active) -> CaseResult:
     except Exception as e:  # noqa: BLE001 - reported as the case's failure
         result.error = f"evaluation failed: {type(e).__name__}: {e}"
         return result
-    for fired, card in zip(outcome.evaluation.fired, outcome.cards):
+    for fired, card in zip(outcome.evaluation.fired, outcome.cards, strict=True):
         rec = (card.extension or {}).get(EXTENSION_KEY, {})
         result.actual.append(ExpectedCard(fired.rule_id, fired.decision, fired.indicator,
                                           rec.get("recommendedExercise"), tuple(fired.notes)))

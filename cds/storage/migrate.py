@@ -8,8 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
+from sqlalchemy import exc as sa_exc, text
 
 from .engine import make_engine, write_options
 

@@ -28,8 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Connection, Engine, delete, exc as sa_exc, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .engine import make_engine, write_options

@@ -11,8 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Connection, delete, func, insert, select, text
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Connection, delete, exc as sa_exc, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..feedback import FeedbackItem
