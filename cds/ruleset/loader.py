@@ -19,10 +19,13 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from ..assessment import FACT_FIELDS
+from ..cards import PLACEHOLDERS, max_rendered_length
+from ..engine import EngineCompileError, compile_check
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .model import RuleSet
 from .schema import IDENT as _IDENT, REQUIRED_SECTIONS, SLUG as _SLUG, URL, RuleFile, RuleSetDocument
+from .shadowing import shadowed_by
 
 log = logging.getLogger("cds.rules")
 
@@ -257,7 +260,6 @@ class _Loader:
         return f"line {mark.line}"
 
     def check_shadowing(self, doc: RuleSetDocument, compiled: dict[str, CompiledCondition]) -> None:
-        from .shadowing import shadowed_by
 
         for stage in doc.stages:
             ordered = sorted(
@@ -275,8 +277,6 @@ class _Loader:
 
     def check_templates(self, ruleset: RuleSet) -> None:
         import string
-
-        from ..cards import PLACEHOLDERS, max_rendered_length
 
         doc = ruleset.document
         known = set(PLACEHOLDERS) | set(doc.parameters)
@@ -313,7 +313,6 @@ class _Loader:
 
     def check_engine(self, ruleset: RuleSet) -> None:
         """Compile to durable-rules for real, so an expression the engine rejects is caught here."""
-        from ..engine import EngineCompileError, compile_check
 
         try:
             compile_check(ruleset)

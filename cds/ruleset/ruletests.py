@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cards import EXTENSION_KEY
+from ..clock import FixedClock
+from ..engine import RuleEngine
+from ..live_rules import ActiveRules
+from ..service import MissingPrefetch, evaluate
 from . import yamlpos
 from .loader import Problem, RuleSetError, load_ruleset
 
@@ -284,10 +289,6 @@ def _jsonable(value: Any) -> Any:
 
 def run_case(case: RuleCase, active) -> CaseResult:
     """Evaluate one case with ``active`` (an :class:`~cds.live_rules.ActiveRules`) and compare."""
-    from ..cards import EXTENSION_KEY
-    from ..clock import FixedClock
-    from ..service import MissingPrefetch, evaluate
-
     result = CaseResult(case)
     try:
         prefetch, patient_id = case_request(case, active.ruleset)
@@ -360,9 +361,6 @@ def run_cases(cases: list[RuleCase], active) -> TestReport:
 
 def active_rules(rules_dir: str | Path):
     """The compiled rule set of ``rules_dir`` (:class:`RuleSetError` when invalid)."""
-    from ..engine import RuleEngine
-    from ..live_rules import ActiveRules
-
     ruleset = load_ruleset(rules_dir)
     return ActiveRules(ruleset, RuleEngine(ruleset))
 
