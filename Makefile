@@ -20,7 +20,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/cds run --dev
 
+LINT_PATHS := cds tests bench rules fhir_examples
+
 test: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy cds
 	$(BIN)/python -m pytest
 
 check-rules: $(STAMP)

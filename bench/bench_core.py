@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 from flask import Flask  # noqa: E402
 
 from cds import service  # noqa: E402
-from cds.clock import FixedClock
-from cds.fhir_validation import validation_cache  # noqa: E402
+from cds.clock import FixedClock  # noqa: E402
 from cds.config import load_settings  # noqa: E402
+from cds.fhir_validation import validation_cache  # noqa: E402
 from cds.http import create_app  # noqa: E402
 
 REQUESTS = ROOT / "fhir_examples" / "requests"

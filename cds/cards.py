@@ -19,8 +19,8 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from .cdshooks import SUMMARY_MAX_CHARS, Action, Card, Coding, Link, OverrideReason, Source, Suggestion
 from .decisions import Evaluation, FiredRule
-from .fhir_validation import validate
 from .facts import PatientFacts
+from .fhir_validation import validate
 from .ruleset.model import RuleSet
 from .ruleset.schema import Rung
 from .templates import PLACEHOLDERS, REPS_SEPARATOR, derived_parameters, fill, render_number

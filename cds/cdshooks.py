@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
     "Action",
@@ -140,16 +140,16 @@ def _check_http_url(v: str | None) -> str | None:
 
 def _scrub_error(err: ValidationError) -> ValidationError:
     """The same errors with every ``input`` replaced by None (inputs may hold tokens or PHI)."""
-    details: list[Any] = []
+    details: list[InitErrorDetails] = []
     for d in err.errors(include_url=False):
-        item: dict[str, Any] = {"loc": d["loc"], "input": None}
+        item: InitErrorDetails = {"loc": d["loc"], "input": None, "type": d["type"]}
         if "ctx" in d:
             item["ctx"] = d["ctx"]
-        item["type"] = d["type"]
         try:
             ValidationError.from_exception_data(err.title, [item])  # a built-in error type?
         except Exception:  # noqa: BLE001 - custom error type: keep its message, drop ctx
-            item = {"loc": d["loc"], "input": None, "type": PydanticCustomError(d["type"], d["msg"].replace("{", "{{").replace("}", "}}"))}
+            message = d["msg"].replace("{", "{{").replace("}", "}}")
+            item = {"loc": d["loc"], "input": None, "type": PydanticCustomError(d["type"], message)}
         details.append(item)
     return ValidationError.from_exception_data(err.title, details, hide_input=True)
 
@@ -159,7 +159,7 @@ class _Request(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="allow", hide_input_in_errors=True)
 
-    def __repr_args__(self):  # type: ignore[no-untyped-def]
+    def __repr_args__(self) -> list[tuple[str | None, Any]]:
         # extension fields may hold anything (tokens, PHI): show only the declared fields
         declared = set(type(self).model_fields)
         return [(k, v) for k, v in super().__repr_args__() if k in declared]

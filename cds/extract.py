@@ -34,8 +34,8 @@ from typing import Any
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.observation import Observation
 
-from .fhir_validation import validate
 from .facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
+from .fhir_validation import validate
 from .ruleset.schema import Codes, Ladder
 
 __all__ = ["PrefetchShapeError", "extract"]
@@ -530,14 +530,14 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
         ex.add(order, raw, in_bundle=in_bundle)
 
     conditions = ex.lbp_conditions()
-    rounds, order = ex.latest_rounds()
+    rounds, positions = ex.latest_rounds()
     session: Session | None = None
     pains: list[PainScore] = []
     if rounds:
         exercise = max((r.exercise for r in rounds), key=ex.rung.__getitem__)
         session_rounds = sorted(
             (r for r in rounds if r.exercise == exercise),
-            key=lambda r: (r.round_number is None, r.round_number or 0, order[r.resource_id]),
+            key=lambda r: (r.round_number is None, r.round_number or 0, positions[r.resource_id]),
         )
         pains = ex.session_pains(session_rounds)
         session = Session(

@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
 
 __all__ = [
     "AcceptedSuggestion",
@@ -182,7 +183,7 @@ class FeedbackError(ValueError):
         return self.errors[0][0]
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     msg = str(err.get("msg", "invalid"))
     if err.get("type") == "missing":
         return "required"

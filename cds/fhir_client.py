@@ -358,7 +358,7 @@ class _Job:
             ref = resource.get(field)
             if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
                 m = _PATIENT_REF.search(ref["reference"])
-                return bool(m) and m.group(1) == self.patient_id
+                return m is not None and m.group(1) == self.patient_id
         return True  # not linked to any patient by reference: cds.extract decides
 
     def _check_next(self, url: str) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from .assessment import assess
 from .cards import RuleCard, build_cards
 from .cdshooks import Card, ServiceDescription

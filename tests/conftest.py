@@ -117,9 +117,8 @@ def _checking_client_class():
     Any 200 answer to ``POST /cds-services/<id>`` goes through ``assert_conformant_response``, so no
     test can receive a card that is not checked.
     """
-    from flask.testing import FlaskClient
-
     from cdshooks_conformance import assert_conformant_response
+    from flask.testing import FlaskClient
 
     class ConformanceCheckingClient(FlaskClient):
         def open(self, *args: Any, **kwargs: Any):

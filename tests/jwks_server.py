@@ -36,7 +36,7 @@ class JwksServer(LoopbackServer):
         self._log: list[str] = []
 
     # -- lifecycle
-    def start(self) -> "JwksServer":
+    def start(self) -> JwksServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from cdshooks_conformance import assert_conformant_response, empty_values
 from conftest import REQUESTS_DIR, SERVICE_URL
 

@@ -17,9 +17,8 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from conftest import REQUESTS_DIR, SERVICE_URL
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 try:
     from jwks_server import JwksServer

@@ -13,8 +13,6 @@ from typing import Any
 
 import pydantic
 import pytest
-from fhir.resources.R4B.servicerequest import ServiceRequest
-
 from cdshooks_conformance import (
     assert_conformant_card,
     assert_conformant_response,
@@ -22,6 +20,9 @@ from cdshooks_conformance import (
     empty_values,
     response_problems,
 )
+from conftest import RULES_DIR  # noqa: E402
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
 from cds.assessment import Assessment, assess
 from cds.cards import EXTENSION_KEY, RuleCard, build_cards, template_values
 from cds.templates import (
@@ -56,7 +57,6 @@ from cds.facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Sess
 from cds.ruleset.model import RuleSet
 from cds.ruleset.schema import Recommend, RuleSetDocument
 
-from conftest import RULES_DIR  # noqa: E402
 EVAL_DATE = dt.date(2026, 11, 21)
 SESSION_DATE = dt.date(2026, 11, 20)
 OLD_ONSET = dt.date(2026, 1, 10)

@@ -16,11 +16,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
+from cdshooks_conformance import response_problems
+from conftest import REQUESTS_DIR, SERVICE_URL, build_app
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from cdshooks_conformance import response_problems
-from conftest import REQUESTS_DIR, SERVICE_URL, build_app
 from cds.cdshooks import (
     Action,
     Card,

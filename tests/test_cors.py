@@ -8,7 +8,6 @@ A refused origin gets no ``Access-Control-Allow-Origin`` at all.
 from __future__ import annotations
 
 import pytest
-
 from conftest import SERVICE_URL
 
 SANDBOX = "https://sandbox.cds-hooks.org"

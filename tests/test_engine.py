@@ -388,7 +388,7 @@ def test_every_rule_of_the_rule_file_is_covered(ruleset):
 
 
 def test_fired_rules_carry_the_rule_file_fields(engine, ruleset):
-    for a, expected in DISTINCT_CASES:
+    for a, _expected in DISTINCT_CASES:
         for f in engine.evaluate(a, TODAY).fired:
             rule = ruleset.rule(f.rule_id)
             assert (f.stage, f.decision, f.indicator, f.recommend) == (

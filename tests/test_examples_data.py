@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from fhir.resources.R4B import get_fhir_model_class
 from conftest import RULES_DIR
+from fhir.resources.R4B import get_fhir_model_class
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "fhir_examples"

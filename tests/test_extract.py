@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import RULES_DIR
 
 from cds import extract as extract_module
 from cds.extract import PrefetchShapeError, extract
 from cds.facts import PatientFacts
 from cds.ruleset.schema import Codes, Ladder
-from conftest import RULES_DIR
 
 _DOC = yaml.safe_load((RULES_DIR / "codes.yaml").read_text())
 CODES = Codes.model_validate(_DOC["codes"])

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
 from conftest import SERVICE_URL, build_app, example_pairs
 
 PG_URL = os.environ.get("CDS_TEST_DATABASE_URL")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cds.fhir_client import FetchSettings, PrefetchUnavailable, complete_prefetch, render_template
+
 try:
     from fhir_server import FhirData, FhirTestServer, Override
 except ImportError:  # pragma: no cover - run as a package

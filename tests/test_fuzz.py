@@ -21,17 +21,15 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from cdshooks_conformance import assert_conformant_response
+from conftest import SERVICE_URL, example_pairs
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
-
-from cdshooks_conformance import assert_conformant_response
-from conftest import SERVICE_URL, example_pairs
 
 FEEDBACK_URL = SERVICE_URL + "/feedback"
 EXAMPLES = [request for _, request, _ in example_pairs()]
@@ -382,7 +380,7 @@ def test_an_invalid_copy_of_a_resource_is_never_used(fuzz_client, base, data):
         return out
 
     assert decisions(response) == decisions(baseline)
-    for before, after in zip(baseline.get_json()["cards"], response.get_json()["cards"]):
+    for before, after in zip(baseline.get_json()["cards"], response.get_json()["cards"], strict=True):
         b = before["extension"]["org.lbp-cds.recommendation"]["facts"]["skippedInvalid"]
         a = after["extension"]["org.lbp-cds.recommendation"]["facts"]["skippedInvalid"]
         assert a in (b, b + 1)  # counted when it was looked at (older history is not even validated)

@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 import pytest
-
 from cdshooks_conformance import assert_conformant_response
 from conftest import REQUESTS_DIR, SERVICE_URL
 

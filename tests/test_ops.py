@@ -15,10 +15,8 @@ import uuid
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-from cds.logs import JsonFormatter
 from conftest import ROOT, RULES_DIR, SERVICE_URL, build_app, example_pairs
+from prometheus_client.parser import text_string_to_metric_families
 from test_feedback_http import (  # noqa: F401 - fixtures
     AUDIT_KEY,
     FEEDBACK_URL,
@@ -27,6 +25,8 @@ from test_feedback_http import (  # noqa: F401 - fixtures
     feedback_plan,
     rule_of,
 )
+
+from cds.logs import JsonFormatter
 
 SERVICE_ID = "lbp-exercise-progression"
 HOOK_ENDPOINT = "/cds-services/<service_id>"

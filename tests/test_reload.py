@@ -27,12 +27,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import RULES_DIR
 
 from cds.clock import FixedClock
 from cds.config import load_settings
 from cds.live_rules import LiveRuleSet
 from cds.ruleset.loader import load_ruleset
-from conftest import RULES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = RULES_DIR

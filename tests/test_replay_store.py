@@ -22,13 +22,13 @@ from typing import Any
 
 import jwt
 import pytest
+from conftest import make_settings, with_directory
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, inspect, text
 
 from cds.auth import AuthenticationError, InMemoryJtiStore, JtiStore, JwtVerifier, TrustedIssuer
 from cds.config import ConfigError, load_settings
 from cds.storage import SqlJtiStore, Store, StoreUnavailable, current_revision, downgrade, head_revision, upgrade
-from conftest import make_settings, with_directory
 
 try:
     from jwks_server import JwksServer
@@ -247,7 +247,7 @@ def test_two_processes_racing_for_a_jti_accept_it_exactly_once(migrated):
         p.join(timeout=60)
     assert [p.exitcode for p in procs] == [0, 0]
     assert all(len(r) == N_KEYS for r in got)
-    assert [a + b for a, b in zip(*got)] == [1] * N_KEYS  # exactly one True per jti
+    assert [a + b for a, b in zip(*got, strict=True)] == [1] * N_KEYS  # exactly one True per jti
 
 
 # ---------------------------------------------------------------------------------------------------

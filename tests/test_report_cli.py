@@ -11,10 +11,10 @@ import re
 import uuid
 
 import pytest
+from test_feedback_http import closed_port, db_url, fill  # noqa: F401 - fixtures
 
 from cds.cli import main
 from cds.storage import AuditCard, AuditRecord, Store, current_revision, head_revision
-from test_feedback_http import closed_port, db_url, fill  # noqa: F401 - fixtures
 
 REASON_PREFERENCE = "Patient declined or prefers another exercise"
 REASON_JUDGEMENT = "Clinical judgement differs from this recommendation"

@@ -10,12 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import RULES_DIR
 
 from cds.cli import main
 from cds.config import load_settings
 from cds.live_rules import LiveRuleSet
 from cds.ruleset.loader import RuleSetError, check_ruleset
-from conftest import RULES_DIR
 
 RULES = RULES_DIR
 

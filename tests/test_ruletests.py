@@ -187,7 +187,7 @@ def test_request_without_prefetch_is_a_clear_failure(rules: Path, tmp_path: Path
     del body["prefetch"]["painScores"]
     request = tmp_path / "partial.json"
     request.write_text(json.dumps(body))
-    write_case(rules, STEP_UP.replace(str("REQUEST"), str(request)))
+    write_case(rules, STEP_UP.replace("REQUEST", str(request)))
     [result] = run_tests(rules).results
     assert result.error == "the request lacks prefetch key(s) painScores; rule tests never fetch"
 

@@ -11,11 +11,11 @@ import sqlite3
 import uuid
 
 import pytest
+from conftest import with_directory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from cds.feedback import FeedbackItem
-from conftest import with_directory
 from cds.storage import (
     UNKNOWN,
     AuditCard,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, g, request
+from flask.json.provider import DefaultJSONProvider
 
 from ..audit import AuditObserver
 from ..auth import JwtVerifier
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
     settings = settings or load_settings()
     app = Flask("cds")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json = DefaultJSONProvider(app)
     app.json.sort_keys = False
     live = rules or LiveRuleSet(settings.rules_dir, poll_seconds=settings.rules_poll_seconds)
     metrics = Metrics()

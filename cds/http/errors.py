@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("cds.http")
@@ -24,7 +24,7 @@ def error_body(status: int, message: str, **extra: object):
     return response
 
 
-def register_error_handlers(bp_or_app: Blueprint) -> None:
+def register_error_handlers(bp_or_app: Blueprint | Flask) -> None:
     @bp_or_app.errorhandler(ApiError)
     def _api_error(e: ApiError):
         return error_body(e.status, e.message, **e.extra)

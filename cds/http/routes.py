@@ -14,8 +14,8 @@ from ..cdshooks import CdsResponse, Discovery, PatientViewRequest, to_json, vali
 from ..engine import EngineError
 from ..extract import PrefetchShapeError
 from ..feedback import FeedbackError, parse_feedback
-from ..storage import StoreUnavailable
 from ..fhir_client import PrefetchUnavailable, complete_prefetch
+from ..storage import StoreUnavailable
 from .errors import ApiError
 
 log = logging.getLogger("cds.http")

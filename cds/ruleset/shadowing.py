@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .conditions import CompiledCondition, Comparison
+from .conditions import Comparison, CompiledCondition
 
 _INF = math.inf
 

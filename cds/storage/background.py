@@ -55,9 +55,10 @@ class AuditWriter:
     def _run(self) -> None:
         while True:
             record = self._queue.get()
+            if record is None:
+                self._queue.task_done()
+                return
             try:
-                if record is None:
-                    return
                 self.store.record_evaluation(record)
                 self.written += 1
             except StoreUnavailable as exc:

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Connection, Engine, delete, exc as sa_exc, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .engine import make_engine, write_options
 from .models import jwt_replay
@@ -91,8 +91,9 @@ class SqlJtiStore:
                 with conn.begin():
                     yield conn
         except _UNAVAILABLE as exc:
+            cause = getattr(exc, "orig", None) or exc  # a pool TimeoutError is no DBAPIError: it has no .orig
             raise StoreUnavailable(
-                f"replay store unavailable: {type(exc.orig or exc).__name__}: {_first_line(exc)}"
+                f"replay store unavailable: {type(cause).__name__}: {_first_line(exc)}"
             ) from exc
         except sa_exc.ProgrammingError as exc:
             if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table: not migrated
@@ -118,14 +119,11 @@ class SqlJtiStore:
     def _upsert(conn: Connection, key: str, until: dt.datetime, now: dt.datetime) -> bool:
         dialect = conn.dialect.name
         if dialect in ("sqlite", "postgresql"):
-            if dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert as d_insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert as d_insert
-            stmt = d_insert(jwt_replay).values(key_hash=key, expires_at=until)
-            stmt = stmt.on_conflict_do_update(
+            d_insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+            ins = d_insert(jwt_replay).values(key_hash=key, expires_at=until)
+            stmt = ins.on_conflict_do_update(
                 index_elements=[jwt_replay.c.key_hash],
-                set_={"expires_at": stmt.excluded.expires_at},
+                set_={"expires_at": ins.excluded.expires_at},
                 where=jwt_replay.c.expires_at <= now,
             ).returning(jwt_replay.c.key_hash)
             return conn.execute(stmt).first() is not None

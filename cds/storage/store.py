@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Connection, delete, func, insert, select, text
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Connection, delete, exc as sa_exc, func, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..feedback import FeedbackItem
 from .engine import make_engine, write_options
@@ -174,7 +174,8 @@ class Store:
                 with conn.begin():
                     yield conn
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {type(exc.orig or exc).__name__}: {_first_line(exc)}") from exc
+            cause = getattr(exc, "orig", None) or exc  # a pool TimeoutError is no DBAPIError: it has no .orig
+            raise StoreUnavailable(f"database unavailable: {type(cause).__name__}: {_first_line(exc)}") from exc
         except sa_exc.ProgrammingError as exc:
             # PostgreSQL: relation missing (not migrated) is an availability problem, not a client error.
             if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
@@ -194,7 +195,7 @@ class Store:
     def record_evaluation(self, audit: AuditRecord) -> int:
         """Store one hook call with its cards; returns the evaluation's row id."""
         with self._tx(write=True) as conn:
-            eval_id = conn.execute(
+            eval_id: int = conn.execute(
                 insert(audit_evaluation).returning(audit_evaluation.c.id),
                 {
                     "hook_instance": audit.hook_instance,
@@ -207,7 +208,7 @@ class Store:
                 },
             ).scalar_one()
             for pos, card in enumerate(audit.cards):
-                card_id = conn.execute(
+                card_id: int = conn.execute(
                     insert(audit_card).returning(audit_card.c.id),
                     {
                         "evaluation_id": eval_id,
@@ -263,10 +264,7 @@ class Store:
         with self._tx(write=True) as conn:
             dialect = conn.dialect.name
             if dialect in ("sqlite", "postgresql"):
-                if dialect == "sqlite":
-                    from sqlalchemy.dialects.sqlite import insert as d_insert
-                else:
-                    from sqlalchemy.dialects.postgresql import insert as d_insert
+                d_insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
                 stmt = (
                     d_insert(feedback)
                     .on_conflict_do_nothing(index_elements=["content_hash"])
@@ -275,7 +273,7 @@ class Store:
                 # RETURNING yields a row only for an inserted item (rowcount is unreliable here).
                 return sum(len(conn.execute(stmt, row).all()) for row in rows)
             # Other backends: look first, then insert (the unique index still guards the race).
-            existing = set(
+            existing: set[str] = set(
                 conn.execute(
                     select(feedback.c.content_hash).where(feedback.c.content_hash.in_([r["content_hash"] for r in rows]))
                 ).scalars()
@@ -314,13 +312,15 @@ class Store:
         key_cols = (audit_evaluation.c.ruleset_name, audit_evaluation.c.ruleset_version, audit_card.c.rule_id)
         with self._tx(write=False) as conn:
             shown_q = (
-                select(*key_cols, func.count(audit_card.c.id))
+                select(*key_cols, func.count(audit_card.c.id).label("shown"))
                 .select_from(audit_card.join(audit_evaluation, audit_card.c.evaluation_id == audit_evaluation.c.id))
                 .group_by(*key_cols)
             )
             if since is not None:
                 shown_q = shown_q.where(audit_evaluation.c.evaluated_at >= since)
-            shown = {(n, v, r): c for n, v, r, c in conn.execute(shown_q)}
+            shown: dict[tuple[str, str, str], int] = {
+                (row.ruleset_name, row.ruleset_version, row.rule_id): row.shown for row in conn.execute(shown_q)
+            }
 
             joined = feedback.outerjoin(audit_card, feedback.c.card_uuid == audit_card.c.card_uuid).outerjoin(
                 audit_evaluation, audit_card.c.evaluation_id == audit_evaluation.c.id
@@ -342,7 +342,7 @@ class Store:
             fb_rows = conn.execute(fb_q.order_by(feedback.c.outcome_timestamp, feedback.c.id)).all()
 
         latest: dict[str, tuple] = {}  # card uuid → row of its latest outcome (rows are in time order)
-        reports: Counter = Counter()
+        reports: Counter[tuple[str, str, str]] = Counter()
         for row in fb_rows:
             if row.rule_id is None:
                 if since is not None and row.received_at < since:
