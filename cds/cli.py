@@ -12,9 +12,8 @@ from .config import ConfigError, Settings, load_settings
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .http import create_app
-    from .ruleset.loader import RuleSetError
-
     from .logs import configure_logging
+    from .ruleset.loader import RuleSetError
 
     settings = load_settings(development=args.dev)  # a ConfigError: one line and exit 2 (main)
     configure_logging(logging.INFO)
@@ -29,7 +28,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"refusing to start: the rule files in {settings.rules_dir} are invalid:\n{e}", file=sys.stderr)
         return 1
     if settings.evaluation_date:
-        logging.getLogger("cds").warning("evaluation date fixed at %s (CDS_EVALUATION_DATE=today to use today's date)", settings.evaluation_date)
+        logging.getLogger("cds").warning(
+            "evaluation date fixed at %s (CDS_EVALUATION_DATE=today to use today's date)", settings.evaluation_date
+        )
     from gunicorn.app.base import BaseApplication
 
     class _Server(BaseApplication):

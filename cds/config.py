@@ -71,7 +71,7 @@ class _Load:
     serving: bool = True
 
 
-_LOAD: ContextVar[_Load] = ContextVar("cds_config_load", default=_Load())
+_LOAD: ContextVar[_Load] = ContextVar("cds_config_load", default=_Load())  # noqa: B039 - never mutated, replaced per load
 
 
 class _EnvSource(EnvSettingsSource):
@@ -252,7 +252,7 @@ def load_settings(
     """
     token = _LOAD.set(_Load(environ, development_defaults() if development else {}, serving))
     try:
-        return Settings(**overrides)
+        return Settings(**overrides)  # type: ignore[arg-type]  # validated by pydantic; mypy sees only the settings options
     except ValidationError as e:
         raise ConfigError(_message(e)) from None
     finally:

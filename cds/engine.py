@@ -223,7 +223,7 @@ class RuleEngine:
         except Exception as e:
             raise EngineCompileError(None, str(e)) from None
         self._finalizer = weakref.finalize(self, _release_unreachable, self._handles)
-        self._finalizer.atexit = False  # at exit a daemon thread may still evaluate: leave it to the OS
+        self._finalizer.atexit = False  # type: ignore[misc]  # a documented attribute the stub's __slots__ omits  # at exit a daemon thread may still evaluate: leave it to the OS
 
     def close(self) -> None:
         """Free the C ruleset (under the engine lock). Idempotent; evaluating afterwards raises
@@ -244,14 +244,18 @@ class RuleEngine:
             note_id = name.removeprefix(_NOTE_PREFIX)
 
             def note_action(c: Any) -> None:
-                engine()._record_note(c.m.stage, note_id)
+                live = engine()
+                assert live is not None, "an action runs only inside the engine's own evaluation"
+                live._record_note(c.m.stage, note_id)
 
             return note_action
 
         final = name in self._final
 
         def rule_action(c: Any) -> None:
-            engine()._record_rule(name)
+            live = engine()
+            assert live is not None, "an action runs only inside the engine's own evaluation"
+            live._record_rule(name)
             c.retract_fact(c.m)  # first match wins: the stage fact is gone, pending rules drop
             if final:
                 c.assert_fact({"kind": "halted"})

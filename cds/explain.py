@@ -17,12 +17,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .active_rules import ActiveRules
 from .assessment import FACT_FIELDS
-from .templates import render_number
 from .cdshooks import PatientViewRequest, to_json, validation_message
 from .clock import FixedClock
-from .live_rules import ActiveRules
 from .service import Outcome, evaluate, prefetch_templates
+from .templates import render_number
 
 
 class EvaluateError(Exception):

@@ -23,7 +23,8 @@ import threading
 from pathlib import Path
 
 from . import engine as _engine
-from .active_rules import ActiveRules, CandidateRejected, build, candidate
+from .active_rules import ActiveRules, build
+from .reload_gate import CandidateRejected, candidate
 from .ruleset.loader import RuleSetError, load_ruleset, rule_files
 
 log = logging.getLogger("cds.rules")

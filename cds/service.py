@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .active_rules import ActiveRules
 from .assessment import assess
 from .cards import RuleCard, build_cards
 from .cdshooks import Card, ServiceDescription
@@ -18,7 +19,6 @@ from .clock import Clock
 from .decisions import Evaluation
 from .extract import extract
 from .facts import PatientFacts
-from .live_rules import ActiveRules
 from .ruleset.model import RuleSet
 
 log = logging.getLogger("cds.service")

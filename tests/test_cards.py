@@ -25,15 +25,6 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cds.assessment import Assessment, assess
 from cds.cards import EXTENSION_KEY, RuleCard, build_cards, template_values
-from cds.templates import (
-    PLACEHOLDERS,
-    TemplateError,
-    fill,
-    max_rendered_length,
-    placeholders_for,
-    render_number,
-    template_fields,
-)
 from cds.cdshooks import (
     Action,
     Card,
@@ -56,6 +47,15 @@ from cds.decisions import Evaluation, FiredRule, recommended_rung
 from cds.facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
 from cds.ruleset.model import RuleSet
 from cds.ruleset.schema import Recommend, RuleSetDocument
+from cds.templates import (
+    PLACEHOLDERS,
+    TemplateError,
+    fill,
+    max_rendered_length,
+    placeholders_for,
+    render_number,
+    template_fields,
+)
 
 EVAL_DATE = dt.date(2026, 11, 21)
 SESSION_DATE = dt.date(2026, 11, 20)

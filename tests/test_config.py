@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import EVALUATION_DATE, EXAMPLES_DIR, ROOT, RULES_DIR
 
 from cds.config import ENV, ConfigError, Settings, load_settings
 from cds.errors import CdsError
-
-from conftest import EVALUATION_DATE, EXAMPLES_DIR, ROOT, RULES_DIR
 
 KEY = "config-test-audit-key-0123456789"
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 from cds.assessment import FACT_FIELDS
-from cds.templates import PLACEHOLDERS
 from cds.cli import main
+from cds.templates import PLACEHOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "rule-authoring.md"
@@ -116,7 +116,7 @@ def test_doc_example(name: str, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.delenv("CDS_RULES_DIR", raising=False)
     find: tuple[Path, str] | None = None
     baseline: dict[str, str] = {}  # what a command prints for the unchanged copy
-    for action, block in steps()[name]:
+    for action, _block in steps()[name]:
         if m := re.fullmatch(r"run `cds (.+)`, which prints exactly \(exit (\d+)\)", action):
             baseline.setdefault(m[1], "")
     if baseline:

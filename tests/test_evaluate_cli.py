@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import EVALUATION_DATE, REQUESTS_DIR, RULES_DIR
 
 from cds.cli import main
-from conftest import EVALUATION_DATE, REQUESTS_DIR, RULES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUESTS = REQUESTS_DIR

@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from werkzeug.serving import make_server
-
 from cdshooks_conformance import assert_conformant_response
 from conftest import EVALUATION_DATE, EXAMPLE_NAMES, RULES_DIR, SERVICE_URL, build_app, example_requests
+from werkzeug.serving import make_server
 
 EXAMPLES = dict(example_requests())
 EXT = "org.lbp-cds.recommendation"

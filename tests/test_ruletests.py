@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REQUESTS_DIR, RULES_DIR
 
 from cds.cli import main
 from cds.ruleset.ruletests import RuleTestError, load_cases, run_tests
-from conftest import REQUESTS_DIR, RULES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "rules"

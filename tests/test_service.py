@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cdshooks_conformance import assert_conformant_card
+from conftest import EXAMPLE_NAMES, RULES_DIR, example_requests
+
 from cds import service
 from cds.cdshooks import CdsResponse, to_json
 from cds.clock import FixedClock
 from cds.live_rules import LiveRuleSet
 from cds.ruleset.loader import load_ruleset
-from conftest import EXAMPLE_NAMES, RULES_DIR, example_requests
 
 EXAMPLES = dict(example_requests())
 EXT = "org.lbp-cds.recommendation"
@@ -57,7 +57,7 @@ def check_outcome(active, outcome: service.Outcome, evaluation_date) -> None:
     assert fired, "every example fires at least one rule"
     body = to_json(CdsResponse(cards=outcome.cards))
     assert len(body["cards"]) == len(fired)
-    for card, rule in zip(body["cards"], fired):
+    for card, rule in zip(body["cards"], fired, strict=True):
         assert_conformant_card(card)
         ext = card["extension"][EXT]
         assert (ext["ruleId"], ext["decision"]) == (rule.rule_id, rule.decision)

@@ -164,9 +164,9 @@ class _Compiler:
             return float(self.params[node.id])
         number = None
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and _is_number(node.operand):
-            number = -float(node.operand.value)
+            number = -float(node.operand.value)  # type: ignore[attr-defined]  # _is_number: an ast.Constant
         elif _is_number(node):
-            number = float(node.value)
+            number = float(node.value)  # type: ignore[attr-defined]  # _is_number: an ast.Constant
         if number is not None:
             if not math.isfinite(number):
                 raise self.error(node, f"number {ast.unparse(node)} is too large")

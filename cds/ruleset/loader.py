@@ -259,7 +259,8 @@ class _Loader:
         for section, value in doc.data.items():
             if section in merged and section in RuleFile.model_fields:
                 self.problem(
-                    name, doc.mark((section,), key=True), f"section '{section}' is also defined in {Path(self.origin[section]).name}"
+                    name, doc.mark((section,), key=True),
+                    f"section '{section}' is also defined in {Path(self.origin[section]).name}",
                 )
                 continue
             merged[section] = value
@@ -281,24 +282,24 @@ class _Loader:
     def display_name(self, path: Path) -> str:
         return str(path)
 
-    def report_validation_errors(self, file: str, doc: yamlpos.PositionedYaml, errors: list[dict]) -> None:
+    def report_validation_errors(self, file: str, doc: yamlpos.PositionedYaml, errors: list[Any]) -> None:
         """One problem per YAML position: a union (``int | float``) fails once per branch, and a
         misspelt required key is reported as the unknown key (with its "did you mean"), not twice."""
         paths = [self.yaml_path(doc, err) for err in errors]
         misspelt = set()
-        for err, path in zip(errors, paths):
+        for err, path in zip(errors, paths, strict=True):
             if err["type"] == "extra_forbidden":
                 parent_model = _model_at(RuleFile, path[:-1])
                 allowed = list(parent_model.model_fields) if parent_model else []
                 for close in difflib.get_close_matches(str(path[-1]), allowed, n=1):
                     misspelt.add((*path[:-1], close))
         seen: set[tuple] = set()
-        for err, path in zip(errors, paths):
+        for err, path in zip(errors, paths, strict=True):
             key = tuple(path)
             if key in seen or (err["type"] == "missing" and key in misspelt):
                 continue
             seen.add(key)
-            same = [e for e, p in zip(errors, paths) if tuple(p) == key]
+            same = [e for e, p in zip(errors, paths, strict=True) if tuple(p) == key]
             if len(same) > 1 and all(e["type"] in _NUMBER_ERRORS for e in same):
                 err = dict(err, type="number_parsing")
             self.report_validation_error(file, doc, err, path)
@@ -363,7 +364,8 @@ class _Loader:
         self.unique("ladder", [("rungs", i, "code") for i in range(len(doc.ladder.rungs))], ladder, "ladder rung")
         self.unique("evidence", [(i, "id") for i in range(len(doc.evidence))], [e.id for e in doc.evidence], "evidence id")
         self.unique("rules", [(i, "id") for i in range(len(doc.rules))], [r.id for r in doc.rules], "rule id")
-        self.unique("notes", [(i, "id") for i in range(len(doc.notes))], [n.id for n in doc.notes], "note id") if doc.notes else None
+        if doc.notes:
+            self.unique("notes", [(i, "id") for i in range(len(doc.notes))], [n.id for n in doc.notes], "note id")
         self.unique("stages", [(i,) for i in range(len(doc.stages))], doc.stages, "stage")
         for name in params:
             if name in fact_types:
@@ -385,7 +387,7 @@ class _Loader:
 
     def unique(self, section: str, paths: list[tuple], values: list[str], what: str) -> None:
         seen: dict[str, tuple] = {}
-        for path, value in zip(paths, values):
+        for path, value in zip(paths, values, strict=True):
             if value in seen:
                 self.at(section, path, f"duplicate {what} '{value}' (first defined at {self.where(section, seen[value])})")
             else:
@@ -416,6 +418,7 @@ class _Loader:
         doc = ruleset.document
         known = set(placeholders_for(ruleset))
         text_known = known | set(TEXT_PLACEHOLDERS)
+        templates: list[tuple[str, tuple[int | str, ...], str, bool, set[str]]]
         templates = [("rules", (i, "card", "summary"), r.card.summary, True, known) for i, r in enumerate(doc.rules)]
         templates += [("rules", (i, "card", "detail"), r.card.detail, False, known) for i, r in enumerate(doc.rules)]
         templates += [("notes", (i, "text"), n.text, False, known) for i, n in enumerate(doc.notes)]
@@ -454,6 +457,7 @@ class _Loader:
     def check_literal_numbers(self, doc: RuleSetDocument) -> None:
         """Warn about a number written into card text that equals a parameter: when the parameter
         changes, the text would silently go stale (write the placeholder instead)."""
+        texts: list[tuple[str, tuple[int | str, ...], str]]
         texts = [("rules", (i, "card", "summary"), r.card.summary) for i, r in enumerate(doc.rules)]
         texts += [("rules", (i, "card", "detail"), r.card.detail) for i, r in enumerate(doc.rules)]
         texts += [("rules", (i, "recommend", "adjustment"), r.recommend.adjustment)
@@ -467,7 +471,8 @@ class _Loader:
                 shown = " or ".join(f"'{n}'" for n in names)
                 write = " or ".join(f"{{{n}}}" for n in names)
                 kind = "parameter" if len(names) == 1 else "parameters"
-                literal = _NUMBER.match(text, column)[0]
+                found = _NUMBER.match(text, column)
+                literal = found[0] if found else str(number)
                 self.warn(*self.position(section, path, column=column),
                           f"{literal} in card text equals {kind} {shown}; write {write}")
 
@@ -520,7 +525,7 @@ def _model_at(model: Any, path: list[str | int]) -> Any:
 _NUMBER_ERRORS = {"int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"}
 
 
-def _friendly(err: dict) -> str:
+def _friendly(err: Any) -> str:
     """A pydantic error in words a rule author uses, with the value that was found."""
     kind, found = err["type"], err.get("input")
     shown = repr(found) if isinstance(found, (str, int, float, bool)) or found is None else f"a {_yaml_kind(found)}"
@@ -549,13 +554,14 @@ def _friendly(err: dict) -> str:
             _SLUG: "lower-case letters, digits and '-'",
             _IDENT: "lower-case letters, digits and '_'",
             URL: "an absolute URL starting with https:// or http://",
-        }.get(pattern)
+        }.get(str(pattern))
         return f"expected {rule}, found {shown}" if rule else f"{err['msg']}, found {shown}"
     return err["msg"]
 
 
 def _yaml_kind(value: Any) -> str:
-    return {dict: "mapping", list: "list"}.get(type(value), type(value).__name__)
+    kinds: dict[type, str] = {dict: "mapping", list: "list"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _hint(word: str, choices: Iterable[str]) -> str:

@@ -35,6 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..active_rules import ActiveRules
+from ..cards import EXTENSION_KEY
+from ..clock import FixedClock
+from ..engine import RuleEngine
+from ..service import MissingPrefetch, evaluate
 from . import yamlpos
 from .loader import Problem, RuleSetError, load_ruleset
 
@@ -375,9 +380,6 @@ def _jsonable(value: Any) -> Any:
 
 def run_case(case: RuleCase, active) -> CaseResult:
     """Evaluate one case with ``active`` (an :class:`~cds.live_rules.ActiveRules`) and compare."""
-    from ..cards import EXTENSION_KEY
-    from ..clock import FixedClock
-    from ..service import MissingPrefetch, evaluate
 
     result = CaseResult(case)
     try:
@@ -428,7 +430,7 @@ def diff_texts(expected: Iterable[ExpectedCard], texts: list[CardText]) -> list[
         if e.suggestion == NO_SUGGESTION:
             if t.labels:
                 lines.append(f"card {n + 1} suggestion: expected none, got {', '.join(map(_quote, t.labels))}")
-        elif e.suggestion is not None and not any(e.suggestion.test(label) for label in t.labels):
+        elif isinstance(e.suggestion, TextCheck) and not any(e.suggestion.test(label) for label in t.labels):
             got = ", ".join(map(_quote, t.labels)) or "no suggestion"
             lines.append(f"card {n + 1} suggestion label: expected {e.suggestion.describe()}, got {got}")
     return lines
@@ -459,6 +461,7 @@ def diff_cards(expected: Iterable[ExpectedCard], actual: Iterable[ExpectedCard])
         e = expected[n] if n < len(expected) else None
         a = actual[n] if n < len(actual) else None
         if e is None:
+            assert a is not None  # n < max(len(expected), len(actual))
             lines.append(f"card {n + 1}: not expected, got {describe_card(a)}")
         elif a is None:
             lines.append(f"card {n + 1}: expected {describe_card(e)}, got no card")
@@ -484,8 +487,6 @@ def run_cases(cases: list[RuleCase], active) -> TestReport:
 
 def active_rules(rules_dir: str | Path):
     """The compiled rule set of ``rules_dir`` (:class:`RuleSetError` when invalid)."""
-    from ..engine import RuleEngine
-    from ..live_rules import ActiveRules
 
     ruleset = load_ruleset(rules_dir)
     return ActiveRules(ruleset, RuleEngine(ruleset))
@@ -524,6 +525,7 @@ def format_report(report: TestReport) -> str:
 
 
 __all__ = [
-    "CardText", "CaseResult", "ExpectedCard", "TextCheck", "RuleCase", "RuleSetError", "RuleTestError", "TestReport", "active_rules",
+    "CardText", "CaseResult", "ExpectedCard", "TextCheck", "RuleCase", "RuleSetError", "RuleTestError", "TestReport",
+    "active_rules",
     "card_text", "diff_cards", "diff_texts", "format_report", "load_cases", "run_case", "run_cases", "run_tests",
 ]

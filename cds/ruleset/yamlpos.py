@@ -94,8 +94,8 @@ def explain(text: str, e: yaml.MarkedYAMLError) -> tuple[str, Mark]:
                 "is indented less than that value)"), Mark(c.line + 1, c.column + 1))
     msg = e.problem or e.context or "invalid YAML"
     if e.context and e.problem:
-        c = e.context_mark
-        where = f" that starts at line {c.line + 1}, column {c.column + 1}" if c is not None else ""
+        cm = e.context_mark
+        where = f" that starts at line {cm.line + 1}, column {cm.column + 1}" if cm is not None else ""
         msg += f" ({e.context}{where})"
     if e.problem == "mapping values are not allowed here":
         msg += "; a value that contains ': ' must be in quotes"
@@ -191,7 +191,7 @@ def _indentation(lines: list[str], line: int, e: yaml.MarkedYAMLError) -> tuple[
     if not levels or any(col == indent for col, _, _ in levels):
         return None
     col, n, what = min(levels, key=lambda lv: (abs(lv[0] - indent), -lv[0]))
-    this = "the list item" if item else f"'{key[1]}'"
+    this = f"'{key[1]}'" if key and not item else "the list item"
     message = f"wrong indentation: {this} is indented {_spaces(indent)}, expected {_spaces(col)} (like {what} on line {n + 1})"
     return message, Mark(line + 1, indent + 1)
 
