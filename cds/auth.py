@@ -50,6 +50,8 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from .errors import CdsError
+
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "AuthenticationError",
@@ -201,7 +203,7 @@ def load_trusted_issuers(path: str | os.PathLike[str]) -> tuple[TrustedIssuer, .
 # errors
 
 
-class AuthenticationError(Exception):
+class AuthenticationError(CdsError):
     """The request is not authenticated. ``reason`` is for logs, never for the client.
 
     The reason is a fixed description and never contains the token or any
@@ -216,7 +218,7 @@ class AuthenticationError(Exception):
         return self.reason
 
 
-class JtiStoreFull(RuntimeError):
+class JtiStoreFull(CdsError, RuntimeError):
     """The replay store cannot take another live entry (fail closed)."""
 
 

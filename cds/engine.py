@@ -32,6 +32,7 @@ from durable import engine as durable
 
 from .assessment import Assessment
 from .decisions import Evaluation, FiredRule, recommended_rung
+from .errors import CdsError
 from .ruleset.model import RuleSet
 
 log = logging.getLogger("cds.engine")
@@ -97,7 +98,7 @@ def _release_unreachable(handles: tuple[int, ...]) -> None:
             _ENGINE_LOCK.release()
 
 
-class EngineError(RuntimeError):
+class EngineError(CdsError, RuntimeError):
     """The rule engine could not evaluate; never answered with a card."""
 
 

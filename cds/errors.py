@@ -5,7 +5,9 @@ cannot be evaluated, an unavailable store, ...) derives from :class:`CdsError`, 
 tell "a problem we describe to the operator" from a bug: catch ``CdsError``, print its message (which
 names what is wrong, e.g. the variable), exit non-zero; let anything else propagate with its traceback.
 
-Subclasses so far: :class:`cds.config.ConfigError`. Others are re-parented here over time.
+Every public exception class of the package derives from it (``tests/test_errors.py`` checks that); where
+callers expect a built-in kind (``ValueError``, ``LookupError``, ``RuntimeError``) the class keeps it as a
+second base.
 """
 
 from __future__ import annotations

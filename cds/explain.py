@@ -21,11 +21,12 @@ from .active_rules import ActiveRules
 from .assessment import FACT_FIELDS
 from .cdshooks import PatientViewRequest, to_json, validation_message
 from .clock import FixedClock
+from .errors import CdsError
 from .service import Outcome, evaluate, prefetch_templates
 from .templates import render_number
 
 
-class EvaluateError(Exception):
+class EvaluateError(CdsError):
     """The request cannot be evaluated offline; the message says why and what to do."""
 
 

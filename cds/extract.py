@@ -34,6 +34,7 @@ from typing import Any
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.observation import Observation
 
+from .errors import CdsError
 from .facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
 from .fhir_validation import validate
 from .ruleset.schema import Codes, Ladder
@@ -83,7 +84,7 @@ def _safe_loc(loc: tuple[Any, ...]) -> list[str]:
     return [str(p) if _LOC_PART.fullmatch(str(p)) else "?" for p in loc]
 
 
-class PrefetchShapeError(ValueError):
+class PrefetchShapeError(CdsError, ValueError):
     """A prefetch value that is not a FHIR resource or Bundle at all (the request is a 400)."""
 
     def __init__(self, key: str, message: str) -> None:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
+from .errors import CdsError
+
 __all__ = [
     "AcceptedSuggestion",
     "Coding",
@@ -166,7 +168,7 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(body)"
 
 
-class FeedbackError(ValueError):
+class FeedbackError(CdsError, ValueError):
     """Invalid feedback request. ``errors`` is a list of ``(field path, message)``; ``str()`` names the
     first offending field (and how many more there are)."""
 

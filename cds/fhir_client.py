@@ -49,6 +49,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from .errors import CdsError
+
 logger = logging.getLogger("cds.fhir_client")
 
 __all__ = [
@@ -73,7 +75,7 @@ class FetchSettings:
     allow_http: bool = False  # CDS_ALLOW_HTTP_FHIR=1: plain-http fhirServer (development, tests)
 
 
-class PrefetchUnavailable(Exception):
+class PrefetchUnavailable(CdsError):
     """Required prefetch data could neither be prefetched nor fetched: the service answers 412.
 
     ``str(e)`` names the key and the reason. It never contains the access token, a patient id, or a
@@ -107,7 +109,7 @@ _USER_TOKENS = {
 }
 
 
-class TemplateError(ValueError):
+class TemplateError(CdsError, ValueError):
     """A prefetch template token that the hook context cannot fill."""
 
 

@@ -17,6 +17,7 @@ from .cards import RuleCard, build_cards
 from .cdshooks import Card, ServiceDescription
 from .clock import Clock
 from .decisions import Evaluation
+from .errors import CdsError
 from .extract import extract
 from .facts import PatientFacts
 from .ruleset.model import RuleSet
@@ -28,7 +29,7 @@ HOOK = "patient-view"
 RULESET_EXTENSION = "org.lbp-cds.ruleset"
 
 
-class MissingPrefetch(LookupError):
+class MissingPrefetch(CdsError, LookupError):
     """Required data was neither prefetched nor fetchable (HTTP 412)."""
 
     def __init__(self, keys: list[str], reason: str = "not prefetched"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Mapping
 
+from .errors import CdsError
 from .ruleset.model import RuleSet
 
 __all__ = [
@@ -83,7 +84,7 @@ assert DATE_FIELDS | NUMBER_FIELDS | CODE_FIELDS | NAME_FIELDS | {"reps"} == PLA
 _formatter = string.Formatter()
 
 
-class TemplateError(ValueError):
+class TemplateError(CdsError, ValueError):
     """A template that cannot be filled: unknown placeholder, format spec, bad braces."""
 
 

@@ -7,10 +7,12 @@ import logging
 from flask import Blueprint, Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from ..errors import CdsError
+
 log = logging.getLogger("cds.http")
 
 
-class ApiError(Exception):
+class ApiError(CdsError):
     def __init__(self, status: int, message: str, **extra: object):
         super().__init__(message)
         self.status = status

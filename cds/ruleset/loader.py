@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..assessment import FACT_FIELDS
+from ..errors import CdsError
 from ..templates import TEXT_PLACEHOLDERS, max_rendered_length, placeholders_for
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
@@ -55,7 +56,7 @@ class Problem:
         return f"{self.file}:{self.line}:{self.column}: {tag}{self.message}"
 
 
-class RuleSetError(Exception):
+class RuleSetError(CdsError):
     """The rule files are not valid; ``problems`` lists each one with its position."""
 
     def __init__(self, problems: Iterable[Problem], warnings: Iterable[Problem] = ()):

@@ -39,6 +39,7 @@ from ..active_rules import ActiveRules
 from ..cards import EXTENSION_KEY
 from ..clock import FixedClock
 from ..engine import RuleEngine
+from ..errors import CdsError
 from ..service import MissingPrefetch, evaluate
 from . import yamlpos
 from .loader import Problem, RuleSetError, load_ruleset
@@ -140,7 +141,7 @@ class TestReport:
         return not self.failed and not self.uncovered_rules and not self.uncovered_notes
 
 
-class RuleTestError(Exception):
+class RuleTestError(CdsError):
     """Test files that cannot be read as cases; ``problems`` are ``file:line:column: message``."""
 
     def __init__(self, problems: Iterable[Problem]):

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import CdsError
+
 Path = tuple[str | int, ...]
 
 
@@ -37,7 +39,7 @@ class PositionedYaml:
         return Mark(1, 1)
 
 
-class YamlSyntaxError(ValueError):
+class YamlSyntaxError(CdsError, ValueError):
     def __init__(self, message: str, mark: Mark):
         super().__init__(message)
         self.message = message

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, delete, exc as sa_exc, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..errors import CdsError
 from ..feedback import FeedbackItem
 from .engine import make_engine, write_options
 from .models import audit_card, audit_evaluation, audit_suggestion, feedback, jwt_replay
@@ -22,7 +23,7 @@ UNKNOWN = "(unknown)"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(CdsError, RuntimeError):
     """The database cannot be reached or used right now (connection refused, file cannot be opened,
     locked past the busy timeout, schema missing). Feedback → 503; hook calls log it and carry on."""
 
