@@ -10,9 +10,8 @@ its edited rules:
   fixture rule set tests/fixtures/rules, never on the shipped content;
 * ``cds rules test <clone>/rules`` must fail and name the cases whose expectations the edits changed.
 
-Known exception: tests/test_docs_examples.py still checks the shipped rules (it applies the examples of
-docs/rule-authoring.md to a copy of rules/ and compares with the output the guide shows), so it is
-deselected here (``KNOWN_DEPENDENTS`` in the script), which runs it and reports it.
+No Python test depends on the shipped rules: the guide's example test, which shows the shipped rules'
+output, lives in rules/tests/ with the other content tests.
 
 Running the suite again takes one to two minutes, so the whole-suite test is marked ``slow``: it runs by
 default; skip it with ``-m "not slow"``. The quick test runs only the test files that load rules
