@@ -8,7 +8,7 @@ Models forbid unknown keys so a misspelt key is an error, never silently ignored
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -133,31 +133,35 @@ class Note(_Doc):
     decisions: list[Decision] = []  # only on cards of rules with one of these decisions; empty = every card
 
 
+#: a wording a rule author writes: never empty
+Text = Annotated[str, Field(min_length=1)]
+
+
 class FactsLabels(_Doc):
     """The labels of the facts table every card's detail ends with."""
 
-    heading: str = Field(min_length=1)
-    fact: str = Field(min_length=1)
-    value: str = Field(min_length=1)
-    exercise: str = Field(min_length=1)
-    session_date: str = Field(min_length=1)
-    reps: str = Field(min_length=1)
-    max_pain: str = Field(min_length=1)
-    onset_date: str = Field(min_length=1)
-    skipped_invalid: str = Field(min_length=1)
+    heading: Text
+    fact: Text
+    value: Text
+    exercise: Text
+    session_date: Text
+    reps: Text
+    max_pain: Text
+    onset_date: Text
+    skipped_invalid: Text
 
 
 class Texts(_Doc):
     """The wording every card shares (templates; see ``cds/templates.py``)."""
 
-    not_recorded: str = Field(min_length=1)
-    dose: str = Field(min_length=1)
+    not_recorded: Text
+    dose: Text
     facts: FactsLabels
-    suggestion_label: str = Field(min_length=1)
-    action_description: str = Field(min_length=1)
-    patient_instruction: str = Field(min_length=1)
-    order_note: str = Field(min_length=1)
-    provenance: str = Field(min_length=1)
+    suggestion_label: Text
+    action_description: Text
+    patient_instruction: Text
+    order_note: Text
+    provenance: Text
 
 
 class RuleFile(_Doc):
