@@ -545,3 +545,13 @@ def test_document_refuses_a_blank_disclaimer(ruleset) -> None:
     data = ruleset.document.model_dump()
     with pytest.raises(ValidationError):
         RuleSetDocument.model_validate({**data, "disclaimer": "  "})
+
+
+def test_an_empty_shared_card_text_is_an_error_in_plain_words(rules_copy) -> None:
+    path = rules_copy / "ruleset.yaml"
+    lines = path.read_text().splitlines()
+    n = next(i for i, line in enumerate(lines) if line.startswith("  dose: "))
+    lines[n] = '  dose: ""'
+    path.write_text("\n".join(lines) + "\n")
+    problems = check_ruleset(rules_copy)
+    assert [str(p) for p in problems] == [f"{path}:{n + 1}:9: texts.dose: must not be empty: write the text, found ''"]

@@ -540,6 +540,7 @@ def _friendly(err: Any) -> str:
         "bool_parsing": "expected true or false",
         "bool_type": "expected true or false",
         "string_type": "expected text",
+        "string_too_short": "must not be empty: write the text",
         "list_type": "expected a list",
         "dict_type": "expected a mapping (key: value lines)",
         "model_type": "expected a mapping (key: value lines)",
