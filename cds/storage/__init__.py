@@ -24,9 +24,9 @@ from .store import (
     ReasonCount,
     ReportRow,
     Store,
-    StoreUnavailable,
     retention_cutoff,
 )
+from .transaction import StoreUnavailable
 
 __all__ = [
     "UNKNOWN",

@@ -7,7 +7,8 @@ import os
 import queue
 import threading
 
-from .store import AuditRecord, Store, StoreUnavailable
+from .store import AuditRecord, Store
+from .transaction import StoreUnavailable
 
 log = logging.getLogger("cds.audit")
 

@@ -8,9 +8,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import exc as sa_exc, text
+from sqlalchemy import text
 
-from .engine import make_engine, write_options
+from .engine import make_engine
+from .transaction import transaction
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Arbitrary constant: PostgreSQL advisory lock taken while migrating, so instances starting together
@@ -35,21 +36,15 @@ def head_revision() -> str:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` up to ``revision`` (idempotent). Raises StoreUnavailable if the
-    database cannot be reached."""
-    from .store import StoreUnavailable
-
+    database cannot be reached (as :func:`downgrade` does)."""
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
-            conn.execution_options(**write_options())
-            with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
-                cfg = alembic_config(url)
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, revision)
-    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        raise StoreUnavailable(f"database unavailable while migrating: {exc.orig or exc}") from exc
+        with transaction(engine, write=True) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
     finally:
         engine.dispose()
 
@@ -57,12 +52,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 def downgrade(url: str, revision: str = "base") -> None:
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
-            conn.execution_options(**write_options())
-            with conn.begin():
-                cfg = alembic_config(url)
-                cfg.attributes["connection"] = conn
-                command.downgrade(cfg, revision)
+        with transaction(engine, write=True) as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
     finally:
         engine.dispose()
 

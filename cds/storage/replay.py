@@ -25,15 +25,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from sqlalchemy import Connection, Engine, delete, exc as sa_exc, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 
-from .engine import make_engine, write_options
+from .engine import make_engine
 from .models import jwt_replay
-from .store import _UNAVAILABLE, StoreUnavailable, _first_line
+from .transaction import conflict_insert, transaction
 
 __all__ = ["SqlJtiStore", "replay_key_hash"]
 
@@ -83,22 +82,8 @@ class SqlJtiStore:
         if self._owns_engine:
             self.engine.dispose()
 
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                conn.execution_options(**write_options())
-                with conn.begin():
-                    yield conn
-        except _UNAVAILABLE as exc:
-            cause = getattr(exc, "orig", None) or exc  # a pool TimeoutError is no DBAPIError: it has no .orig
-            raise StoreUnavailable(
-                f"replay store unavailable: {type(cause).__name__}: {_first_line(exc)}"
-            ) from exc
-        except sa_exc.ProgrammingError as exc:
-            if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table: not migrated
-                raise StoreUnavailable(f"replay store schema missing: {_first_line(exc)}") from exc
-            raise
+    def _tx(self) -> AbstractContextManager[Connection]:
+        return transaction(self.engine, write=True, what="replay store")
 
     # -- JtiStore ----------------------------------------------------------------------------------
     def check_and_add(self, jti: str, expires_at: float) -> bool:
@@ -117,10 +102,9 @@ class SqlJtiStore:
 
     @staticmethod
     def _upsert(conn: Connection, key: str, until: dt.datetime, now: dt.datetime) -> bool:
-        dialect = conn.dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            d_insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-            ins = d_insert(jwt_replay).values(key_hash=key, expires_at=until)
+        ins = conflict_insert(conn, jwt_replay)
+        if ins is not None:
+            ins = ins.values(key_hash=key, expires_at=until)
             stmt = ins.on_conflict_do_update(
                 index_elements=[jwt_replay.c.key_hash],
                 set_={"expires_at": ins.excluded.expires_at},

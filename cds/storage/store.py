@@ -6,26 +6,20 @@ import datetime as dt
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Connection, delete, exc as sa_exc, func, insert, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, delete, func, insert, select, text
 
-from ..errors import CdsError
 from ..feedback import FeedbackItem
-from .engine import make_engine, write_options
+from .engine import make_engine
 from .models import audit_card, audit_evaluation, audit_suggestion, feedback, jwt_replay
+from .transaction import conflict_insert, transaction
 
 UNKNOWN = "(unknown)"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class StoreUnavailable(CdsError, RuntimeError):
-    """The database cannot be reached or used right now (connection refused, file cannot be opened,
-    locked past the busy timeout, schema missing). Feedback → 503; hook calls log it and carry on."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,9 +145,6 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
-_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
-
-
 class Store:
     """Thread-safe; one per process (engines hold a connection pool). Build it from a URL; run
     :func:`cds.storage.upgrade` first (the store never creates tables itself)."""
@@ -166,22 +157,8 @@ class Store:
         self.engine.dispose()
 
     # -- plumbing ----------------------------------------------------------------------------------
-    @contextmanager
-    def _tx(self, write: bool) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                if write:
-                    conn.execution_options(**write_options())
-                with conn.begin():
-                    yield conn
-        except _UNAVAILABLE as exc:
-            cause = getattr(exc, "orig", None) or exc  # a pool TimeoutError is no DBAPIError: it has no .orig
-            raise StoreUnavailable(f"database unavailable: {type(cause).__name__}: {_first_line(exc)}") from exc
-        except sa_exc.ProgrammingError as exc:
-            # PostgreSQL: relation missing (not migrated) is an availability problem, not a client error.
-            if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
-                raise StoreUnavailable(f"database schema missing: {_first_line(exc)}") from exc
-            raise
+    def _tx(self, write: bool) -> AbstractContextManager[Connection]:
+        return transaction(self.engine, write=write)
 
     def ping(self) -> bool:
         """True when the database answers and the schema is in place (for /readyz)."""
@@ -232,7 +209,7 @@ class Store:
         """Store feedback items in one transaction. Returns how many were new: an item identical to one
         already stored (same service, card, outcome, timestamp, suggestions, reason) is not stored twice;
         the same card with different content is stored again. Unknown card uuids are stored too.
-        Raises :class:`StoreUnavailable` when nothing could be stored."""
+        Raises :class:`~cds.storage.transaction.StoreUnavailable` when nothing could be stored."""
         now = dt.datetime.now(dt.timezone.utc)
         rows = []
         seen: set[str] = set()
@@ -263,14 +240,9 @@ class Store:
         if not rows:
             return 0
         with self._tx(write=True) as conn:
-            dialect = conn.dialect.name
-            if dialect in ("sqlite", "postgresql"):
-                d_insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-                stmt = (
-                    d_insert(feedback)
-                    .on_conflict_do_nothing(index_elements=["content_hash"])
-                    .returning(feedback.c.id)
-                )
+            ins = conflict_insert(conn, feedback)
+            if ins is not None:
+                stmt = ins.on_conflict_do_nothing(index_elements=["content_hash"]).returning(feedback.c.id)
                 # RETURNING yields a row only for an inserted item (rowcount is unreliable here).
                 return sum(len(conn.execute(stmt, row).all()) for row in rows)
             # Other backends: look first, then insert (the unique index still guards the race).
@@ -401,7 +373,3 @@ def _table_name(name: str) -> str:
         raise ValueError(f"unknown table {name!r}")
     return name
 
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
