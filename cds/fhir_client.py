@@ -75,22 +75,30 @@ class FetchSettings:
     allow_http: bool = False  # CDS_ALLOW_HTTP_FHIR=1: plain-http fhirServer (development, tests)
 
 
-class PrefetchUnavailable(CdsError):
-    """Required prefetch data could neither be prefetched nor fetched: the service answers 412.
+class PrefetchUnavailable(CdsError, LookupError):
+    """Required data was neither prefetched nor fetchable: the service answers 412.
 
-    ``str(e)`` names the key and the reason. It never contains the access token, a patient id, or a
-    concrete URL (reasons are written by this module, never copied from the HTTP layer).
+    The one class for this failure, whoever finds it: :func:`complete_prefetch` (a key it cannot fetch)
+    and :func:`cds.service.evaluate` (a key still absent, e.g. in ``cds evaluate`` or a rule test, which
+    never fetch). ``key`` is the first key concerned (None: the prefetch as a whole), ``keys`` every key
+    concerned, ``reason`` why. ``str(e)`` names the key(s) and the reason. It never contains the access
+    token, a patient id, or a concrete URL (reasons are written by this package, never copied from the
+    HTTP layer).
     """
 
-    def __init__(self, key: str | None, reason: str) -> None:
+    def __init__(self, key: str | None, reason: str, *, keys: list[str] | None = None) -> None:
         self.key = key
+        self.keys: list[str] = list(keys) if keys else ([key] if key is not None else [])
         self.reason = reason
         super().__init__(key, reason)
 
     def __str__(self) -> str:
-        if self.key is None:
+        if not self.keys:
             return f"prefetch could not be completed: {self.reason}"
-        return f"prefetch key '{self.key}' could not be fetched: {self.reason}"
+        if len(self.keys) > 1:
+            names = ", ".join(f"'{k}'" for k in self.keys)
+            return f"prefetch keys {names} could not be fetched: {self.reason}"
+        return f"prefetch key '{self.keys[0]}' could not be fetched: {self.reason}"
 
     def __repr__(self) -> str:
         return f"PrefetchUnavailable(key={self.key!r}, reason={self.reason!r})"

@@ -17,9 +17,9 @@ from .cards import RuleCard, build_cards
 from .cdshooks import Card, ServiceDescription
 from .clock import Clock
 from .decisions import Evaluation
-from .errors import CdsError
 from .extract import extract
 from .facts import PatientFacts
+from .fhir_client import PrefetchUnavailable
 from .ruleset.model import RuleSet
 
 log = logging.getLogger("cds.service")
@@ -27,15 +27,6 @@ log = logging.getLogger("cds.service")
 SERVICE_ID = "lbp-exercise-progression"
 HOOK = "patient-view"
 RULESET_EXTENSION = "org.lbp-cds.ruleset"
-
-
-class MissingPrefetch(CdsError, LookupError):
-    """Required data was neither prefetched nor fetchable (HTTP 412)."""
-
-    def __init__(self, keys: list[str], reason: str = "not prefetched"):
-        self.keys = keys
-        self.reason = reason
-        super().__init__(f"prefetch key(s) {', '.join(keys)}: {reason}")
 
 
 def prefetch_templates(ruleset: RuleSet) -> dict[str, str]:
@@ -81,11 +72,12 @@ class Outcome:
 
 
 def evaluate(active: ActiveRules, prefetch: Mapping[str, Any], *, patient_id: str, clock: Clock) -> Outcome:
-    """Evaluate one patient with one rule-set version. ``prefetch`` holds every template key."""
+    """Evaluate one patient with one rule-set version. ``prefetch`` holds every template key; a key
+    still absent is :class:`~cds.fhir_client.PrefetchUnavailable` (412), this function never fetches."""
     ruleset = active.ruleset
     missing = [k for k in prefetch_templates(ruleset) if k not in prefetch]
     if missing:
-        raise MissingPrefetch(missing)
+        raise PrefetchUnavailable(missing[0], "not prefetched", keys=missing)
     doc = ruleset.document
     t0 = time.perf_counter()
     facts = extract(prefetch, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder)

@@ -18,6 +18,7 @@ from conftest import EXAMPLE_NAMES, RULES_DIR, example_requests
 from cds import service
 from cds.cdshooks import CdsResponse, to_json
 from cds.clock import FixedClock
+from cds.fhir_client import PrefetchUnavailable
 from cds.live_rules import LiveRuleSet
 from cds.ruleset.loader import load_ruleset
 
@@ -93,13 +94,19 @@ def test_the_clock_sets_the_evaluation_date(active, evaluation_date):
     assert "new-onset" not in [f.rule_id for f in later.evaluation.fired]
 
 
-def test_a_missing_prefetch_key_is_missing_prefetch(active, clock):
+def test_a_missing_prefetch_key_is_the_412_prefetch_unavailable(active, clock):
     request = EXAMPLES["bird-dog-20-18"]
     prefetch = dict(request["prefetch"])
     del prefetch["exerciseRounds"]
-    with pytest.raises(service.MissingPrefetch) as info:
+    with pytest.raises(PrefetchUnavailable) as info:
         service.evaluate(active, prefetch, patient_id=request["context"]["patientId"], clock=clock)
-    assert info.value.keys == ["exerciseRounds"]
+    assert info.value.keys == ["exerciseRounds"] and info.value.key == "exerciseRounds"
+    assert str(info.value) == "prefetch key 'exerciseRounds' could not be fetched: not prefetched"
+    del prefetch["painScores"]
+    with pytest.raises(PrefetchUnavailable) as info:
+        service.evaluate(active, prefetch, patient_id=request["context"]["patientId"], clock=clock)
+    assert info.value.keys == ["painScores", "exerciseRounds"] and info.value.key == "painScores"
+    assert str(info.value) == "prefetch keys 'painScores', 'exerciseRounds' could not be fetched: not prefetched"
 
 
 def test_describe(active):

@@ -93,15 +93,12 @@ def call_service(service_id: str):
             access_token=hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None,
             settings=state.fetch_settings,
         )
-    except PrefetchUnavailable as e:
+        outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock)
+    except PrefetchUnavailable as e:  # from the fetch, or a key evaluate still misses
         state.observe_fetch_error(e.key)
         raise ApiError(412, str(e), **({"key": e.key} if e.key else {})) from None
-    try:
-        outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock)
     except PrefetchShapeError as e:
         raise ApiError(400, str(e)) from None
-    except service.MissingPrefetch as e:  # pragma: no cover - complete_prefetch fills every key
-        raise ApiError(412, str(e)) from None
     except EngineError:
         log.exception("rule engine failed")
         raise ApiError(500, "the rule engine could not evaluate this request") from None

@@ -40,7 +40,8 @@ from ..cards import EXTENSION_KEY
 from ..clock import FixedClock
 from ..engine import RuleEngine
 from ..errors import CdsError
-from ..service import MissingPrefetch, evaluate
+from ..fhir_client import PrefetchUnavailable
+from ..service import evaluate
 from . import yamlpos
 from .loader import Problem, RuleSetError, load_ruleset
 
@@ -386,7 +387,7 @@ def run_case(case: RuleCase, active) -> CaseResult:
     try:
         prefetch, patient_id = case_request(case, active.ruleset)
         outcome = evaluate(active, prefetch, patient_id=patient_id, clock=FixedClock(case.as_of))
-    except MissingPrefetch as e:
+    except PrefetchUnavailable as e:
         result.error = f"the request lacks prefetch key(s) {', '.join(e.keys)}; rule tests never fetch"
         return result
     except Exception as e:  # noqa: BLE001 - reported as the case's failure
