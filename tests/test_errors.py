@@ -32,8 +32,8 @@ def test_every_public_exception_derives_from_cds_error() -> None:
 
 def test_built_in_kinds_are_kept_for_callers_that_catch_them() -> None:
     from cds.config import ConfigError
-    from cds.ruleset.conditions import ConditionError
     from cds.fhir_client import PrefetchUnavailable
+    from cds.ruleset.conditions import ConditionError
 
     assert issubclass(ConfigError, ValueError)
     assert issubclass(ConditionError, ValueError)
