@@ -50,6 +50,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .errors import CdsError
+from .templates import TemplateError
 
 logger = logging.getLogger("cds.fhir_client")
 
@@ -117,10 +118,6 @@ _USER_TOKENS = {
 }
 
 
-class TemplateError(CdsError, ValueError):
-    """A prefetch template token that the hook context cannot fill."""
-
-
 def _encode(value: Any, nested: bool = False) -> str:
     if isinstance(value, (list, tuple)) and value and not nested:
         # FHIR search: a comma-separated list means "any of".
@@ -137,7 +134,7 @@ def render_template(template: str, context: Mapping[str, Any]) -> str:
     """Fill a prefetch template's ``{{context.x}}`` (and CDS Hooks ``{{userPractitionerId}}``-style)
     tokens from the hook context, URL-encoding each value.
 
-    Raises :class:`TemplateError` (a ``ValueError``) naming the token when the context cannot fill it.
+    Raises :class:`cds.templates.TemplateError` (a ``ValueError``) naming the token when the context cannot fill it.
     """
 
     def fill(match: re.Match[str]) -> str:

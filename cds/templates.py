@@ -85,7 +85,8 @@ _formatter = string.Formatter()
 
 
 class TemplateError(CdsError, ValueError):
-    """A template that cannot be filled: unknown placeholder, format spec, bad braces."""
+    """A template that cannot be filled: a card text's unknown placeholder, format spec or bad braces,
+    or a prefetch template's token that the hook context cannot fill (:func:`cds.fhir_client.render_template`)."""
 
 
 def render_number(value: float | int) -> str:

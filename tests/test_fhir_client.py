@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from cds import fhir_client
 from cds.fhir_client import FetchSettings, PrefetchUnavailable, complete_prefetch, render_template
+from cds.templates import TemplateError
 
 try:
     from fhir_server import FhirData, FhirTestServer, Override
@@ -190,6 +192,13 @@ def test_render_template_fills_and_encodes() -> None:
         render_template("Encounter/{{context.encounterId}}", {"patientId": "1"})
     with pytest.raises(ValueError, match="userPatientId"):
         render_template("Patient/{{userPatientId}}", ctx)
+
+
+def test_a_prefetch_template_error_is_the_one_template_error_of_card_texts() -> None:
+    with pytest.raises(TemplateError, match=r"template token \{\{context.encounterId\}\} cannot be filled"):
+        render_template("Encounter/{{context.encounterId}}", {"patientId": "1"})
+    assert not any(isinstance(v, type) and v.__name__ == "TemplateError" for v in vars(fhir_client).values()
+                   if getattr(v, "__module__", None) == "cds.fhir_client")
 
 
 def test_template_that_cannot_be_filled_is_412(hook_request, server) -> None:
