@@ -29,6 +29,10 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+# One Coding model, defined with the rule files (lower layer): the codes a rule author writes go on the
+# wire as they are (``topic``), and a feedback reason is read with the same model.
+from .ruleset.schema import Coding
+
 __all__ = [
     "Action",
     "Card",
@@ -267,12 +271,6 @@ def validation_message(err: ValidationError, *, prefix: str | None = None, limit
 # ------------------------------------------------------------------------------------------------
 # Response side
 # ------------------------------------------------------------------------------------------------
-
-
-class Coding(_Wire):
-    system: str = Field(min_length=1)
-    code: str = Field(min_length=1)
-    display: str | None = None
 
 
 class OverrideReason(Coding):

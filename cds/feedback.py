@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import ErrorDetails
 
 from .errors import CdsError
+from .ruleset.schema import Coding
 
 __all__ = [
     "AcceptedSuggestion",
@@ -47,12 +48,6 @@ class _Model(BaseModel):
 
 class _Extensible(_Model):
     extension: dict[str, Any] | None = None
-
-
-class Coding(_Model):
-    system: str = Field(min_length=1)
-    code: str = Field(min_length=1)
-    display: str | None = None
 
 
 class OverrideReason(_Extensible):

@@ -27,6 +27,7 @@ from cds.cdshooks import (
     CdsResponse,
     Coding,
     Link,
+    OverrideReason,
     Source,
     Suggestion,
     SystemAction,
@@ -303,6 +304,19 @@ def test_topic_is_a_coding_display_optional():
         Source(label="x", topic={"system": "http://example.org"})
     with pytest.raises(ValidationError):
         Source(url="https://example.org")  # label REQUIRED
+
+
+def test_one_coding_model_for_rule_files_wire_and_feedback():
+    """A Coding is defined once (cds.ruleset.schema); the wire and feedback use that very model, so its
+    rules (system and code required, unknown keys refused) and its wire form (display omitted) are one."""
+    from cds import feedback, ruleset
+
+    assert Coding is ruleset.schema.Coding is feedback.Coding
+    assert issubclass(OverrideReason, Coding)
+    with pytest.raises(ValidationError, match="extra_forbidden|Extra inputs"):
+        Coding(system="s", code="c", version="1")
+    assert to_json(Source(label="x", topic=Coding(system="s", code="c"))) == {
+        "label": "x", "topic": {"system": "s", "code": "c"}}
 
 
 def test_served_cards_carry_source_topic_and_override_reasons_as_codings(client):

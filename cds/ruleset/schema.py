@@ -28,6 +28,9 @@ class _Doc(BaseModel):
 
 
 class Coding(_Doc):
+    """The one Coding model: in the rule files (``codes``, ``source.topic``), on the wire
+    (:mod:`cds.cdshooks` ``Source.topic``, ``OverrideReason``) and in feedback. Unknown keys are refused."""
+
     system: str = Field(min_length=1)
     code: str = Field(min_length=1)
     display: str | None = None
