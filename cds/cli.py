@@ -13,6 +13,7 @@ from .config import ConfigError, Settings, load_settings
 def _cmd_run(args: argparse.Namespace) -> int:
     from .http import create_app
     from .logs import configure_logging
+    from .reload_gate import CandidateRejected
     from .ruleset.loader import RuleSetError
 
     settings = load_settings(development=args.dev)  # a ConfigError: one line and exit 2 (main)
@@ -26,6 +27,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         app = create_app(settings, rules=live)
     except RuleSetError as e:
         print(f"refusing to start: the rule files in {settings.rules_dir} are invalid:\n{e}", file=sys.stderr)
+        return 1
+    except CandidateRejected as e:  # the rule engine refuses them, or they fail their own rule tests
+        print(f"refusing to start: {settings.rules_dir}: {e.one_line}", file=sys.stderr)
         return 1
     if settings.evaluation_date:
         logging.getLogger("cds").warning(

@@ -1,5 +1,8 @@
 """The rule set in use, swapped atomically when the files change and the new version is safe to serve.
 
+Start-up passes the same gate: a folder that fails the checker or its own rule tests is never served,
+not even first.
+
 A request calls :meth:`LiveRuleSet.current` once and gets an immutable (rule set, engine) pair
 (:class:`~cds.active_rules.ActiveRules`), so it is evaluated by exactly one rule-set version even while
 a reload happens. A candidate version is swapped in only if it passes the rule checker and, when the
@@ -23,7 +26,7 @@ import threading
 from pathlib import Path
 
 from . import engine as _engine
-from .active_rules import ActiveRules, build
+from .active_rules import ActiveRules
 from .reload_gate import CandidateRejected, candidate
 from .ruleset.loader import RuleSetError, load_ruleset, rule_files
 
@@ -47,7 +50,7 @@ class LiveRuleSet:
         self._lock = threading.Lock()  # one reload at a time
         self._fingerprint = _fingerprint(self.folder)
         self._seen: tuple | None = None  # a changed fingerprint waiting to be seen again (stable)
-        self._active = build(load_ruleset(self.folder))  # invalid rules: refuse to start
+        self._active = self._first(self.folder)
         self.last_error: Exception | None = None
         #: sha256 of every version served, in order (the first is the one loaded at start)
         self.history: list[str] = [self._active.ruleset.sha256]
@@ -55,6 +58,19 @@ class LiveRuleSet:
         self._thread: threading.Thread | None = None
         ident = self._active.ruleset.identity
         log.info("rule set loaded", extra={"ruleset": ident.name, "version": ident.version, "sha256": ident.sha256})
+
+    @staticmethod
+    def _first(folder: Path) -> ActiveRules:
+        """The version served from start-up, through the same gate as every reload: invalid rule files
+        raise their :class:`~cds.ruleset.loader.RuleSetError` (``file:line:column`` problems); a rule
+        engine that refuses them, or a failing case of the folder's own ``tests/``, raises
+        :class:`~cds.reload_gate.CandidateRejected` (``one_line`` names the first failed case and where)."""
+        try:
+            return candidate(folder)
+        except CandidateRejected as e:
+            if e.ruleset_error is not None:
+                raise e.ruleset_error from None
+            raise
 
     def current(self) -> ActiveRules:
         return self._active  # a single attribute read: atomic

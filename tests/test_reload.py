@@ -355,6 +355,51 @@ def test_candidate_must_pass_its_rule_tests(rules: Path, caplog) -> None:
     assert "cannot be read" in str(live.last_error) and "broken.yaml:1:" in str(live.last_error)
 
 
+def test_start_up_passes_the_same_gate_as_a_reload(rules: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A folder whose rule files fail their own rule tests is not served even first: LiveRuleSet refuses
+    it (CandidateRejected, its engine freed) and `cds run` stops with one line naming the failed case."""
+    from cds import engine
+    from cds.cli import main
+    from cds.reload_gate import CandidateRejected
+
+    (rules / "tests").mkdir()
+    request = ROOT / "fhir_examples" / "requests" / "onset-undocumented.json"
+    (rules / "tests" / "cases.yaml").write_text(CASE.format(request=request))
+    assert LiveRuleSet(rules).current().ruleset.identity.version == "1.0.0"  # its tests pass: it starts
+    write_atomically(rules / "ruleset.yaml", VERSIONS["v1.1.0"][0])  # valid, but answers step-up
+    engine.free_pending()
+    before = engine.live_rulesets()
+    with pytest.raises(CandidateRejected) as info:
+        LiveRuleSet(rules)
+    assert engine.live_rulesets() == before  # the refused engine was freed
+    where = f"{rules}/tests/cases.yaml:2:5: onset undocumented, reps 20 and 18"
+    assert info.value.one_line == f"1 of 1 rule test case(s) fail, first {where}"
+    assert "card 2 decision: expected continue, got step-up" in info.value.details
+
+    monkeypatch.setenv("CDS_RULES_DIR", str(rules))
+    monkeypatch.setenv("CDS_DATABASE_URL", f"sqlite:///{tmp_path}/db.sqlite3")
+    assert main(["run", "--dev"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"refusing to start: {rules}: 1 of 1 rule test case(s) fail, first {where}\n"
+
+
+def test_start_up_refuses_unreadable_rule_tests_and_still_reports_invalid_files_first(rules: Path) -> None:
+    from cds.reload_gate import CandidateRejected
+    from cds.ruleset.loader import RuleSetError
+
+    (rules / "tests").mkdir()
+    (rules / "tests" / "broken.yaml").write_text("cases: [{name: x}]\n")
+    with pytest.raises(CandidateRejected) as info:
+        LiveRuleSet(rules)
+    assert "\n" not in info.value.one_line
+    assert info.value.one_line.startswith("the rule tests cannot be read: ")
+    assert "broken.yaml:1:" in info.value.one_line
+    write_atomically(rules / "ruleset.yaml", VERSIONS["bad-type"][0])
+    with pytest.raises(RuleSetError) as bad:  # the checker's file:line:column problems, as before
+        LiveRuleSet(rules)
+    assert f"{rules}/ruleset.yaml:25:14: parameters.reps_high" in str(bad.value)
+
+
 def test_invalid_candidate_logs_file_line_column(rules: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="cds.rules")
     live = LiveRuleSet(rules)
