@@ -249,10 +249,9 @@ def build_card(
     sections.append(_blockquote(doc.disclaimer))
     detail = "\n\n".join(s for s in sections if s)
 
-    identity = evaluation.ruleset
     meta = doc.ruleset
     source = Source(
-        label=f"{meta.source.label} ({identity.name} {identity.version})",
+        label=fill(doc.texts.source_label, {**texts, "source_label": meta.source.label}).strip(),
         url=meta.source.url,
         topic=Coding(**meta.source.topic.model_dump()) if meta.source.topic is not None else None,
     )
@@ -268,7 +267,8 @@ def build_card(
         resource = _service_request(rung, evaluation, ruleset, patient_id, adjustment, texts)
         description = fill(doc.texts.action_description, texts).strip()
         if adjustment:
-            description += f". {adjustment}"
+            description = fill(doc.texts.action_description_adjusted,
+                               {**texts, "action_description": description, "adjustment": adjustment}).strip()
         suggestions.append(
             Suggestion(
                 label=fill(doc.texts.suggestion_label, texts).strip(),

@@ -26,6 +26,7 @@ from .ruleset.model import RuleSet
 __all__ = [
     "DERIVED",
     "PLACEHOLDERS",
+    "TEXT_KEY_PLACEHOLDERS",
     "TEXT_PLACEHOLDERS",
     "TemplateError",
     "derived_parameters",
@@ -63,6 +64,12 @@ DERIVED: dict[str, tuple[tuple[str, ...], Callable[..., float]]] = {
 
 #: extra placeholders of the ``texts`` section (not of rule cards)
 TEXT_PLACEHOLDERS: frozenset[str] = frozenset({"dose", "rule_id", "ruleset_name", "ruleset_version"})
+
+#: placeholders only one key of the ``texts`` section may use, besides :data:`TEXT_PLACEHOLDERS`
+TEXT_KEY_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "source_label": frozenset({"source_label"}),  # ruleset.source.label
+    "action_description_adjusted": frozenset({"action_description", "adjustment"}),  # both filled in
+}
 
 # --- length bounds used by max_rendered_length --------------------------------------------------
 #: a date renders as YYYY-MM-DD

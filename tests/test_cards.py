@@ -403,6 +403,28 @@ def test_content_comes_from_the_ruleset(rs):
     assert rec(card)["ruleset"]["sha256"] == "f" * 64
 
 
+def test_source_label_and_adjusted_action_description_are_rule_file_texts(rs):
+    """``texts.source_label`` and ``texts.action_description_adjusted`` shape the source label and the
+    order description: Python adds no wording or punctuation of its own."""
+    [card] = cards_for(rs, make_facts("hip-abduction", (20, 20), (4,)), "pain-gate-first-rung")
+    adjustment = rs.rule("pain-gate-first-rung").recommend.adjustment
+    plain = card["suggestions"][0]["actions"][0]["description"]
+    assert card["source"]["label"] == f"{rs.document.ruleset.source.label} ({rs.identity.name} {rs.identity.version})"
+
+    def change(d):
+        d["texts"]["source_label"] = "{ruleset_name} v{ruleset_version} from {source_label}"
+        d["texts"]["action_description_adjusted"] = "{adjustment} -- then: {action_description}"
+
+    site = with_changes(rs, change)
+    [card] = cards_for(site, make_facts("hip-abduction", (20, 20), (4,)), "pain-gate-first-rung")
+    assert card["source"]["label"] == f"{rs.identity.name} v{rs.identity.version} from {rs.document.ruleset.source.label}"
+    description = card["suggestions"][0]["actions"][0]["description"]
+    assert description == f"{adjustment} -- then: {plain.removesuffix(f'. {adjustment}')}"
+    # a rule without an adjustment uses action_description alone
+    [card] = cards_for(site, make_facts("bird-dog", (28, 27), (1,)), "step-up")
+    assert "-- then:" not in card["suggestions"][0]["actions"][0]["description"]
+
+
 def test_overlong_summary_is_truncated_with_warning(rs, caplog):
     def change(d):
         for r in d["rules"]:

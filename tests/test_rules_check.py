@@ -555,3 +555,25 @@ def test_an_empty_shared_card_text_is_an_error_in_plain_words(rules_copy) -> Non
     path.write_text("\n".join(lines) + "\n")
     problems = check_ruleset(rules_copy)
     assert [str(p) for p in problems] == [f"{path}:{n + 1}:9: texts.dose: must not be empty: write the text, found ''"]
+
+
+# -- texts.source_label and texts.action_description_adjusted (issue 9.1: no wording in Python) ----
+
+
+def test_source_label_and_adjusted_description_placeholders_belong_to_their_key(rules: Path) -> None:
+    edit(rules, "ruleset.yaml", 'action_description: "Propose {recommended_name}: {dose}"',
+         'action_description: "Propose {recommended_name}: {dose} {adjustment}"')
+    edit(rules, "ruleset.yaml", '"{source_label} ({ruleset_name} {ruleset_version})"',
+         '"{source_label} ({ruleset_name} {ruleset_version}) {adjustment}"')
+    edit(rules, "ruleset.yaml", '"{action_description}. {adjustment}"', '"{action_description}. {source_label}"')
+    assert problems(rules) == [
+        "ruleset.yaml:49:59: unknown fact '{adjustment}' in card text",
+        "ruleset.yaml:53:68: unknown fact '{adjustment}' in card text",
+        "ruleset.yaml:54:55: unknown fact '{source_label}' in card text",
+    ]
+
+
+def test_source_label_is_required(rules: Path) -> None:
+    edit(rules, "ruleset.yaml", '  source_label: "{source_label} ({ruleset_name} {ruleset_version})"\n', "")
+    [found] = problems(rules)
+    assert found.startswith("ruleset.yaml:") and "source_label" in found, found

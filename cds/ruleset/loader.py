@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ..assessment import FACT_FIELDS
 from ..errors import CdsError
-from ..templates import TEXT_PLACEHOLDERS, max_rendered_length, placeholders_for
+from ..templates import TEXT_KEY_PLACEHOLDERS, TEXT_PLACEHOLDERS, max_rendered_length, placeholders_for
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .model import RuleSet
@@ -430,6 +430,8 @@ class _Loader:
         templates += [("texts", (key,), getattr(texts, key), False, text_known)
                       for key in ("suggestion_label", "action_description", "patient_instruction", "order_note",
                                   "provenance")]
+        templates += [("texts", (key,), getattr(texts, key), False, text_known | extra)
+                      for key, extra in TEXT_KEY_PLACEHOLDERS.items()]
         for section, path, text, is_summary, allowed in templates:
             try:
                 fields = list(string.Formatter().parse(text))

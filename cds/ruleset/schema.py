@@ -165,6 +165,11 @@ class Texts(_Doc):
     patient_instruction: Text
     order_note: Text
     provenance: Text
+    #: the card's ``source.label``; may also name ``{source_label}`` (``ruleset.source.label``)
+    source_label: Text
+    #: the order action's description when the rule has an ``adjustment``; may also name
+    #: ``{action_description}`` (the filled ``action_description``) and ``{adjustment}``
+    action_description_adjusted: Text
 
 
 class RuleFile(_Doc):
