@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import REQUESTS_DIR, SERVICE_URL
+from conftest import REQUESTS_DIR, RULES_DIR, SERVICE_URL
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 try:
@@ -72,6 +72,7 @@ def auth_app(tmp_path_factory, jwks):
     settings = load_settings(
         {},
         development=True,
+        rules_dir=RULES_DIR,
         rules_poll_seconds=0,
         database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
         auth=True,

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import schemathesis
 from cdshooks_conformance import assert_conformant_response
-from conftest import SERVICE_URL, example_pairs
+from conftest import RULES_DIR, SERVICE_URL, example_pairs
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -56,7 +56,8 @@ def _make_app():
     tmp = tempfile.mkdtemp(prefix="lbp-cds-fuzz-")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     db = Path(tmp) / "db.sqlite3"
-    return create_app(load_settings({}, development=True, rules_poll_seconds=0, database_url=f"sqlite:///{db}"))
+    return create_app(load_settings({}, development=True, rules_dir=RULES_DIR, rules_poll_seconds=0,
+                                    database_url=f"sqlite:///{db}"))
 
 
 # Built at import: schemathesis parametrizes the tests from the document this app serves.

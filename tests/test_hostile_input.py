@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cdshooks_conformance import assert_conformant_response
-from conftest import REQUESTS_DIR, SERVICE_URL
+from conftest import REQUESTS_DIR, RULES_DIR, SERVICE_URL
 
 FEEDBACK_URL = SERVICE_URL + "/feedback"
 RECOMMENDATION = "org.lbp-cds.recommendation"
@@ -31,7 +31,8 @@ def hostile_app(tmp_path_factory):
     from cds.http import create_app
 
     db = tmp_path_factory.mktemp("hostile") / "db.sqlite3"
-    settings = load_settings({}, development=True, rules_poll_seconds=0, database_url=f"sqlite:///{db}")
+    settings = load_settings({}, development=True, rules_dir=RULES_DIR, rules_poll_seconds=0,
+                             database_url=f"sqlite:///{db}")
     return create_app(settings)
 
 
@@ -47,7 +48,8 @@ def small_app(tmp_path_factory):
 
     db = tmp_path_factory.mktemp("small") / "db.sqlite3"
     settings = load_settings(
-        {}, development=True, rules_poll_seconds=0, database_url=f"sqlite:///{db}", max_body_bytes=4096
+        {}, development=True, rules_dir=RULES_DIR, rules_poll_seconds=0, database_url=f"sqlite:///{db}",
+        max_body_bytes=4096
     )
     return create_app(settings)
 
