@@ -157,6 +157,14 @@ class FeedbackRequest(_Extensible):
         return v
 
 
+class FeedbackAck(_Model):
+    """The answer to a feedback request: how many items were received, and how many were new (a report
+    already stored is not stored twice)."""
+
+    received: int = Field(ge=1)
+    stored: int = Field(ge=0)
+
+
 def format_loc(loc: tuple[int | str, ...]) -> str:
     """``('feedback', 0, 'acceptedSuggestions')`` → ``feedback[0].acceptedSuggestions``."""
     out = ""
