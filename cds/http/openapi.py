@@ -100,7 +100,7 @@ def build_document(settings: Any, service_ids: list[str]) -> dict[str, Any]:
     schemas, ref = component_schemas()
     auth = bool(getattr(settings, "auth", True))
     secured: dict[str, Any] = {"security": [{SECURITY_SCHEME: []}]} if auth else {}
-    request_id = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
+    request_id: dict[str, Any] = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
 
     def ok(model: type[BaseModel], description: str) -> dict[str, Any]:
         return _json(ref[model], description, headers=request_id)
