@@ -40,6 +40,7 @@ __all__ = [
     "Coding",
     "Discovery",
     "FhirAuthorization",
+    "HOOK_REQUEST_MODELS",
     "HookRequest",
     "Link",
     "OverrideReason",
@@ -232,6 +233,10 @@ class PatientViewRequest(HookRequest):
     """A ``patient-view`` hook request: ``context`` validated, so errors read ``context.patientId``."""
 
     context: PatientViewContext  # type: ignore[assignment]
+
+
+#: every hook request model a service may answer (the OpenAPI request body of ``POST /cds-services/{id}``)
+HOOK_REQUEST_MODELS: tuple[type[HookRequest], ...] = (PatientViewRequest,)
 
 
 _LOC_PART = re.compile(r"^[A-Za-z0-9_\-.$]{1,64}$")

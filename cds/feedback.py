@@ -55,8 +55,12 @@ class OverrideReason(_Extensible):
     userComment: str | None = None
 
 
+#: what the before-validators below check, told to the JSON Schema (the OpenAPI document) as well
+_UUID_SCHEMA: dict[str, Any] = {"format": "uuid"}
+
+
 class AcceptedSuggestion(_Extensible):
-    id: str
+    id: str = Field(json_schema_extra=_UUID_SCHEMA)
 
     @field_validator("id", mode="before")
     @classmethod
@@ -65,7 +69,7 @@ class AcceptedSuggestion(_Extensible):
 
 
 class FeedbackItem(_Extensible):
-    card: str
+    card: str = Field(json_schema_extra=_UUID_SCHEMA)
     outcome: Literal["accepted", "overridden"]
     # Declared after `outcome` so its validator can see it; validated even when absent.
     acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, validate_default=True)
@@ -140,7 +144,7 @@ class FeedbackItem(_Extensible):
 
 
 class FeedbackRequest(_Extensible):
-    feedback: list[FeedbackItem]
+    feedback: list[FeedbackItem] = Field(json_schema_extra={"minItems": 1})
 
     @field_validator("feedback", mode="before")
     @classmethod
@@ -150,6 +154,14 @@ class FeedbackRequest(_Extensible):
         if not v:
             raise ValueError("must contain at least one feedback object")
         return v
+
+
+class FeedbackAck(_Model):
+    """The answer to a feedback request: how many items were received, and how many were new (a report
+    already stored is not stored twice)."""
+
+    received: int = Field(ge=1)
+    stored: int = Field(ge=0)
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# the recorder: every live response of a cds app is checked against the OpenAPI document that app serves
+from openapi_recorder import _openapi_checked, _openapi_recorder, pytest_terminal_summary  # noqa: F401
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 

@@ -274,8 +274,8 @@ def test_operations_endpoints_need_no_token(client, path):
 
 def test_openapi_declares_the_bearer_scheme_when_auth_is_on(client):
     doc = client.get("/openapi.json").get_json()
-    assert doc["components"]["securitySchemes"]["ehrJwt"]["scheme"] == "bearer"
-    assert doc["paths"][SERVICE_URL]["post"]["security"] == [{"ehrJwt": []}]
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["paths"]["/cds-services/{service_id}"]["post"]["security"] == [{"bearer": []}]
     assert "security" not in doc["paths"]["/healthz"]["get"]
     assert doc["servers"] == [{"url": PUBLIC_BASE}]
 

@@ -1,12 +1,18 @@
 """``GET /openapi.json``: an OpenAPI 3.1 document of this service's own endpoints (unauthenticated).
 
-Request and response bodies are described with JSON Schemas generated from the pydantic models that
-validate and serialise them (:mod:`cds.cdshooks`, :mod:`cds.feedback`), so the document cannot drift
-from what the service accepts. The prefetch schema is written by hand: the models accept any JSON there
-and leave the FHIR shape to :mod:`cds.extract`. Every error is ``{"error": {"status", "message", ...}}``.
+Every body schema is generated from the pydantic model that validates (requests) or builds (responses)
+that body -- :data:`REQUEST_MODELS` and :data:`RESPONSE_MODELS` -- with pydantic's
+:func:`~pydantic.json_schema.models_json_schema`; nothing here describes a field by hand. What is written
+here is the skeleton only: the paths, their operation ids, and which model answers which status.
+
+Requests are described in pydantic's "validation" mode (what the service accepts), responses in its
+"serialization" mode, in the form the wire carries them: :func:`cds.cdshooks.to_json` (and the
+``exclude_none`` dumps of the other bodies) omit an optional field that has no value instead of sending
+``null``, so :class:`WireJsonSchema` does not declare response fields nullable.
 
 The document is built once per app, from that app's settings: ``servers`` is the configured public base
-URL, and the bearer-JWT security requirement is declared only when authentication is on.
+URL; the ``bearer`` security scheme is always declared, and required (with its 401 answer) by the CDS
+Hooks operations only when authentication is on.
 """
 
 from __future__ import annotations
@@ -14,168 +20,116 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue, models_json_schema
+from pydantic_core import core_schema
 
 from .. import service
-from ..cdshooks import CdsResponse, Discovery, PatientViewRequest
-from ..feedback import FeedbackRequest
+from ..cdshooks import HOOK_REQUEST_MODELS, CdsResponse, Discovery
+from ..feedback import FeedbackAck, FeedbackRequest
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .errors import ErrorResponse
+from .ops import Health, Readiness
 
 bp = Blueprint("openapi", __name__)
 
 OPENAPI_VERSION = "3.1.0"
-_REF = "#/components/schemas/"
+REF_TEMPLATE = "#/components/schemas/{model}"
+#: the name of the security scheme (``components.securitySchemes``) the CDS Hooks operations require
+SECURITY_SCHEME = "bearer"
+
+#: request bodies, described as the service validates them
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (*HOOK_REQUEST_MODELS, FeedbackRequest)
+#: response bodies, described as the service serialises them
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (Discovery, CdsResponse, FeedbackAck, ErrorResponse, Health, Readiness)
 
 
-def _schemas(models: list[type[BaseModel]], mode: str, prefix: str = "") -> dict[str, Any]:
-    """Component schemas of ``models`` (and everything they use), names prefixed to avoid collisions."""
+class WireJsonSchema(GenerateJsonSchema):
+    """pydantic's JSON Schema, except that in "serialization" mode an optional field is not nullable.
 
-    def name(model: str) -> str:
-        return model if not prefix or model.startswith(prefix) else prefix + model
+    Every response body is dumped without ``None`` values (:func:`cds.cdshooks.to_json` drops ``""``,
+    ``[]`` and ``{}`` too), so on the wire such a field is absent, never ``null``: its schema is the
+    schema of its value, and its ``"default": null`` annotation is dropped with the null.
+    """
 
-    ref_template = _REF + prefix + "{model}"
-    _, top = models_json_schema([(m, mode) for m in models], by_alias=True, ref_template=ref_template)  # type: ignore[misc]
-    defs = top.get("$defs", {})
-    out = {name(k): v for k, v in defs.items()}
-    # A prefixed ref of a name that already started with the prefix must point at the unprefixed key.
-    return _fix_refs(out, prefix) if prefix else out
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        if self.mode == "serialization":
+            return self.generate_inner(schema["schema"])
+        return super().nullable_schema(schema)
 
-
-def _fix_refs(node: Any, prefix: str) -> Any:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            if k == "$ref" and isinstance(v, str) and v.startswith(_REF + prefix + prefix):
-                v = _REF + v[len(_REF + prefix) :]
-            out[k] = _fix_refs(v, prefix)
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        out = super().default_schema(schema)
+        if self.mode == "serialization" and "default" in out and out["default"] is None:
+            del out["default"]
         return out
-    if isinstance(node, list):
-        return [_fix_refs(v, prefix) for v in node]
-    return node
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": _REF + name}
+def component_schemas() -> tuple[dict[str, Any], dict[type[BaseModel], dict[str, str]]]:
+    """``components.schemas`` of every request and response model, and the ``$ref`` of each model.
+
+    A model used in both directions whose two schemas differ gets pydantic's ``-Input``/``-Output``
+    names; the ``$ref`` map always names the right one.
+    """
+    inputs: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in REQUEST_MODELS]
+    inputs += [(m, "serialization") for m in RESPONSE_MODELS]
+    refs, top = models_json_schema(inputs, by_alias=True, ref_template=REF_TEMPLATE, schema_generator=WireJsonSchema)
+    return top.get("$defs", {}), {model: dict(refs[(model, mode)]) for model, mode in inputs}
 
 
-def _fhir_schemas() -> dict[str, Any]:
-    resource = {
-        "type": "object",
-        "description": "A FHIR R4 resource (validated by the service; an invalid one inside a Bundle is skipped).",
-        "required": ["resourceType"],
-        "properties": {"resourceType": {"type": "string", "pattern": "^[A-Z][A-Za-z]{0,63}$"}},
-        "additionalProperties": True,
-    }
-    bundle = {
-        "type": "object",
-        "description": "A FHIR searchset Bundle; OperationOutcome entries are skipped.",
-        "required": ["resourceType"],
-        "properties": {
-            "resourceType": {"const": "Bundle"},
-            "type": {"type": "string"},
-            "entry": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"fullUrl": {"type": "string"}, "resource": _ref("FhirResource")},
-                    "additionalProperties": True,
-                },
-            },
-        },
-        "additionalProperties": True,
-    }
-    value = {
-        "description": "A FHIR resource or Bundle; null means the EHR has no such data.",
-        "anyOf": [_ref("FhirBundle"), _ref("FhirResource"), {"type": "null"}],
-    }
-    return {"FhirResource": resource, "FhirBundle": bundle, "PrefetchValue": value}
+def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
 
 
-def _hook_request_schema(schemas: dict[str, Any], keys: list[str]) -> None:
-    req = schemas["PatientViewRequest"]
-    req["properties"]["prefetch"] = {
-        "type": "object",
-        "description": "Prefetched data by template key. An absent key is fetched from fhirServer.",
-        "properties": {k: _ref("PrefetchValue") for k in keys},
-        "additionalProperties": _ref("PrefetchValue"),
-    }
-    req["properties"]["hook"] = {"type": "string", "const": service.HOOK}
-    req["properties"]["fhirServer"] = {
-        "type": "string",
-        "format": "uri",
-        "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$",
-        "description": "Base URL of the EHR's FHIR server; required with fhirAuthorization.",
-    }
-    req["dependentRequired"] = {"fhirAuthorization": ["fhirServer"]}
+#: what each error status means; the body is always :class:`~cds.http.errors.ErrorResponse`
+_ERROR_TEXT = {
+    400: "Malformed JSON, a missing or wrongly typed field (the message names it), or a wrong hook.",
+    401: "Missing or invalid bearer JWT (no detail is given).",
+    404: "Unknown service.",
+    405: "Method not allowed.",
+    412: "Required prefetch data was neither sent nor fetchable from fhirServer (error.key names it).",
+    413: "Request body too large.",
+    415: "Content-Type is not application/json.",
+    500: "The service could not evaluate the request (a fault of the service, never of the request).",
+    503: "Storage unavailable or not configured.",
+}
 
 
-def _feedback_schema(schemas: dict[str, Any]) -> None:
-    schemas["FeedbackItem"]["properties"]["card"] = {"type": "string", "format": "uuid"}
-    schemas["FeedbackAcceptedSuggestion"]["properties"]["id"] = {"type": "string", "format": "uuid"}
-    schemas["FeedbackRequest"]["properties"]["feedback"]["minItems"] = 1
-
-
-def _error_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["status", "message"],
-                "properties": {
-                    "status": {"type": "integer"},
-                    "message": {"type": "string"},
-                    "field": {"type": "string"},
-                    "key": {"type": "string"},
-                },
-                "additionalProperties": True,
-            }
-        },
-        "additionalProperties": False,
-    }
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "Malformed JSON, a missing or wrongly typed field (the message names it), or a wrong hook.",
-        401: "Missing or invalid bearer JWT (no detail is given).",
-        404: "Unknown path or service.",
-        405: "Method not allowed.",
-        412: "Required prefetch data was neither sent nor fetchable from fhirServer.",
-        413: "Request body too large.",
-        415: "Content-Type is not application/json.",
-        503: "Storage unavailable or not configured.",
-    }
-    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
-
-
-def build_document(settings: Any, prefetch_keys: list[str]) -> dict[str, Any]:
-    schemas: dict[str, Any] = {}
-    schemas.update(_schemas([PatientViewRequest], "validation"))
-    schemas.update(_schemas([CdsResponse, Discovery], "serialization"))
-    schemas.update(_schemas([FeedbackRequest], "validation", prefix="Feedback"))
-    schemas.update(_fhir_schemas())
-    schemas["Error"] = _error_schema()
-    schemas["FeedbackResponse"] = {
-        "type": "object",
-        "required": ["received", "stored"],
-        "properties": {"received": {"type": "integer", "minimum": 1}, "stored": {"type": "integer", "minimum": 0}},
-        "additionalProperties": False,
-    }
-    _hook_request_schema(schemas, prefetch_keys)
-    _feedback_schema(schemas)
-
+def build_document(settings: Any, service_ids: list[str]) -> dict[str, Any]:
+    """The OpenAPI document of an app with ``settings`` that offers the services ``service_ids``."""
+    schemas, ref = component_schemas()
     auth = bool(getattr(settings, "auth", True))
-    secured: dict[str, Any] = {"security": [{"ehrJwt": []}]} if auth else {}
-    auth_errors = (401,) if auth else ()
-    service_path = f"/cds-services/{service.SERVICE_ID}"
+    secured: dict[str, Any] = {"security": [{SECURITY_SCHEME: []}]} if auth else {}
+    request_id: dict[str, Any] = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
+
+    def ok(model: type[BaseModel], description: str) -> dict[str, Any]:
+        return _json(ref[model], description, headers=request_id)
+
+    def errors(*codes: int) -> dict[str, Any]:
+        out = {}
+        for code in codes:
+            if code == 401 and not auth:
+                continue
+            headers = dict(request_id)
+            if code == 401:
+                headers["WWW-Authenticate"] = {
+                    "description": "The authentication scheme to use: `Bearer`.",
+                    "schema": {"type": "string", "const": "Bearer"},
+                }
+            out[str(code)] = _json(ref[ErrorResponse], _ERROR_TEXT[code], headers=headers)
+        return out
+
+    def body(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    service_id = {
+        "name": "service_id",
+        "in": "path",
+        "required": True,
+        "description": "The id of a service listed by discovery.",
+        "schema": {"type": "string", "enum": list(service_ids)},
+    }
+    hook_request = {"anyOf": [ref[m] for m in HOOK_REQUEST_MODELS]}
 
     paths: dict[str, Any] = {
         "/cds-services": {
@@ -183,82 +137,44 @@ def build_document(settings: Any, prefetch_keys: list[str]) -> dict[str, Any]:
                 "operationId": "discovery",
                 "summary": "CDS Hooks discovery",
                 **secured,
-                "responses": {"200": _json(_ref("Discovery"), "The services this CDS service offers."), **_errors(*auth_errors)},
+                "responses": {"200": ok(Discovery, "The services this CDS service offers."), **errors(401, 500)},
             }
         },
-        service_path: {
+        "/cds-services/{service_id}": {
+            "parameters": [service_id],
             "post": {
                 "operationId": "callService",
-                "summary": f"Call the {service.HOOK} service",
+                "summary": "Call a service (the hook request must be the service's hook)",
                 **secured,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": _ref("PatientViewRequest"),
-                            "example": {
-                                "hook": service.HOOK,
-                                "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-                                "context": {"userId": "Practitioner/example", "patientId": "example"},
-                                "prefetch": {key: None for key in prefetch_keys},
-                            },
-                        }
-                    },
-                },
+                "requestBody": body(hook_request),
                 "responses": {
-                    "200": _json(_ref("CdsResponse"), "Cards ({\"cards\": []} when there is nothing to say)."),
-                    **_errors(400, *auth_errors, 412, 413, 415),
+                    "200": ok(CdsResponse, 'Cards ({"cards": []} when there is nothing to say).'),
+                    **errors(400, 401, 404, 412, 413, 415, 500),
                 },
-            }
+            },
         },
-        service_path + "/feedback": {
+        "/cds-services/{service_id}/feedback": {
+            "parameters": [service_id],
             "post": {
                 "operationId": "feedback",
                 "summary": "Report what the clinician did with the cards",
                 **secured,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": _ref("FeedbackRequest"),
-                            "example": {
-                                "feedback": [
-                                    {
-                                        "card": "0b5c8d4e-2f1a-4a53-9f9a-3e2b7c1d5e6f",
-                                        "outcome": "overridden",
-                                        "outcomeTimestamp": "2026-11-20T10:00:00Z",
-                                    }
-                                ]
-                            },
-                        }
-                    },
-                },
-                "responses": {
-                    "200": _json(_ref("FeedbackResponse"), "Feedback stored."),
-                    **_errors(400, *auth_errors, 413, 415, 503),
-                },
-            }
+                "requestBody": body(ref[FeedbackRequest]),
+                "responses": {"200": ok(FeedbackAck, "Feedback stored."), **errors(400, 401, 404, 413, 415, 500, 503)},
+            },
         },
         "/healthz": {
             "get": {
                 "operationId": "healthz",
                 "summary": "Liveness",
-                "responses": {
-                    "200": _json(
-                        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-                        "The process is alive.",
-                    )
-                },
+                "responses": {"200": ok(Health, "The process is alive.")},
             }
         },
         "/readyz": {
             "get": {
                 "operationId": "readyz",
                 "summary": "Readiness: rule set loaded and database reachable",
-                "responses": {
-                    "200": _json(_ref("Readiness"), "Ready."),
-                    "503": _json(_ref("Readiness"), "Not ready (database unreachable)."),
-                },
+                "responses": {"200": ok(Readiness, "Ready."), "503": ok(Readiness, "Not ready (database unreachable).")},
             }
         },
         "/metrics": {
@@ -268,6 +184,7 @@ def build_document(settings: Any, prefetch_keys: list[str]) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "Prometheus text exposition format.",
+                        "headers": request_id,
                         "content": {METRICS_CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
                     }
                 },
@@ -277,47 +194,34 @@ def build_document(settings: Any, prefetch_keys: list[str]) -> dict[str, Any]:
             "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.", headers=request_id)},
             }
         },
     }
-    schemas["Readiness"] = {
-        "type": "object",
-        "required": ["status", "checks"],
-        "properties": {
-            "status": {"enum": ["ready", "not ready"]},
-            "checks": {
-                "type": "object",
-                "properties": {
-                    "rules": {
-                        "type": "object",
-                        "properties": {
-                            "name": {"type": "string"},
-                            "version": {"type": "string"},
-                            "sha256": {"type": "string"},
-                        },
-                    },
-                    "database": {"type": "boolean"},
-                },
-            },
+    components: dict[str, Any] = {
+        "schemas": schemas,
+        "headers": {
+            "X-Request-Id": {
+                "description": "The request id (the caller's X-Request-Id when it is a plain token, else a new one).",
+                "schema": {"type": "string", "minLength": 1},
+            }
         },
-    }
-    components: dict[str, Any] = {"schemas": schemas}
-    if auth:
-        components["securitySchemes"] = {
-            "ehrJwt": {
+        "securitySchemes": {
+            SECURITY_SCHEME: {
                 "type": "http",
                 "scheme": "bearer",
                 "bearerFormat": "JWT",
                 "description": "CDS Hooks 2.0 client JWT signed by a trusted EHR (asymmetric alg; aud is the called URL).",
             }
-        }
+        },
+    }
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "lbp-cds",
             "version": _version(),
-            "description": "CDS Hooks 2.0 service recommending the next step of a low-back strengthening programme.",
+            "description": "CDS Hooks 2.0 service recommending the next step of a low-back strengthening programme. "
+            "The CDS Hooks paths answer CORS preflight (OPTIONS) requests without authentication.",
         },
         "servers": [{"url": settings.public_base_url}],
         "paths": paths,
@@ -334,11 +238,16 @@ def _version() -> str:
         return "0"
 
 
+def document(app: Flask) -> dict[str, Any]:
+    """The document ``app`` serves (built on first use, then cached for the app's life)."""
+    cache = app.extensions.setdefault("lbp_cds_openapi", {})
+    if "doc" not in cache:
+        state = app.extensions["lbp_cds"]
+        ruleset = state.rules.current().ruleset
+        cache["doc"] = build_document(state.settings, [service.describe(ruleset).id])
+    return copy.deepcopy(cache["doc"])
+
+
 @bp.get("/openapi.json")
 def openapi_document():
-    state = current_app.extensions["lbp_cds"]
-    cache = current_app.extensions.setdefault("lbp_cds_openapi", {})
-    if "doc" not in cache:
-        keys = list(service.prefetch_templates(state.rules.current().ruleset))
-        cache["doc"] = build_document(state.settings, keys)
-    return jsonify(copy.deepcopy(cache["doc"]))
+    return jsonify(document(current_app._get_current_object()))  # type: ignore[attr-defined]

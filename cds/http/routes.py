@@ -13,7 +13,7 @@ from .. import service
 from ..cdshooks import CdsResponse, Discovery, PatientViewRequest, to_json, validation_message
 from ..engine import EngineError
 from ..extract import PrefetchShapeError
-from ..feedback import FeedbackError, parse_feedback
+from ..feedback import FeedbackAck, FeedbackError, parse_feedback
 from ..fhir_client import PrefetchUnavailable, complete_prefetch
 from ..storage import StoreUnavailable
 from .errors import ApiError
@@ -124,4 +124,4 @@ def feedback(service_id: str):
         raise ApiError(503, "feedback could not be stored right now; retry later") from None
     for item in parsed.feedback:
         state.metrics.feedback.labels(item.outcome).inc()
-    return jsonify({"received": len(parsed.feedback), "stored": stored})
+    return jsonify(FeedbackAck(received=len(parsed.feedback), stored=stored).model_dump(mode="json"))
