@@ -7,6 +7,8 @@ import sys
 from .config import ConfigError, load_settings
 from .http import create_app
 from .logs import configure_logging
+from .reload_gate import CandidateRejected
+from .ruleset.loader import RuleSetError
 
 configure_logging(logging.INFO)
 try:
@@ -16,7 +18,17 @@ except ConfigError as e:
     # Under gunicorn a worker exiting 4 (its APP_LOAD_ERROR) stops the server instead of being
     # restarted in a loop; anywhere else, the CLI's exit code for a configuration error.
     raise SystemExit(4 if "gunicorn" in sys.modules else 2) from None
-app = create_app(settings)
+# Under gunicorn a worker exiting 4 (its APP_LOAD_ERROR) stops the server instead of being
+# restarted in a loop; anywhere else, the CLI's exit code for a refused start.
+_REFUSED = 4 if "gunicorn" in sys.modules else 1
+try:
+    app = create_app(settings)
+except RuleSetError as e:
+    print(f"refusing to start: the rule files in {settings.rules_dir} are invalid:\n{e}", file=sys.stderr, flush=True)
+    raise SystemExit(_REFUSED) from None
+except CandidateRejected as e:  # the rule engine refuses them, or they fail their own rule tests
+    print(f"refusing to start: {settings.rules_dir}: {e.one_line}", file=sys.stderr, flush=True)
+    raise SystemExit(_REFUSED) from None
 # Start-up objects (modules, FHIR model classes, the compiled rule set) leave the collector's
 # generations: full collections stay short when a large request allocates (p99 of a long history
 # 82 -> 15 ms in bench/).

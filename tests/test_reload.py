@@ -382,6 +382,15 @@ def test_start_up_passes_the_same_gate_as_a_reload(rules: Path, tmp_path: Path, 
     err = capsys.readouterr().err
     assert err == f"refusing to start: {rules}: 1 of 1 rule test case(s) fail, first {where}\n"
 
+    # the WSGI entry point (gunicorn cds.wsgi:app) refuses in the same one line, no traceback
+    env = {**os.environ, "CDS_RULES_DIR": str(rules), "CDS_AUTH": "off", "CDS_AUDIT_KEY": "k" * 32,
+           "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", "import cds.wsgi"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == f"refusing to start: {rules}: 1 of 1 rule test case(s) fail, first {where}"
+    assert "Traceback" not in proc.stderr
+
 
 def test_start_up_refuses_unreadable_rule_tests_and_still_reports_invalid_files_first(rules: Path) -> None:
     from cds.reload_gate import CandidateRejected
