@@ -396,7 +396,7 @@ def build_request(s: Scenario, anchor: dt.date) -> dict[str, Any]:
         "context": {"userId": "Practitioner/example", "patientId": patient_id},
         "prefetch": {
             "patient": patient_resource(patient_id, s.name),
-            "lbpConditions": searchset(req.conditions),
+            "conditions": searchset(req.conditions),
             "painScores": searchset(_newest_first(req.pains)),
             "exerciseRounds": searchset(_newest_first(req.rounds)),
         },
@@ -532,7 +532,7 @@ clinical scenario. They are for demos, for trying the service with curl, and for
 - `requests/<scenario>.json`: the request (`requests/` links to `../rules/tests/requests/`: the rule
   tests own the files, so a copy of `rules/` carries everything its cases need). `hook`, a fixed `hookInstance`, `context`
   (`userId` `Practitioner/example`, `patientId` `lbp-<scenario>`) and `prefetch` with exactly the
-  keys `patient` (a Patient), `lbpConditions`, `painScores` and `exerciseRounds` (searchset Bundles,
+  keys `patient` (a Patient), `conditions`, `painScores` and `exerciseRounds` (searchset Bundles,
   newest first like `_sort=-date`). There is no `fhirServer`: everything is prefetched.
 - The expected outcome of each scenario is written once, in the rule test case of the same name in
   [`rules/tests/examples.yaml`](../rules/tests/examples.yaml) (`description`, `expect`: the cards in

@@ -39,7 +39,7 @@ def failing_fetch_request() -> tuple[dict[str, Any], str]:
     access token: the service must fetch the key, cannot, and answers 412. Returns (body, missing key)."""
     _, request, _ = next(p for p in example_pairs() if p[0] == "bird-dog-20-18")
     body = copy.deepcopy(request)
-    missing = "lbpConditions"
+    missing = "conditions"
     del body["prefetch"][missing]
     body["fhirServer"] = f"http://127.0.0.1:{closed_port()}/fhir"
     body["fhirAuthorization"] = {

@@ -134,9 +134,9 @@ def test_prefetch_templates_use_the_codes_of_the_rule_files(rules_copy):
         "Observation?patient={{context.patientId}}&code=http://example.org/pain|PAIN-1&_sort=-date&_count=100"
     )
     assert "|site-reps&" in templates["exerciseRounds"]
-    assert templates["lbpConditions"] == "Condition?patient={{context.patientId}}&code=http://example.org/dx|LBP"
+    assert templates["conditions"] == "Condition?patient={{context.patientId}}&code=http://example.org/dx|LBP"
     assert templates["patient"] == original["patient"]
-    for key in ("painScores", "exerciseRounds", "lbpConditions"):
+    for key in ("painScores", "exerciseRounds", "conditions"):
         assert templates[key] != original[key]
 
 
