@@ -3,12 +3,15 @@
 Two stages, so the cost follows what the rules need rather than the length of the history:
 
 1. A cheap filter on the raw JSON dicts (about a microsecond each): resource type, code
-   (``system|code`` against ``codes``), subject, status and, for Observations, the presence of a
-   date. Resources rejected here for status, subject or code are *skipped* with a reason.
+   (``system|code`` against ``codes``; a Condition is a red flag, a risk factor, LBP or skipped),
+   subject, status and, for Observations, the presence of a date. Resources rejected here for
+   status, subject or code are *skipped* with a reason.
 2. Only the resources that can change the decision are validated with the ``fhir.resources`` R4B
    models (about 0.15 ms each) and turned into facts:
 
-   - every LBP Condition that passed the filter (the most recent onset counts);
+   - every LBP Condition that passed the filter (the most recent onset counts), and every Condition
+     in a red-flag or risk-factor category of the rule files (``codes.red_flags``,
+     ``codes.red_flag_risks``; codes matched exactly or by ``match: prefix``, see :class:`CodeList`);
    - exercise rounds: raw candidates are grouped by the date part of the raw date string and the
      newest group is validated; a group without a usable round (all invalid, unknown exercise, ...)
      falls back to the next date;
