@@ -150,7 +150,7 @@ def test_metrics_after_every_example_and_a_failing_fetch(tmp_path):
     assert value(m, "cds_fhir_fetch_errors_total", key=missing) == 1
     # feedback by outcome, audit failures
     assert value(m, "cds_feedback_total", outcome="accepted") == 12
-    assert value(m, "cds_feedback_total", outcome="overridden") == 9
+    assert value(m, "cds_feedback_total", outcome="overridden") == 13
     assert value(m, "cds_audit_failures") == 0
     app.extensions["lbp_cds"].store.close()
 
