@@ -319,6 +319,11 @@ def test_the_safety_fixture_is_valid(rules) -> None:
      "codes.yaml:33:16: unknown key 'match' in codes.pain_score (allowed: system, code, display)"),
     ("codes.yaml", "    - id: infection\n", "    - id: Infection\n",
      "codes.yaml:17:11: codes.red_flags.1.id: expected lower-case letters, digits and '-', found 'Infection'"),
+    ("codes.yaml", "    - id: steroids\n", "    - id: axial\n",
+     "codes.yaml:26:11: duplicate red-flag or risk-factor category id 'axial' (first defined at line 21)"),
+    ("codes.yaml", '      display: Steroids\n      codes:\n        - {system: "http://hl7.org/fhir/sid/icd-10-cm", '
+     'code: "Z79.52", match: prefix}\n', "      display: Steroids\n",
+     "codes.yaml:26:7: codes.red_flag_risks.0: required key 'codes' is missing"),
 ])
 def test_rule_file_mistakes_have_exact_positions(rules, file, old, new, expected) -> None:
     edit(rules, file, old, new)

@@ -383,6 +383,10 @@ class _Loader:
                     self.at("ladder", ("rungs", i, "evidence", j), f"unknown evidence id '{ref}'{_hint(ref, evidence)}")
         self.unique("ladder", [("rungs", i, "code") for i in range(len(doc.ladder.rungs))], ladder, "ladder rung")
         self.unique("evidence", [(i, "id") for i in range(len(doc.evidence))], [e.id for e in doc.evidence], "evidence id")
+        categories = [(key, i, c.id) for key in ("red_flags", "red_flag_risks")
+                      for i, c in enumerate(getattr(doc.codes, key))]
+        self.unique("codes", [(key, i, "id") for key, i, _ in categories], [c for _, _, c in categories],
+                    "red-flag or risk-factor category id")
         self.unique("rules", [(i, "id") for i in range(len(doc.rules))], [r.id for r in doc.rules], "rule id")
         if doc.notes:
             self.unique("notes", [(i, "id") for i in range(len(doc.notes))], [n.id for n in doc.notes], "note id")
