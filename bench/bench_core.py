@@ -143,7 +143,7 @@ def long_history_request(anchor: dt.date, *, sessions: int = 200) -> dict[str, A
         "context": {"userId": "Practitioner/example", "patientId": patient},
         "prefetch": {
             "patient": {"resourceType": "Patient", "id": patient},
-            "lbpConditions": bundle([condition]),
+            "conditions": bundle([condition]),
             "painScores": bundle(pains),
             "exerciseRounds": bundle(rounds),
         },

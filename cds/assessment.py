@@ -15,6 +15,9 @@ from .facts import PatientFacts
 
 #: name -> (type, meaning). The rule checker, the docs and ``cds evaluate`` all read this table.
 FACT_FIELDS: dict[str, tuple[type, str]] = {
+    "condition_recorded": (bool, "an active, not refuted LBP condition exists (with or without an onset)"),
+    "red_flag": (bool, "an active, not refuted condition in a red-flag category (codes.red_flags) exists"),
+    "red_flag_risk": (bool, "an active, not refuted condition in a risk-factor category (codes.red_flag_risks) exists"),
     "onset_known": (bool, "an active LBP condition with a documented onset exists"),
     "onset_days_ago": (int, "days from the most recent documented onset to the evaluation date"),
     "session_recorded": (bool, "at least one exercise round was recorded"),
@@ -35,6 +38,9 @@ class Assessment(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    condition_recorded: bool = False
+    red_flag: bool = False
+    red_flag_risk: bool = False
     onset_known: bool
     onset_days_ago: int | None = None
     session_recorded: bool
@@ -63,6 +69,9 @@ def assess(facts: PatientFacts, ladder: list[str], evaluation_date: dt.date) -> 
     onset = facts.onset
     session = facts.latest_session
     values: dict[str, Any] = {
+        "condition_recorded": bool(facts.conditions),
+        "red_flag": bool(facts.red_flags),
+        "red_flag_risk": bool(facts.risk_factors),
         "onset_known": onset is not None,
         "onset_days_ago": (evaluation_date - onset).days if onset else None,
         "session_recorded": session is not None,

@@ -23,7 +23,15 @@ from .facts import PatientFacts
 from .fhir_validation import validate
 from .ruleset.model import RuleSet
 from .ruleset.schema import Rung
-from .templates import PLACEHOLDERS, REPS_SEPARATOR, derived_parameters, fill, render_number
+from .templates import (
+    LIST_TEXT_CHARS,
+    PLACEHOLDERS,
+    REPS_SEPARATOR,
+    derived_parameters,
+    fill,
+    join_list,
+    render_number,
+)
 
 __all__ = [
     "EXTENSION_KEY",
@@ -103,6 +111,12 @@ def template_values(
         values["max_reps"] = render_number(a.max_reps)
     values["rounds_recorded"] = render_number(len(session.reps) if session is not None else a.rounds_recorded)
 
+    separator = doc.texts.list_separator
+    for prefix, found in (("red_flag", facts.red_flags), ("red_flag_risk", facts.risk_factors)):
+        if found:
+            values[f"{prefix}_category"] = join_list([f.category_display for f in found], separator, LIST_TEXT_CHARS)
+            values[f"{prefix}_condition"] = join_list([f.text for f in found], separator, LIST_TEXT_CHARS)
+
     if fired is not None and fired.recommended is not None:
         rung = ladder.rung(fired.recommended)
         values["recommended"] = rung.code
@@ -133,11 +147,8 @@ def _cell(text: str) -> str:
 
 def _facts_table(values: dict[str, str], facts: PatientFacts, ruleset: RuleSet) -> str:
     labels = ruleset.document.texts.facts
-    unknown = ruleset.document.texts.not_recorded
-    a_code = values["exercise"]
+    # the exercise by its name only: the ladder code stays in the extension (currentExercise)
     exercise = values["exercise_name"]
-    if a_code != unknown:
-        exercise = f"{exercise} (`{a_code}`)" if exercise != unknown else f"`{a_code}`"
     rows = [
         (labels.exercise, exercise),
         (labels.session_date, values["session_date"]),
@@ -204,6 +215,10 @@ def _extension(fired: FiredRule, facts: PatientFacts, evaluation: Evaluation) ->
         fact_values["maxPain"] = _json_number(max_pain)
     if facts.onset is not None:
         fact_values["onsetDate"] = facts.onset.isoformat()
+    if facts.red_flags:
+        fact_values["redFlags"] = list(dict.fromkeys(f.category for f in facts.red_flags))
+    if facts.risk_factors:
+        fact_values["redFlagRisks"] = list(dict.fromkeys(f.category for f in facts.risk_factors))
     fact_values["skippedInvalid"] = facts.skipped_invalid
 
     rec: dict[str, Any] = {"ruleId": fired.rule_id, "decision": fired.decision}
@@ -239,6 +254,8 @@ def build_card(
     """The card of one fired rule (see :func:`build_cards`)."""
     doc = ruleset.document
     rule = ruleset.rule(fired.rule_id)
+    if rule.card is None:
+        raise ValueError(f"rule {fired.rule_id} is silent: it answers no card")
     values = template_values(evaluation, facts, ruleset, fired)
     texts = text_values(values, fired, evaluation, ruleset)
 
@@ -300,7 +317,7 @@ def build_cards(
     patient_id: str,
     uuid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> list[RuleCard]:
-    """One :class:`RuleCard` per fired rule, in firing order.
+    """One :class:`RuleCard` per fired rule that is not ``silent``, in firing order.
 
     Each card has a fresh ``uuid``; the summary and detail are the rule's templates filled in, the
     detail followed by the texts of the rule's fired notes, a table of the facts it was decided from,
@@ -312,4 +329,5 @@ def build_cards(
     return [
         RuleCard(fired, build_card(fired, evaluation, facts, ruleset, patient_id=patient_id, uuid_factory=uuid_factory))
         for fired in evaluation.fired
+        if not ruleset.rule(fired.rule_id).silent
     ]

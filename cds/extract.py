@@ -3,12 +3,15 @@
 Two stages, so the cost follows what the rules need rather than the length of the history:
 
 1. A cheap filter on the raw JSON dicts (about a microsecond each): resource type, code
-   (``system|code`` against ``codes``), subject, status and, for Observations, the presence of a
-   date. Resources rejected here for status, subject or code are *skipped* with a reason.
+   (``system|code`` against ``codes``; a Condition is a red flag, a risk factor, LBP or skipped),
+   subject, status and, for Observations, the presence of a date. Resources rejected here for
+   status, subject or code are *skipped* with a reason.
 2. Only the resources that can change the decision are validated with the ``fhir.resources`` R4B
    models (about 0.15 ms each) and turned into facts:
 
-   - every LBP Condition that passed the filter (the most recent onset counts);
+   - every LBP Condition that passed the filter (the most recent onset counts), and every Condition
+     in a red-flag or risk-factor category of the rule files (``codes.red_flags``,
+     ``codes.red_flag_risks``; codes matched exactly or by ``match: prefix``, see :class:`CodeList`);
    - exercise rounds: raw candidates are grouped by the date part of the raw date string and the
      newest group is validated; a group without a usable round (all invalid, unknown exercise, ...)
      falls back to the next date;
@@ -35,11 +38,11 @@ from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.observation import Observation
 
 from .errors import CdsError
-from .facts import ExerciseRound, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
+from .facts import ExerciseRound, FlaggedCondition, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
 from .fhir_validation import validate
-from .ruleset.schema import Codes, Ladder
+from .ruleset.schema import Codes, ConditionCategory, ConditionCoding, Ladder
 
-__all__ = ["PrefetchShapeError", "extract"]
+__all__ = ["CodeList", "PrefetchShapeError", "extract"]
 
 log = logging.getLogger("cds.extract")
 
@@ -55,7 +58,7 @@ R_DUPLICATE = "duplicate of an earlier resource with the same type and id"
 R_SUBJECT = "subject is not the context patient"
 R_OBS_CODE = "code is neither a pain score nor an exercise round"
 R_OBS_STATUS = "status is not one of the counted observation statuses"
-R_COND_CODE = "code is not a low back pain condition"
+R_COND_CODE = "code is not a counted condition"
 R_COND_CLINICAL = "clinicalStatus is not one of the counted clinical statuses"
 R_COND_VERIFICATION = "verificationStatus is excluded"
 R_NO_DATE = "no effectiveDateTime or effectivePeriod.start"
@@ -215,6 +218,33 @@ def _numeric_value(obs: Observation) -> float | None:
     return value if value is not None else _number(obs.valueInteger)
 
 
+class CodeList:
+    """A rule-file list of Condition codes, matched like :meth:`ConditionCoding.matches` (exact codes
+    by a set lookup, ``match: prefix`` entries one by one)."""
+
+    def __init__(self, codings: list[ConditionCoding]) -> None:
+        self.exact = frozenset((c.system, c.code) for c in codings if c.match == "exact")
+        self.prefixes = [c for c in codings if c.match != "exact"]
+
+    def match(self, system: Any, code: Any) -> ConditionCoding | bool:
+        """True (exact) or the matching prefix entry when ``system|code`` is in the list; else False."""
+        if (system, code) in self.exact:
+            return True
+        return next((c for c in self.prefixes if c.matches(system, code)), False)
+
+    def any(self, pairs: list[tuple[Any, Any]]) -> bool:
+        return any(self.match(system, code) for system, code in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flag:
+    """A candidate Condition in a red-flag (``red_flag=True``) or risk-factor category."""
+
+    candidate: _Candidate
+    category: ConditionCategory
+    red_flag: bool
+
+
 def _has(cc: Any, pair: tuple[str, str]) -> bool:
     return cc is not None and any((c.system, c.code) == pair for c in cc.coding or ())
 
@@ -224,7 +254,10 @@ class _Extractor:
         self.codes = codes
         self.subject_rel = f"Patient/{patient_id}"
         self.subject_abs_suffix = f"/Patient/{patient_id}"
-        self.lbp = frozenset((c.system, c.code) for c in codes.lbp_condition)
+        self.lbp = CodeList(codes.lbp_condition)
+        # red flags first, then risk factors, each in file order: the first category matching counts
+        self.categories = [(cat, CodeList(cat.codes), True) for cat in codes.red_flags]
+        self.categories += [(cat, CodeList(cat.codes), False) for cat in codes.red_flag_risks]
         self.clinical = frozenset(codes.condition_clinical_status)
         self.verification_excluded = frozenset(codes.condition_verification_excluded)
         self.obs_status = frozenset(codes.observation_status)
@@ -238,6 +271,7 @@ class _Extractor:
         self.rung = {code: i for i, code in enumerate(ladder.codes)}
         self.skipped: list[SkippedResource] = []
         self.conditions: list[_Candidate] = []
+        self.flags: list[_Flag] = []
         self.rounds: list[_Candidate] = []
         self.pains: list[_Candidate] = []
         self.seen: set[tuple[str, str]] = set()
@@ -340,8 +374,12 @@ class _Extractor:
         return None
 
     def filter_condition(self, c: _Candidate) -> str | None:
+        """A Condition is a red flag, a risk factor, an LBP condition (in that order) or skipped; the
+        subject and status filters apply to all three."""
         raw = c.raw
-        if not any(p in self.lbp for p in _codings(raw.get("code"))):
+        pairs = _codings(raw.get("code"))
+        category = next(((cat, red) for cat, codes, red in self.categories if codes.any(pairs)), None)
+        if category is None and not self.lbp.any(pairs):
             return R_COND_CODE
         if not self.is_subject(raw):
             return R_SUBJECT
@@ -349,7 +387,10 @@ class _Extractor:
             return R_COND_CLINICAL
         if any(code in self.verification_excluded for _, code in _codings(raw.get("verificationStatus"))):
             return R_COND_VERIFICATION
-        self.conditions.append(c)
+        if category is None:
+            self.conditions.append(c)
+        else:
+            self.flags.append(_Flag(c, *category))
         return None
 
     # -- stage 2: validate what can matter
@@ -365,6 +406,29 @@ class _Extractor:
                 onset = cond.onsetPeriod.start
             out.append(LbpCondition(resource_id=c.rid, onset=_calendar_date(onset)))
         return out
+
+    def flagged_conditions(self) -> tuple[list[FlaggedCondition], list[FlaggedCondition]]:
+        """(red flags, risk factors): the flagged Conditions that pass FHIR validation, in resource order."""
+        red: list[FlaggedCondition] = []
+        risk: list[FlaggedCondition] = []
+        for flag in self.flags:
+            cond = self.validate(Condition, flag.candidate)
+            if cond is None:
+                continue
+            codes = CodeList(flag.category.codes)
+            code = cond.code
+            text = code.text if code is not None and code.text else None
+            if text is None and code is not None:
+                text = next((cd.display for cd in code.coding or () if cd.display and codes.match(cd.system, cd.code)),
+                            None)
+            fact = FlaggedCondition(
+                resource_id=flag.candidate.rid,
+                category=flag.category.id,
+                category_display=flag.category.display,
+                text=" ".join((text or flag.category.display).split()),
+            )
+            (red if flag.red_flag else risk).append(fact)
+        return red, risk
 
     def effective_date(self, obs: Observation, c: _Candidate) -> dt.date | None:
         value = obs.effectiveDateTime
@@ -531,6 +595,7 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
         ex.add(order, raw, in_bundle=in_bundle)
 
     conditions = ex.lbp_conditions()
+    red_flags, risk_factors = ex.flagged_conditions()
     rounds, positions = ex.latest_rounds()
     session: Session | None = None
     pains: list[PainScore] = []
@@ -547,6 +612,8 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
     return PatientFacts(
         patient_id=patient_id,
         conditions=tuple(conditions),
+        red_flags=tuple(red_flags),
+        risk_factors=tuple(risk_factors),
         pain_scores=tuple(pains),
         rounds=tuple(rounds),
         latest_session=session,

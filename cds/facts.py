@@ -22,6 +22,19 @@ class LbpCondition(_Fact):
     onset: dt.date | None = None
 
 
+class FlaggedCondition(_Fact):
+    """An active, non-refuted Condition in a red-flag or risk-factor category of the rule files.
+
+    ``text`` is the condition as the record names it (``code.text``, else the matching coding's
+    display, else the category's display): shown on the card, never logged.
+    """
+
+    resource_id: str
+    category: str  # the category id in the rule files, e.g. "cauda-equina"
+    category_display: str  # the category as the card names it
+    text: str
+
+
 class PainScore(_Fact):
     """One 0-10 pain score (LOINC 72514-3)."""
 
@@ -73,6 +86,8 @@ class PatientFacts(_Fact):
 
     patient_id: str
     conditions: tuple[LbpCondition, ...] = ()
+    red_flags: tuple[FlaggedCondition, ...] = ()  # conditions in a ``codes.red_flags`` category
+    risk_factors: tuple[FlaggedCondition, ...] = ()  # conditions in a ``codes.red_flag_risks`` category
     pain_scores: tuple[PainScore, ...] = ()
     rounds: tuple[ExerciseRound, ...] = ()
     latest_session: Session | None = None

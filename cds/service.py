@@ -33,12 +33,13 @@ def prefetch_templates(ruleset: RuleSet) -> dict[str, str]:
     """The prefetch templates of SPEC §2.1; codes come from the rule files, so a site's mapping applies."""
     codes = ruleset.document.codes
     patient = "{{context.patientId}}"
-    condition_codes = ",".join(f"{c.system}|{c.code}" for c in codes.lbp_condition)
+    # every active condition: LBP, red-flag and risk-factor codes are matched locally (prefixes included)
+    clinical = ",".join(codes.condition_clinical_status)
     pain = f"{codes.pain_score.system}|{codes.pain_score.code}"
     reps = f"{codes.reps_to_failure.system}|{codes.reps_to_failure.code}"
     return {
         "patient": f"Patient/{patient}",
-        "lbpConditions": f"Condition?patient={patient}&code={condition_codes}",
+        "conditions": f"Condition?patient={patient}&clinical-status={clinical}",
         "painScores": f"Observation?patient={patient}&code={pain}&_sort=-date&_count=100",
         "exerciseRounds": f"Observation?patient={patient}&code={reps}&_sort=-date&_count=100",
     }

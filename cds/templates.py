@@ -31,6 +31,7 @@ __all__ = [
     "TemplateError",
     "derived_parameters",
     "fill",
+    "join_list",
     "max_rendered_length",
     "parse",
     "placeholder_bound",
@@ -54,6 +55,10 @@ PLACEHOLDERS: frozenset[str] = frozenset(
         "min_reps",  # fewest reps in a round of the latest session
         "max_reps",  # most reps in a round of the latest session
         "rounds_recorded",  # rounds recorded in the latest session
+        "red_flag_category",  # the red-flag categories found (their display), joined by texts.list_separator
+        "red_flag_condition",  # the red-flag conditions as the record names them, joined likewise
+        "red_flag_risk_category",  # the risk-factor categories found
+        "red_flag_risk_condition",  # the risk-factor conditions as the record names them
     }
 )
 
@@ -77,6 +82,9 @@ DATE_CHARS = 10
 #: a standalone number fact (pain, min/max reps, days, rounds): up to 8 characters ("12345678",
 #: "2.333333"); a longer value is possible only with absurd data and is caught by the runtime truncation
 NUMBER_CHARS = 8
+#: a list placeholder (``{red_flag_category}``, ``{red_flag_condition}``...) is cut to this many
+#: characters ("…" at the end), so a summary using one has a bound
+LIST_TEXT_CHARS = 80
 #: ``{reps}`` is bounded as up to 8 rounds of up to 3 characters each, joined by ", " (38 characters)
 REPS_MAX_ROUNDS = 8
 REPS_NUMBER_CHARS = 3
@@ -86,7 +94,11 @@ DATE_FIELDS = frozenset({"onset_date", "session_date"})
 NUMBER_FIELDS = frozenset({"onset_days_ago", "max_pain", "min_reps", "max_reps", "rounds_recorded"})
 CODE_FIELDS = frozenset({"exercise", "recommended"})
 NAME_FIELDS = frozenset({"exercise_name", "recommended_name"})
-assert DATE_FIELDS | NUMBER_FIELDS | CODE_FIELDS | NAME_FIELDS | {"reps"} == PLACEHOLDERS
+#: category placeholder -> the ``codes`` list its categories come from
+CATEGORY_FIELDS = {"red_flag_category": "red_flags", "red_flag_risk_category": "red_flag_risks"}
+CONDITION_FIELDS = frozenset({"red_flag_condition", "red_flag_risk_condition"})
+assert DATE_FIELDS | NUMBER_FIELDS | CODE_FIELDS | NAME_FIELDS | set(CATEGORY_FIELDS) | CONDITION_FIELDS | {
+    "reps"} == PLACEHOLDERS
 
 _formatter = string.Formatter()
 
@@ -106,6 +118,15 @@ def render_number(value: float | int) -> str:
     if f.is_integer():
         return str(int(f))
     return repr(f)
+
+
+def join_list(items: list[str], separator: str, limit: int | None = None) -> str:
+    """The distinct ``items`` in order, joined by ``separator``; cut to ``limit`` characters (ending
+    in "…") when longer."""
+    text = separator.join(dict.fromkeys(items))
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text
 
 
 def parse(template: str) -> list[tuple[str, str | None]]:
@@ -174,6 +195,12 @@ def placeholder_bound(name: str, ruleset: RuleSet) -> int:
         return max(max(len(r.code) for r in doc.ladder.rungs), unknown)
     if name in NAME_FIELDS:
         return max(max(len(r.display) for r in doc.ladder.rungs), unknown)
+    if name in CATEGORY_FIELDS:
+        displays = [c.display for c in getattr(doc.codes, CATEGORY_FIELDS[name])]
+        joined = sum(map(len, displays)) + max(len(displays) - 1, 0) * len(doc.texts.list_separator)
+        return max(min(joined, LIST_TEXT_CHARS), unknown)
+    if name in CONDITION_FIELDS:
+        return max(LIST_TEXT_CHARS, unknown)
     if name == "reps":
         reps = REPS_MAX_ROUNDS * REPS_NUMBER_CHARS + (REPS_MAX_ROUNDS - 1) * len(REPS_SEPARATOR)
         return max(reps, unknown)

@@ -64,6 +64,14 @@ LBP_CODES = {
     "M54.51": ("http://hl7.org/fhir/sid/icd-10-cm", "Vertebrogenic low back pain"),
     "M54.59": ("http://hl7.org/fhir/sid/icd-10-cm", "Other low back pain"),
 }
+#: red-flag and risk-factor codes used by the scenarios (rules/codes.yaml: red_flags, red_flag_risks)
+FLAG_CODES = {
+    "192970008": ("http://snomed.info/sct", "Cauda equina syndrome"),
+    "S32.010A": ("http://hl7.org/fhir/sid/icd-10-cm",
+                 "Wedge compression fracture of first lumbar vertebra, initial encounter for closed fracture"),
+    "Z79.52": ("http://hl7.org/fhir/sid/icd-10-cm", "Long term (current) use of systemic steroids"),
+}
+CONDITION_CODES = {**LBP_CODES, **FLAG_CODES}
 PAIN_ANSWERS = {0: "LA6111-4", 1: "LA6112-2", 2: "LA6113-0", 3: "LA6114-8", 4: "LA6115-5", 5: "LA10137-0",
                 6: "LA10138-8", 7: "LA10139-6", 8: "LA10140-4", 9: "LA10141-2", 10: "LA13942-0"}
 
@@ -75,7 +83,7 @@ LADDER = [HA, BD, SL, RH]
 
 @dataclass(frozen=True)
 class Condition:
-    """An LBP Condition. ``onset`` is a day offset (None: no onset recorded)."""
+    """A Condition (LBP unless ``code`` is one of FLAG_CODES). ``onset`` is a day offset (None: no onset recorded)."""
 
     onset: int | None
     period: bool = False  # onsetPeriod.start instead of onsetDateTime
@@ -166,6 +174,21 @@ SCENARIOS: tuple[Scenario, ...] = (
     # start
     Scenario("no-sessions",
              conditions=(Condition(-300, code="278860009"),)),
+    # safety: red flags, risk factors, outside the programme
+    Scenario("red-flag-cauda-equina",
+             conditions=(Condition(-300), Condition(-3, code="192970008")),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("red-flag-fracture-prefix",
+             conditions=(Condition(-300), Condition(-20, code="S32.010A")),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("red-flag-refuted",
+             conditions=(Condition(-300), Condition(-3, code="192970008", verification="refuted"),
+                         Condition(-20, code="S32.010A", clinical=None, verification="entered-in-error")),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("risk-steroids-step-up",
+             conditions=(Condition(-300), Condition(-700, code="Z79.52")),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("outside-programme", conditions=()),
     # pain gate
     Scenario("pain-5-bird-dog",
              sessions=(*older(BD), Session(L, BD, (20, 19), pain=5, linked=True))),
@@ -295,7 +318,7 @@ class _Request:
         return {"reference": f"Patient/{other or self.patient_id}"}
 
     def add_condition(self, c: Condition) -> None:
-        system, display = LBP_CODES[c.code]
+        system, display = CONDITION_CODES[c.code]
         res: dict[str, Any] = {"resourceType": "Condition", "id": self.ids.new("condition", len(self.conditions) + 1)}
         if c.clinical:  # FHIR con-5: no clinicalStatus on an entered-in-error condition
             res["clinicalStatus"] = concept(CONDITION_CLINICAL, c.clinical)
@@ -396,7 +419,7 @@ def build_request(s: Scenario, anchor: dt.date) -> dict[str, Any]:
         "context": {"userId": "Practitioner/example", "patientId": patient_id},
         "prefetch": {
             "patient": patient_resource(patient_id, s.name),
-            "lbpConditions": searchset(req.conditions),
+            "conditions": searchset(req.conditions),
             "painScores": searchset(_newest_first(req.pains)),
             "exerciseRounds": searchset(_newest_first(req.rounds)),
         },
@@ -532,7 +555,7 @@ clinical scenario. They are for demos, for trying the service with curl, and for
 - `requests/<scenario>.json`: the request (`requests/` links to `../rules/tests/requests/`: the rule
   tests own the files, so a copy of `rules/` carries everything its cases need). `hook`, a fixed `hookInstance`, `context`
   (`userId` `Practitioner/example`, `patientId` `lbp-<scenario>`) and `prefetch` with exactly the
-  keys `patient` (a Patient), `lbpConditions`, `painScores` and `exerciseRounds` (searchset Bundles,
+  keys `patient` (a Patient), `conditions`, `painScores` and `exerciseRounds` (searchset Bundles,
   newest first like `_sort=-date`). There is no `fhirServer`: everything is prefetched.
 - The expected outcome of each scenario is written once, in the rule test case of the same name in
   [`rules/tests/examples.yaml`](../rules/tests/examples.yaml) (`description`, `expect`: the cards in

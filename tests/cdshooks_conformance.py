@@ -20,10 +20,11 @@ Rules checked (CDS Hooks 2.0 plus this project's SPEC §1.4, §2.1, §3):
   (at-most-one|any) present if and only if there are suggestions; ``overrideReasons`` Codings with
   ``system``, ``code``, ``display``; ``links`` with ``label``, ``url``, ``type`` absolute|smart and
   ``appContext`` only on smart links;
-* ``extension["org.lbp-cds.recommendation"]``: ``ruleId``, ``decision`` one of the 8 decisions,
+* ``extension["org.lbp-cds.recommendation"]``: ``ruleId``, ``decision`` one of the 10 decisions of SPEC 2.1,
   ``ruleset`` with ``name``, ``version``, ``sha256`` (64 hex digits), ``facts`` with an integer
-  ``skippedInvalid`` and well-formed optional facts; no ``recommendedExercise`` for new-onset and
-  onset-unknown; a ``recommendedExercise`` comes with a suggestion.
+  ``skippedInvalid`` and well-formed optional facts (``redFlags``/``redFlagRisks``: lists of category
+  ids); no ``recommendedExercise`` for red-flag, red-flag-risk, new-onset and onset-unknown; a
+  ``recommendedExercise`` comes with a suggestion.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ __all__ = [
 ]
 
 DECISIONS = frozenset(
-    {"new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back", "continue", "step-up"}
+    {"red-flag", "red-flag-risk", "new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back",
+     "continue", "step-up"}
 )
 INDICATORS = frozenset({"info", "warning", "critical"})
 ACTION_TYPES = frozenset({"create", "update", "delete"})
@@ -58,7 +60,7 @@ CARD_KEYS = frozenset(
 RESPONSE_KEYS = frozenset({"cards", "systemActions"})
 DISCLAIMER_WORDS = ("educational purposes only", "not medical advice")
 EXTENSION_KEY = "org.lbp-cds.recommendation"
-NO_RECOMMENDATION = frozenset({"new-onset", "onset-unknown"})
+NO_RECOMMENDATION = frozenset({"red-flag", "red-flag-risk", "new-onset", "onset-unknown"})
 SUMMARY_LIMIT = 140  # the summary must be shorter than this
 
 
@@ -216,6 +218,11 @@ def _recommendation(ext: Any, card: dict, path: str, problems: list[str]) -> Non
             problems.append(f"{fpath}.reps: must be a list of non-negative numbers, got {_fmt(reps)}")
         elif any(isinstance(r, float) and r.is_integer() for r in reps):
             problems.append(f"{fpath}.reps: integral values must be written as integers, got {_fmt(reps)}")
+    for key in ("redFlags", "redFlagRisks"):
+        if key in facts:
+            ids = facts[key]
+            if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+                problems.append(f"{fpath}.{key}: must be a non-empty list of category ids, got {_fmt(ids)}")
     if "maxPain" in facts:
         pain = facts["maxPain"]
         if not _is_number(pain) or not 0 <= pain <= 10:

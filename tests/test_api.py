@@ -18,14 +18,10 @@ from conftest import REQUESTS_DIR, SERVICE_URL
 
 BASE = json.loads((REQUESTS_DIR / "bird-dog-20-18.json").read_text())
 
-CONDITION_CODES = (
-    "http://snomed.info/sct|279039007,http://snomed.info/sct|278860009,"
-    "http://hl7.org/fhir/sid/icd-10-cm|M54.5,http://hl7.org/fhir/sid/icd-10-cm|M54.50,"
-    "http://hl7.org/fhir/sid/icd-10-cm|M54.51,http://hl7.org/fhir/sid/icd-10-cm|M54.59"
-)
+CLINICAL_STATUSES = "active,recurrence,relapse"
 SPEC_PREFETCH = {
     "patient": "Patient/{{context.patientId}}",
-    "lbpConditions": "Condition?patient={{context.patientId}}&code=" + CONDITION_CODES,
+    "conditions": "Condition?patient={{context.patientId}}&clinical-status=" + CLINICAL_STATUSES,
     "painScores": "Observation?patient={{context.patientId}}&code=http://loinc.org|72514-3&_sort=-date&_count=100",
     "exerciseRounds": (
         "Observation?patient={{context.patientId}}"
@@ -219,7 +215,7 @@ def test_fhir_authorization_without_fhir_server_is_400(client):
         ("painScores", [1, 2]),
         ("painScores", {"foo": 1}),
         ("exerciseRounds", {"resourceType": "Bundle", "type": "searchset", "entry": "x"}),
-        ("lbpConditions", True),
+        ("conditions", True),
         ("patient", "Patient/1"),
     ],
 )
@@ -264,7 +260,7 @@ def test_get_on_the_service_is_405(client):
     assert_error(client.put(SERVICE_URL, json=BASE), 405, "method not allowed")
 
 
-@pytest.mark.parametrize("key", ["patient", "lbpConditions", "painScores", "exerciseRounds"])
+@pytest.mark.parametrize("key", ["patient", "conditions", "painScores", "exerciseRounds"])
 def test_a_required_prefetch_key_absent_without_fhir_server_is_412_naming_it(client, key):
     body = request_with(lambda b: b["prefetch"].pop(key))
     error = assert_error(post(client, body), 412, key, "fhirServer")
@@ -295,7 +291,7 @@ ODD_BODIES: list[Any] = [
     request_with(lambda b: b["prefetch"].update(painScores={"resourceType": "Observation"})),
     request_with(lambda b: b["prefetch"].update(painScores={"resourceType": "NoSuchThing", "id": "x"})),
     request_with(lambda b: b["prefetch"].update(patient={"resourceType": "Patient", "id": ["x"]})),
-    request_with(lambda b: b["prefetch"].update(lbpConditions={"resourceType": 5})),
+    request_with(lambda b: b["prefetch"].update(conditions={"resourceType": 5})),
     request_with(lambda b: b.update(fhirServer="https://ehr.example.org/fhir", fhirAuthorization="token")),
     request_with(lambda b: b.update(hookInstance="x" * 10_000)),
     '{"hook": "patient-view", "hookInstance": "a", "context": {"patientId": "p", "userId": "u"}, "prefetch": {"patient": 1e999}}',

@@ -981,7 +981,7 @@ def test_texts_come_from_the_rule_files(rs):
     facts = make_facts("bird-dog", (20, 22), (1,), onset=None)
     [card] = cards_for(other, facts, "continue")
     rounds = render_number(rs.document.parameters["rounds"])
-    assert "**Daten**" in card["detail"] and "| Übung | Bird-dog (`bird-dog`) |" in card["detail"]
+    assert "**Daten**" in card["detail"] and "| Übung | Bird-dog |" in card["detail"]
     assert "| unbekannt |" in card["detail"]  # the onset date
     assert f"Regel continue / {rs.identity.name}" in card["detail"]
     assert "Facts used" not in card["detail"] and "Rule: `" not in card["detail"]

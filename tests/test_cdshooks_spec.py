@@ -141,6 +141,10 @@ def test_prefetch_templates_keep_to_the_spec_query_restrictions(client):
                 # token equality; several values are OR-ed with ",", each system|code
                 for token in value.split(","):
                     assert re.fullmatch(r"[^|,\s]+\|[^|,\s]+", token), f"{key}: code token {token!r}"
+            elif base == "clinical-status":
+                # a token parameter of Condition, by equality: plain codes of its required value set
+                for token in value.split(","):
+                    assert re.fullmatch(r"[a-z][a-z-]*", token), f"{key}: clinical-status token {token!r}"
             else:
                 assert base in ("patient", "subject"), f"{key}: unexpected search parameter {base}"
                 assert value == "{{context.patientId}}", f"{key}: {base} must reference the context patient"

@@ -33,7 +33,7 @@ _spec.loader.exec_module(gen)
 ANCHOR = dt.date.fromisoformat(json.loads((EXAMPLES / "config.json").read_text())["evaluationDate"])
 SCENARIOS = {s.name: s for s in gen.SCENARIOS}
 NAMES = sorted(SCENARIOS)
-PREFETCH_KEYS = {"patient", "lbpConditions", "painScores", "exerciseRounds"}
+PREFETCH_KEYS = {"patient", "conditions", "painScores", "exerciseRounds"}
 OBS = "https://lbp-cds.org/fhir/CodeSystem/observation"
 
 CODES = yaml.safe_load((RULES_DIR / "codes.yaml").read_text())
@@ -138,11 +138,11 @@ def test_bundles_are_searchsets_newest_first(name):
             r = e["resource"]
             assert e["fullUrl"].endswith(f"/{r['resourceType']}/{r['id']}")
             assert e["search"] == {"mode": "match"}
-        if key != "lbpConditions":
+        if key != "conditions":
             stamps = [dt.datetime.fromisoformat(r["effectiveDateTime"]) for r in entries(bundle)
                       if not gen.is_deliberately_invalid(r)]
             assert stamps == sorted(stamps, reverse=True)
-    assert {r["resourceType"] for r in entries(prefetch["lbpConditions"])} <= {"Condition"}
+    assert {r["resourceType"] for r in entries(prefetch["conditions"])} <= {"Condition"}
     ids = [r["id"] for r in gen.request_resources(load(name))]
     assert len(ids) == len(set(ids))
 
@@ -209,7 +209,7 @@ def test_most_patients_have_older_sessions():
 def onsets(name: str) -> list[int]:
     req = load(name)
     out = []
-    for c in own(entries(req["prefetch"]["lbpConditions"]), req["context"]["patientId"]):
+    for c in own(entries(req["prefetch"]["conditions"]), req["context"]["patientId"]):
         start = c.get("onsetDateTime") or c.get("onsetPeriod", {}).get("start")
         if start:
             out.append(offset(start))
@@ -225,17 +225,17 @@ def test_onset_offsets(name, days):
 
 
 def test_onset_fields():
-    assert "onsetPeriod" in entries(load("new-onset-period")["prefetch"]["lbpConditions"])[0]
-    onset_period = entries(load("onset-period")["prefetch"]["lbpConditions"])[0]
+    assert "onsetPeriod" in entries(load("new-onset-period")["prefetch"]["conditions"])[0]
+    onset_period = entries(load("onset-period")["prefetch"]["conditions"])[0]
     assert onset_period["onsetPeriod"] == {"start": (ANCHOR - dt.timedelta(days=200)).isoformat()}
     assert "onsetDateTime" not in onset_period
-    assert load("onset-undocumented")["prefetch"]["lbpConditions"] == {
+    assert load("onset-undocumented")["prefetch"]["conditions"] == {
         "resourceType": "Bundle", "type": "searchset", "total": 0}
     assert load("no-sessions")["prefetch"]["exerciseRounds"]["total"] == 0
 
 
 def test_new_onset_is_exactly_ten_days_before_the_evaluation_date():
-    condition = entries(load("new-onset")["prefetch"]["lbpConditions"])[0]
+    condition = entries(load("new-onset")["prefetch"]["conditions"])[0]
     assert dt.date.fromisoformat(condition["onsetDateTime"]) == ANCHOR - dt.timedelta(days=10)
 
 
@@ -302,7 +302,7 @@ def test_scenario_specifics():
     assert len(bad) == 1 and bad[0]["effectiveDateTime"] == "2026-02-30T10:00:00Z"
     # the decoys in ignored-resources
     req = load("ignored-resources")
-    conditions = entries(req["prefetch"]["lbpConditions"])
+    conditions = entries(req["prefetch"]["conditions"])
     eie = [c for c in conditions if c["verificationStatus"]["coding"][0]["code"] == "entered-in-error"]
     assert len(eie) == 1 and offset(eie[0]["onsetDateTime"]) == -5
     other = [c for c in conditions if c["subject"]["reference"] == "Patient/someone-else"]

@@ -26,7 +26,7 @@ from conftest import REQUESTS_DIR, RULES_DIR
 
 REQUESTS = sorted(REQUESTS_DIR.glob("*.json"))
 SERVICE_URL = "/cds-services/lbp-exercise-progression"
-KEYS = ["patient", "lbpConditions", "painScores", "exerciseRounds"]
+KEYS = ["patient", "conditions", "painScores", "exerciseRounds"]
 TOKEN = "e2e-tok-7Hq2-SECRET-do-not-log"
 BUDGET = 0.4  # the app's default fetch_total_timeout, used by the failure tests
 SLACK = 0.35  # Flask test client + evaluation on top of the fetch budget (generous: CI machines are busy)
@@ -47,9 +47,9 @@ pytestmark = [
 # Ways of splitting the prefetch: which keys the EHR sends (the rest is fetched).
 VARIANTS = {
     "all-fetched": [],
-    "patient+conditions-prefetched": ["patient", "lbpConditions"],
+    "patient+conditions-prefetched": ["patient", "conditions"],
     "observations-prefetched": ["painScores", "exerciseRounds"],
-    "only-rounds-fetched": ["patient", "lbpConditions", "painScores"],
+    "only-rounds-fetched": ["patient", "conditions", "painScores"],
 }
 
 
@@ -174,7 +174,7 @@ def test_null_prefetch_means_no_data_and_is_not_fetched(roomy_client, server) ->
     request = _load(REQUESTS[0])
     server.data = FhirData.from_prefetch(request["prefetch"])
     body = _with_server(request, server, KEYS)
-    body["prefetch"]["lbpConditions"] = None
+    body["prefetch"]["conditions"] = None
     response, _ = _post(client, body)
     assert response.status_code == 200, response.get_json()
     assert server.requests == []
@@ -206,7 +206,7 @@ def test_fhir_server_error_status_gives_412(client, server, status: int) -> None
     _, body = _split_request(server)
     server.overrides["Condition"] = Override(status=status)
     response, elapsed = _post(client, body)
-    _assert_412(response, elapsed, "lbpConditions")
+    _assert_412(response, elapsed, "conditions")
     assert f"HTTP {status}" in response.get_data(as_text=True)
 
 
@@ -214,7 +214,7 @@ def test_slow_fhir_server_gives_412_within_budget(client, server) -> None:
     _, body = _split_request(server)
     server.overrides["Condition"] = Override(delay=3.0)
     response, elapsed = _post(client, body)
-    _assert_412(response, elapsed, "lbpConditions")
+    _assert_412(response, elapsed, "conditions")
 
 
 @pytest.mark.parametrize("override", [
@@ -225,7 +225,7 @@ def test_garbled_fhir_server_gives_412(client, server, override: Override) -> No
     _, body = _split_request(server)
     server.overrides["Condition"] = override
     response, elapsed = _post(client, body)
-    _assert_412(response, elapsed, "lbpConditions")
+    _assert_412(response, elapsed, "conditions")
 
 
 def test_wrong_patient_resources_from_the_server_are_dropped(roomy_client, server) -> None:
@@ -243,8 +243,8 @@ def test_missing_token_or_server_gives_412(client, server) -> None:
     request, body = _split_request(server)
     no_auth = {k: v for k, v in body.items() if k != "fhirAuthorization"}
     response, elapsed = _post(client, no_auth)
-    _assert_412(response, elapsed, "lbpConditions")
+    _assert_412(response, elapsed, "conditions")
     no_server = {k: v for k, v in body.items() if k not in ("fhirAuthorization", "fhirServer")}
     response, elapsed = _post(client, no_server)
-    _assert_412(response, elapsed, "lbpConditions")
+    _assert_412(response, elapsed, "conditions")
     assert server.requests == []

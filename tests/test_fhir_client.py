@@ -30,22 +30,15 @@ EXAMPLE = ROOT / "fhir_examples" / "requests" / "bird-dog-28-27.json"
 
 TOKEN = "tok-3xq9-SECRET-never-log-me"
 
-CONDITION_CODES = ",".join([
-    "http://snomed.info/sct|279039007",
-    "http://snomed.info/sct|278860009",
-    "http://hl7.org/fhir/sid/icd-10-cm|M54.5",
-    "http://hl7.org/fhir/sid/icd-10-cm|M54.50",
-    "http://hl7.org/fhir/sid/icd-10-cm|M54.51",
-    "http://hl7.org/fhir/sid/icd-10-cm|M54.59",
-])
+CLINICAL_STATUSES = "active,recurrence,relapse"
 TEMPLATES = {  # SPEC section 2.1
     "patient": "Patient/{{context.patientId}}",
-    "lbpConditions": "Condition?patient={{context.patientId}}&code=" + CONDITION_CODES,
+    "conditions": "Condition?patient={{context.patientId}}&clinical-status=" + CLINICAL_STATUSES,
     "painScores": "Observation?patient={{context.patientId}}&code=http://loinc.org|72514-3&_sort=-date&_count=100",
     "exerciseRounds": "Observation?patient={{context.patientId}}"
     "&code=https://lbp-cds.org/fhir/CodeSystem/observation|reps-to-technical-failure&_sort=-date&_count=100",
 }
-SEARCH_KEYS = ["lbpConditions", "painScores", "exerciseRounds"]
+SEARCH_KEYS = ["conditions", "painScores", "exerciseRounds"]
 
 DEV = FetchSettings(allow_http=True)
 SLACK = 0.3  # seconds allowed past total_timeout (generous: CI machines are busy)
@@ -76,7 +69,7 @@ def _fallback_request() -> dict[str, Any]:
         "hook": "patient-view", "hookInstance": "x", "context": {"userId": "Practitioner/example", "patientId": pid},
         "prefetch": {
             "patient": {"resourceType": "Patient", "id": pid},
-            "lbpConditions": bundle([{"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{pid}"},
+            "conditions": bundle([{"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{pid}"},
                                       "code": {"coding": [{"system": "http://snomed.info/sct", "code": "279039007"}]},
                                       "onsetDateTime": "2026-01-10"}]),
             "painScores": bundle([{"resourceType": "Observation", "id": "p1", "status": "final",
@@ -246,7 +239,7 @@ def test_nothing_prefetched_fetches_every_key(hook_request, server) -> None:
     assert paths == ["/fhir/Condition", "/fhir/Observation", "/fhir/Observation", f"/fhir/Patient/{pid_of(hook_request)}"]
     condition_query = next(s.query for s in server.requests if s.path == "/fhir/Condition")
     assert condition_query["patient"] == [pid_of(hook_request)]
-    assert condition_query["code"] == [CONDITION_CODES]
+    assert condition_query["clinical-status"] == [CLINICAL_STATUSES]
 
 
 def test_empty_prefetch_object_is_the_same_as_none(hook_request, server) -> None:
@@ -256,11 +249,11 @@ def test_empty_prefetch_object_is_the_same_as_none(hook_request, server) -> None
 
 def test_partial_prefetch_fetches_only_absent_keys(hook_request, server) -> None:
     prefetch = partial(hook_request["prefetch"], ["patient", "painScores"])
-    prefetch["lbpConditions"] = None  # null: the EHR has none, do not fetch
+    prefetch["conditions"] = None  # null: the EHR has none, do not fetch
     out = call(hook_request, server, prefetch=prefetch)
     assert out["patient"] == hook_request["prefetch"]["patient"]
     assert out["painScores"] == hook_request["prefetch"]["painScores"]
-    assert out["lbpConditions"] is None
+    assert out["conditions"] is None
     assert ids(out["exerciseRounds"]) == ids(hook_request["prefetch"]["exerciseRounds"])
     assert len(server.requests) == 1
     assert server.requests[0].query["code"] == [
@@ -375,7 +368,7 @@ def test_slow_single_key_is_412_within_budget(hook_request, server) -> None:
 def test_trickling_body_is_412_within_budget(hook_request, server) -> None:
     server.overrides["Condition"] = Override(trickle=0.02)  # headers at once, then 1 byte / 20 ms
     exc = fails(hook_request, server, prefetch=partial(hook_request["prefetch"], ["patient", "painScores"]))
-    assert exc.key == "lbpConditions" and "timed out" in exc.reason
+    assert exc.key == "conditions" and "timed out" in exc.reason
     # the abandoned worker notices the deadline between reads and ends too, instead of lingering
     end = time.monotonic() + 0.5
     while time.monotonic() < end and any(t.name.startswith("cds-prefetch") for t in threading.enumerate()):
@@ -426,9 +419,9 @@ def test_slow_page_after_the_first_is_412_within_budget(hook_request, server) ->
 def test_error_status_is_412_naming_key_and_status(hook_request, server, status) -> None:
     server.overrides["Condition"] = Override(status=status)
     exc = fails(hook_request, server, prefetch=partial(hook_request["prefetch"], ["patient", "painScores"]))
-    assert exc.key == "lbpConditions"
+    assert exc.key == "conditions"
     assert f"HTTP {status}" in exc.reason
-    assert "lbpConditions" in str(exc)
+    assert "conditions" in str(exc)
 
 
 def test_wrong_token_is_401_then_412(hook_request, server) -> None:
@@ -454,14 +447,14 @@ def test_redirect_is_not_followed(hook_request, server) -> None:
 
 def test_body_not_json_is_412(hook_request, server) -> None:
     server.overrides["Observation"] = Override(raw=b"<html>oops</html>", content_type="text/html")
-    exc = fails(hook_request, server, prefetch=partial(hook_request["prefetch"], ["patient", "lbpConditions"]))
+    exc = fails(hook_request, server, prefetch=partial(hook_request["prefetch"], ["patient", "conditions"]))
     assert exc.key in ("painScores", "exerciseRounds") and "not JSON" in exc.reason
 
 
 def test_truncated_json_is_412(hook_request, server) -> None:
     server.overrides["Condition"] = Override(raw=b'{"resourceType": "Bundle", "type": "sea')
     exc = fails(hook_request, server, prefetch=partial(hook_request["prefetch"], ["patient", "painScores"]))
-    assert exc.key == "lbpConditions" and "not JSON" in exc.reason
+    assert exc.key == "conditions" and "not JSON" in exc.reason
 
 
 @pytest.mark.parametrize("body", [
@@ -474,7 +467,7 @@ def test_truncated_json_is_412(hook_request, server) -> None:
 def test_search_answer_that_is_not_a_searchset_is_412(hook_request, server, body) -> None:
     server.overrides["Condition"] = Override(json_body=body)
     exc = fails(hook_request, server, prefetch=partial(hook_request["prefetch"], ["patient", "painScores", "exerciseRounds"]))
-    assert exc.key == "lbpConditions"
+    assert exc.key == "conditions"
     assert "searchset" in exc.reason or "not a FHIR resource" in exc.reason
 
 
@@ -522,7 +515,7 @@ def test_entries_of_an_unexpected_type_are_dropped(hook_request, server) -> None
     body["entry"].append({"resource": {"resourceType": "Condition", "id": "odd",
                                        "subject": {"reference": f"Patient/{pid_of(hook_request)}"}}})
     server.overrides["Observation"] = Override(json_body=body)
-    out = call(hook_request, server, prefetch=partial(hook_request["prefetch"], ["patient", "lbpConditions", "painScores"]))
+    out = call(hook_request, server, prefetch=partial(hook_request["prefetch"], ["patient", "conditions", "painScores"]))
     assert ids(out["exerciseRounds"]) == ids(rounds)
 
 
@@ -532,13 +525,13 @@ def test_entries_of_an_unexpected_type_are_dropped(hook_request, server) -> None
 
 def test_missing_token_is_412(hook_request, server) -> None:
     exc = fails(hook_request, server, token=None, prefetch=partial(hook_request["prefetch"], ["patient"]))
-    assert exc.key == "lbpConditions"
+    assert exc.key == "conditions"
     assert "access token" in exc.reason and "painScores" in exc.reason
     assert server.requests == []
 
 
 def test_missing_fhir_server_is_412(hook_request) -> None:
-    exc = fails(hook_request, None, prefetch=partial(hook_request["prefetch"], ["patient", "lbpConditions"]))
+    exc = fails(hook_request, None, prefetch=partial(hook_request["prefetch"], ["patient", "conditions"]))
     assert exc.key == "painScores" and "fhirServer" in exc.reason
 
 

@@ -309,7 +309,7 @@ def _example_resources() -> list[dict[str, Any]]:
 
 
 RESOURCES = _example_resources()
-BUNDLE_KEYS = ["lbpConditions", "painScores", "exerciseRounds"]
+BUNDLE_KEYS = ["conditions", "painScores", "exerciseRounds"]
 
 
 @st.composite

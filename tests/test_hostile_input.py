@@ -204,7 +204,7 @@ def _nested_extension(levels: int) -> dict[str, Any]:
     return ext
 
 
-@pytest.mark.parametrize("key", ["exerciseRounds", "painScores", "lbpConditions"])
+@pytest.mark.parametrize("key", ["exerciseRounds", "painScores", "conditions"])
 @pytest.mark.parametrize("levels", [40, 150, 450])
 def test_deeply_nested_fhir_extensions_are_skipped_not_500(hc, key, levels):
     """Found by probing: ~140 nested extensions in a resource that is FHIR-validated exhausted the
@@ -340,7 +340,7 @@ NOT_FHIR = [
     ("painScores", {"resourceType": "Bundle", "entry": {"resource": {}}}),
     ("painScores", {"resourceType": "Bundle", "entry": ["Observation/1"]}),
     ("exerciseRounds", {"resourceType": "Bundle", "type": "searchset", "entry": [None]}),
-    ("lbpConditions", {"resourceType": None}),
+    ("conditions", {"resourceType": None}),
 ]
 
 

@@ -39,7 +39,7 @@ def failing_fetch_request() -> tuple[dict[str, Any], str]:
     access token: the service must fetch the key, cannot, and answers 412. Returns (body, missing key)."""
     _, request, _ = next(p for p in example_pairs() if p[0] == "bird-dog-20-18")
     body = copy.deepcopy(request)
-    missing = "lbpConditions"
+    missing = "conditions"
     del body["prefetch"][missing]
     body["fhirServer"] = f"http://127.0.0.1:{closed_port()}/fhir"
     body["fhirAuthorization"] = {
@@ -150,7 +150,7 @@ def test_metrics_after_every_example_and_a_failing_fetch(tmp_path):
     assert value(m, "cds_fhir_fetch_errors_total", key=missing) == 1
     # feedback by outcome, audit failures
     assert value(m, "cds_feedback_total", outcome="accepted") == 12
-    assert value(m, "cds_feedback_total", outcome="overridden") == 9
+    assert value(m, "cds_feedback_total", outcome="overridden") == 13
     assert value(m, "cds_audit_failures") == 0
     app.extensions["lbp_cds"].store.close()
 

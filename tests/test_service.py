@@ -134,6 +134,7 @@ def test_prefetch_templates_use_the_codes_of_the_rule_files(rules_copy):
         doc["codes"]["pain_score"] = {"system": "http://example.org/pain", "code": "PAIN-1"}
         doc["codes"]["reps_to_failure"]["code"] = "site-reps"
         doc["codes"]["lbp_condition"] = [{"system": "http://example.org/dx", "code": "LBP"}]
+        doc["codes"]["condition_clinical_status"] = ["active", "remission"]
 
     edit_yaml(rules_copy / "codes.yaml", change)
     templates = service.prefetch_templates(load_ruleset(rules_copy))
@@ -141,9 +142,10 @@ def test_prefetch_templates_use_the_codes_of_the_rule_files(rules_copy):
         "Observation?patient={{context.patientId}}&code=http://example.org/pain|PAIN-1&_sort=-date&_count=100"
     )
     assert "|site-reps&" in templates["exerciseRounds"]
-    assert templates["lbpConditions"] == "Condition?patient={{context.patientId}}&code=http://example.org/dx|LBP"
+    # every condition with a counted clinical status: the codes are matched locally, not in the query
+    assert templates["conditions"] == "Condition?patient={{context.patientId}}&clinical-status=active,remission"
     assert templates["patient"] == original["patient"]
-    for key in ("painScores", "exerciseRounds", "lbpConditions"):
+    for key in ("painScores", "exerciseRounds", "conditions"):
         assert templates[key] != original[key]
 
 

@@ -25,7 +25,7 @@ from ..templates import TEXT_KEY_PLACEHOLDERS, TEXT_PLACEHOLDERS, max_rendered_l
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .model import RuleSet
-from .schema import IDENT as _IDENT, REQUIRED_SECTIONS, SLUG as _SLUG, URL, RuleFile, RuleSetDocument
+from .schema import IDENT as _IDENT, LIST_SECTIONS, REQUIRED_SECTIONS, SLUG as _SLUG, URL, RuleFile, RuleSetDocument
 
 log = logging.getLogger("cds.rules")
 
@@ -175,6 +175,8 @@ class _Loader:
         self.warnings: list[Problem] = []
         self.docs: dict[str, yamlpos.PositionedYaml] = {}
         self.origin: dict[str, str] = {}  # section -> file name that holds it
+        #: rules/notes split across files: section -> (file, first merged index, count), in file order
+        self.segments: dict[str, list[tuple[str, int, int]]] = {}
 
     # -- helpers ------------------------------------------------------------------------------
     def problem(self, file: str, mark: yamlpos.Mark, message: str) -> None:
@@ -194,8 +196,17 @@ class _Loader:
         kind = "rule" if section == "rules" else "note"
         return f"{kind} {ident!r}" if isinstance(ident, str) and ident else f"{section}.{index}"
 
+    def locate(self, section: str, path: tuple) -> tuple[str, tuple]:
+        """The file holding ``section``/``path`` and the path inside that file: item ``i`` of a merged
+        ``rules``/``notes`` list is item ``i - start`` of the file that wrote it."""
+        if section in self.segments and path and isinstance(path[0], int):
+            for file, start, count in self.segments[section]:
+                if start <= path[0] < start + count:
+                    return file, (path[0] - start, *path[1:])
+        return self.origin[section], path
+
     def position(self, section: str, path: tuple, *, key: bool = False, column: int | None = None) -> tuple[str, yamlpos.Mark]:
-        file = self.origin[section]
+        file, path = self.locate(section, path)
         doc = self.docs[file]
         full = (section, *path)
         mark = yamlpos.scalar_column_mark(doc, full, column) if column is not None else doc.mark(full, key=key)
@@ -258,6 +269,14 @@ class _Loader:
             self.report_validation_errors(name, doc, e.errors())
         self.check_empty_sections(name, doc)
         for section, value in doc.data.items():
+            if section in LIST_SECTIONS and isinstance(value, list):
+                # rules and notes may be split across files: concatenated in file order
+                parts = self.segments.setdefault(section, [])
+                start = len(merged.get(section, []))
+                parts.append((name, start, len(value)))
+                merged[section] = [*merged.get(section, []), *value]
+                self.origin.setdefault(section, name)
+                continue
             if section in merged and section in RuleFile.model_fields:
                 self.problem(
                     name, doc.mark((section,), key=True),
@@ -364,6 +383,10 @@ class _Loader:
                     self.at("ladder", ("rungs", i, "evidence", j), f"unknown evidence id '{ref}'{_hint(ref, evidence)}")
         self.unique("ladder", [("rungs", i, "code") for i in range(len(doc.ladder.rungs))], ladder, "ladder rung")
         self.unique("evidence", [(i, "id") for i in range(len(doc.evidence))], [e.id for e in doc.evidence], "evidence id")
+        categories = [(key, i, c.id) for key in ("red_flags", "red_flag_risks")
+                      for i, c in enumerate(getattr(doc.codes, key))]
+        self.unique("codes", [(key, i, "id") for key, i, _ in categories], [c for _, _, c in categories],
+                    "red-flag or risk-factor category id")
         self.unique("rules", [(i, "id") for i in range(len(doc.rules))], [r.id for r in doc.rules], "rule id")
         if doc.notes:
             self.unique("notes", [(i, "id") for i in range(len(doc.notes))], [n.id for n in doc.notes], "note id")
@@ -382,6 +405,16 @@ class _Loader:
                 compiled[key] = compile_condition(when, fact_types=fact_types, parameters=params, ladder_codes=ladder)
             except ConditionError as e:
                 self.at(section, (i, "when"), f"{named}: {e.message}", column=e.column)
+        for i, rule in enumerate(doc.rules):
+            named = f"rule '{rule.id}'"
+            if rule.silent:
+                for key in ("card", "recommend"):
+                    if getattr(rule, key) is not None:
+                        self.at("rules", (i, key), f"{named}: a silent rule answers no card, so it has no "
+                                f"'{key}': remove '{key}' or 'silent: true'", key=True)
+            elif rule.card is None:
+                self.at("rules", (i,), f"{named}: required key 'card' is missing (write the card, or "
+                        f"'silent: true' for a rule that answers no card)")
         if not self.problems:
             self.check_shadowing(doc, compiled)
         return compiled
@@ -395,8 +428,10 @@ class _Loader:
                 seen[value] = path
 
     def where(self, section: str, path: tuple) -> str:
-        mark = self.docs[self.origin[section]].mark((section, *path))
-        return f"line {mark.line}"
+        file, local = self.locate(section, path)
+        mark = self.docs[file].mark((section, *local))
+        several = len({f for f, _, _ in self.segments.get(section, [])}) > 1
+        return f"{Path(file).name} line {mark.line}" if several else f"line {mark.line}"
 
     def check_shadowing(self, doc: RuleSetDocument, compiled: dict[str, CompiledCondition]) -> None:
         from .shadowing import shadowed_by
@@ -420,8 +455,10 @@ class _Loader:
         known = set(placeholders_for(ruleset))
         text_known = known | set(TEXT_PLACEHOLDERS)
         templates: list[tuple[str, tuple[int | str, ...], str, bool, set[str]]]
-        templates = [("rules", (i, "card", "summary"), r.card.summary, True, known) for i, r in enumerate(doc.rules)]
-        templates += [("rules", (i, "card", "detail"), r.card.detail, False, known) for i, r in enumerate(doc.rules)]
+        templates = [("rules", (i, "card", "summary"), r.card.summary, True, known)
+                     for i, r in enumerate(doc.rules) if r.card is not None]
+        templates += [("rules", (i, "card", "detail"), r.card.detail, False, known)
+                      for i, r in enumerate(doc.rules) if r.card is not None]
         templates += [("notes", (i, "text"), n.text, False, known) for i, n in enumerate(doc.notes)]
         templates += [("rules", (i, "recommend", "adjustment"), r.recommend.adjustment, False, known)
                       for i, r in enumerate(doc.rules) if r.recommend and r.recommend.adjustment]
@@ -429,7 +466,7 @@ class _Loader:
         templates += [("texts", ("dose",), texts.dose, False, known)]
         templates += [("texts", (key,), getattr(texts, key), False, text_known)
                       for key in ("suggestion_label", "action_description", "patient_instruction", "order_note",
-                                  "provenance")]
+                                  "provenance", "list_separator")]
         templates += [("texts", (key,), getattr(texts, key), False, text_known | extra)
                       for key, extra in TEXT_KEY_PLACEHOLDERS.items()]
         for section, path, text, is_summary, allowed in templates:
@@ -461,8 +498,8 @@ class _Loader:
         """Warn about a number written into card text that equals a parameter: when the parameter
         changes, the text would silently go stale (write the placeholder instead)."""
         texts: list[tuple[str, tuple[int | str, ...], str]]
-        texts = [("rules", (i, "card", "summary"), r.card.summary) for i, r in enumerate(doc.rules)]
-        texts += [("rules", (i, "card", "detail"), r.card.detail) for i, r in enumerate(doc.rules)]
+        texts = [("rules", (i, "card", "summary"), r.card.summary) for i, r in enumerate(doc.rules) if r.card is not None]
+        texts += [("rules", (i, "card", "detail"), r.card.detail) for i, r in enumerate(doc.rules) if r.card is not None]
         texts += [("rules", (i, "recommend", "adjustment"), r.recommend.adjustment)
                   for i, r in enumerate(doc.rules) if r.recommend and r.recommend.adjustment]
         texts += [("notes", (i, "text"), n.text) for i, n in enumerate(doc.notes)]

@@ -119,6 +119,8 @@ class CaseResult:
     skipped_invalid: int = 0
     diff: list[str] = field(default_factory=list)
     error: str | None = None
+    #: every rule that fired, in order, silent ones (no card) included
+    fired: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -345,14 +347,14 @@ def case_request(case: RuleCase, ruleset) -> tuple[dict[str, Any], str]:
         return dict(body.get("prefetch") or {}), body["context"]["patientId"]
     codes = ruleset.document.codes
     patient = case.patient or ""
-    groups: dict[str, list[Any]] = {"lbpConditions": [], "painScores": [], "exerciseRounds": []}
+    groups: dict[str, list[Any]] = {"conditions": [], "painScores": [], "exerciseRounds": []}
     patient_resource: Any = {"resourceType": "Patient", "id": patient}
     for resource in case.resources:
         kind = resource.get("resourceType")
         if kind == "Patient":
             patient_resource = resource
         elif kind == "Condition":
-            groups["lbpConditions"].append(resource)
+            groups["conditions"].append(resource)
         elif _has_code(resource, codes.pain_score.system, codes.pain_score.code):
             groups["painScores"].append(resource)
         else:
@@ -393,6 +395,7 @@ def run_case(case: RuleCase, active) -> CaseResult:
     except Exception as e:  # noqa: BLE001 - reported as the case's failure
         result.error = f"evaluation failed: {type(e).__name__}: {e}"
         return result
+    result.fired = [f.rule_id for f in outcome.evaluation.fired]
     for rule_card in outcome.rule_cards:
         fired = rule_card.fired
         rec = (rule_card.card.extension or {}).get(EXTENSION_KEY, {})
@@ -477,7 +480,7 @@ def diff_cards(expected: Iterable[ExpectedCard], actual: Iterable[ExpectedCard])
 
 def run_cases(cases: list[RuleCase], active) -> TestReport:
     results = [run_case(c, active) for c in cases]
-    fired = {card.rule for r in results for card in r.actual}
+    fired = {rule for r in results for rule in r.fired}
     notes = {n for r in results for card in r.actual for n in card.notes}
     doc = active.ruleset.document
     return TestReport(

@@ -17,7 +17,8 @@ IDENT = r"^[a-z][a-z0-9_]*$"
 URL = r"^https?://[^/\s]+"  # an absolute http(s) URL
 
 Decision = Literal[
-    "new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back", "continue", "step-up"
+    "red-flag", "red-flag-risk", "outside-programme",
+    "new-onset", "onset-unknown", "start", "pain-gate", "pain-unrecorded", "step-back", "continue", "step-up",
 ]
 Indicator = Literal["info", "warning", "critical"]
 RungMove = Literal["first", "previous", "current", "next"]
@@ -34,6 +35,42 @@ class Coding(_Doc):
     system: str = Field(min_length=1)
     code: str = Field(min_length=1)
     display: str | None = None
+
+
+CodeMatch = Literal["exact", "prefix"]
+
+
+def code_matches(pattern: str, match: CodeMatch, code: str) -> bool:
+    """Does ``code`` match the rule-file code ``pattern``?
+
+    ``exact``: the same code. ``prefix``: a category prefix in the ICD-10-CM sense: the code itself, or
+    the code followed by more characters, where a prefix without a ``.`` (a three-character category
+    such as ``M45``) must be followed by the ``.`` of a subcategory: ``S32.0`` matches ``S32.0``,
+    ``S32.01`` and ``S32.010A`` but not ``S32.1``; ``M45`` matches ``M45`` and ``M45.9`` but not ``M450``.
+    """
+    if match == "exact" or code == pattern:
+        return code == pattern
+    if not code.startswith(pattern):
+        return False
+    return "." in pattern or code[len(pattern)] == "."
+
+
+class ConditionCoding(Coding):
+    """A Condition code in a code list: ``match: prefix`` also matches the codes below it (see
+    :func:`code_matches`); the default ``exact`` matches the code alone."""
+
+    match: CodeMatch = "exact"
+
+    def matches(self, system: str | None, code: str | None) -> bool:
+        return system == self.system and code is not None and code_matches(self.code, self.match, code)
+
+
+class ConditionCategory(_Doc):
+    """A named group of Condition codes (a red-flag or risk-factor category)."""
+
+    id: str = Field(pattern=SLUG)
+    display: str = Field(min_length=1)  # the category as the card names it
+    codes: list[ConditionCoding] = Field(min_length=1)
 
 
 class Source(_Doc):
@@ -76,7 +113,7 @@ class PainAnswers(_Doc):
 
 
 class Codes(_Doc):
-    lbp_condition: list[Coding] = Field(min_length=1)
+    lbp_condition: list[ConditionCoding] = Field(min_length=1)
     condition_clinical_status: list[str] = Field(min_length=1)
     condition_verification_excluded: list[str] = []
     observation_status: list[str] = Field(min_length=1)
@@ -85,6 +122,10 @@ class Codes(_Doc):
     reps_to_failure: Coding
     exercise_component: Coding
     round_component: Coding
+    #: conditions that stop the programme (a red flag: medical review first), by category
+    red_flags: list[ConditionCategory] = []
+    #: conditions that raise the risk of a red flag (a warning beside the advice), by category
+    red_flag_risks: list[ConditionCategory] = []
 
 
 class Rung(_Doc):
@@ -125,7 +166,9 @@ class Rule(_Doc):
     indicator: Indicator
     final: bool = False
     recommend: Recommend | None = None
-    card: CardTemplate
+    #: a silent rule decides but answers no card (``card`` and ``recommend`` are then not allowed)
+    silent: bool = False
+    card: CardTemplate | None = None  # required unless ``silent`` (the loader checks it, with a position)
 
 
 class Note(_Doc):
@@ -170,6 +213,8 @@ class Texts(_Doc):
     #: the order action's description when the rule has an ``adjustment``; may also name
     #: ``{action_description}`` (the filled ``action_description``) and ``{adjustment}``
     action_description_adjusted: Text
+    #: joins several items in one placeholder (e.g. two red-flag categories)
+    list_separator: Text = ", "
 
 
 class RuleFile(_Doc):
@@ -196,7 +241,10 @@ class RuleFile(_Doc):
         return v
 
 
-#: sections that must appear in exactly one file of the rule set
+#: sections that may be split across files (their lists are concatenated in file order)
+LIST_SECTIONS = ("rules", "notes")
+
+#: sections that must appear in exactly one file of the rule set (``rules`` and ``notes``: in one or more)
 REQUIRED_SECTIONS = ("ruleset", "parameters", "disclaimer", "texts", "evidence", "codes", "ladder", "stages", "rules")
 
 
