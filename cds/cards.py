@@ -180,8 +180,8 @@ def _service_request(
     """The proposed order of ``rung``: a draft FHIR R4 ServiceRequest saying what the card says.
 
     ``code``: the ladder coding, then ``codes.order_code`` when the rule files give one; ``category``:
-    ``codes.order_category``; ``patientInstruction`` and the first ``note``: ``texts.patient_instruction``
-    (the exercise and its dose) followed by the rule's adjustment; then ``texts.order_note``.
+    ``codes.order_category``; ``patientInstruction``: ``texts.patient_instruction`` (the exercise and its
+    dose) followed by the rule's adjustment; ``note``: the adjustment, the dose, then ``texts.order_note``.
     ``reasonReference``: the LBP Condition the decision used; ``requester``: ``user_id`` when it is a
     Practitioner or PractitionerRole.
     """
@@ -213,10 +213,9 @@ def _service_request(
     instruction = fill(texts.patient_instruction, values).strip()
     if adjustment:
         instruction = f"{instruction} {adjustment}".strip()
-    notes = []
     if instruction:
         resource["patientInstruction"] = instruction
-        notes.append({"text": instruction})
+    notes = [{"text": text} for text in (adjustment, dose) if text]
     notes.append({"text": fill(texts.order_note, values).strip()})
     resource["note"] = notes
     # A failure here is a bug in this module or the rule set, never client input: let it raise.
