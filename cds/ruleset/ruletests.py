@@ -627,5 +627,6 @@ def format_report(report: TestReport) -> str:
 __all__ = [
     "CardText", "CaseResult", "ExpectedCard", "TextCheck", "RuleCase", "RuleSetError", "RuleTestError", "TestReport",
     "active_rules",
-    "card_text", "case_hook", "diff_actions", "diff_cards", "diff_texts", "format_report", "load_cases", "run_case", "run_cases", "run_tests",
+    "card_text", "case_hook", "diff_actions",
+    "diff_cards", "diff_texts", "format_report", "load_cases", "run_case", "run_cases", "run_tests",
 ]
