@@ -419,3 +419,14 @@ def test_order_sign_over_a_real_http_server(server_url):
         assert delete["resourceId"] == ["ServiceRequest/draft-single-leg-reverse-hyper"]
         assert create["resource"]["code"]["coding"][0]["code"] == "bird-dog"
         assert create["resource"]["requester"] == {"reference": "Practitioner/example"}
+
+
+def test_the_guide_lists_every_order_fact():
+    from cds.order_facts import ORDER_FACT_FIELDS, ORDER_PLACEHOLDERS
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "rule-authoring.md").read_text()
+    section = guide[guide.index("## 10. The order-sign service"):]
+    for name in ORDER_FACT_FIELDS:
+        assert f"| `{name}` |" in section, name
+    for name in ORDER_PLACEHOLDERS:
+        assert f"`{{{name}}}`" in section, name
