@@ -430,3 +430,12 @@ def test_the_guide_lists_every_order_fact():
         assert f"| `{name}` |" in section, name
     for name in ORDER_PLACEHOLDERS:
         assert f"`{{{name}}}`" in section, name
+
+
+def test_order_checks_without_a_services_section_are_an_error(orders_copy):
+    """Without ``services`` only the default patient-view service exists: the checks would never run."""
+    text = (orders_copy / "ruleset.yaml").read_text()
+    (orders_copy / "ruleset.yaml").write_text(text[: text.index("\nservices:")] + "\n")
+    problems = [str(p).removeprefix(str(orders_copy) + "/") for p in check_ruleset(orders_copy)]
+    assert problems == ["order-check.yaml:1:1: order checks are declared but no service answers the 'order-sign' "
+                        "hook; add one to 'services'"]

@@ -403,7 +403,7 @@ class _Loader:
                 if stage not in doc.stages:
                     self.at("services", (i, "stages", j),
                             f"service '{svc.id}': unknown stage '{stage}' (stages: {', '.join(doc.stages)})")
-        if doc.order_checks and services and not any(s.hook == "order-sign" for s in services):
+        if doc.order_checks and not any(s.hook == "order-sign" for s in services):
             self.at("order_checks", (), "order checks are declared but no service answers the 'order-sign' hook; "
                     "add one to 'services'", key=True)
 
