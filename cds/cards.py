@@ -10,6 +10,7 @@ recommended rung was decided by the engine (:attr:`FiredRule.recommended`).
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .decisions import Evaluation, FiredRule
 from .facts import PatientFacts
 from .fhir_validation import validate
 from .ruleset.model import RuleSet
-from .ruleset.schema import Rung
+from .ruleset.schema import OrderCheck, Rung
 from .templates import (
     LIST_TEXT_CHARS,
     PLACEHOLDERS,
@@ -38,6 +39,9 @@ __all__ = [
     "RuleCard",
     "build_card",
     "build_cards",
+    "build_order_check_card",
+    "recommended_order",
+    "requester_reference",
     "template_values",
     "text_values",
 ]
@@ -167,37 +171,106 @@ def _blockquote(text: str) -> str:
     return "\n".join(f"> *{line.strip()}*" if line.strip() else ">" for line in text.strip().splitlines())
 
 
+#: a ``context.userId`` that may be an order's ``requester`` (FHIR R4 ServiceRequest.requester)
+_REQUESTER = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
+
+
+def requester_reference(user_id: str | None) -> str | None:
+    """``context.userId`` when it is a Practitioner or PractitionerRole reference, else None."""
+    return user_id if user_id is not None and _REQUESTER.match(user_id) else None
+
+
+def _coding(c: Any) -> dict[str, Any]:
+    return {k: v for k, v in (("system", c.system), ("code", c.code), ("display", c.display)) if v}
+
+
 def _service_request(
     rung: Rung, evaluation: Evaluation, ruleset: RuleSet, patient_id: str, adjustment: str | None,
-    values: dict[str, str],
+    values: dict[str, str], *, facts: PatientFacts | None = None, user_id: str | None = None,
 ) -> dict[str, Any]:
-    ladder = ruleset.document.ladder
-    texts = ruleset.document.texts
+    """The proposed order of ``rung``: a draft FHIR R4 ServiceRequest saying what the card says.
+
+    ``code``: the ladder coding, then ``codes.order_code`` when the rule files give one; ``category``:
+    ``codes.order_category``; ``patientInstruction``: ``texts.patient_instruction`` (the exercise and its
+    dose) followed by the rule's adjustment; ``note``: the adjustment, the dose, then ``texts.order_note``.
+    ``reasonReference``: the LBP Condition the decision used; ``requester``: ``user_id`` when it is a
+    Practitioner or PractitionerRole.
+    """
+    doc = ruleset.document
+    ladder = doc.ladder
+    texts = doc.texts
+    codings = [{"system": ladder.system, "code": rung.code, "display": rung.display}]
+    if doc.codes.order_code is not None:
+        codings.append(_coding(doc.codes.order_code))
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "proposal",
-        "code": {
-            "coding": [{"system": ladder.system, "code": rung.code, "display": rung.display}],
-            "text": rung.display,
-        },
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "authoredOn": evaluation.evaluation_date.isoformat(),
     }
+    if doc.codes.order_category is not None:
+        resource["category"] = [{"coding": [_coding(doc.codes.order_category)]}]
+    resource["code"] = {"coding": codings, "text": rung.display}
     dose = values["dose"]
     if dose:
         resource["orderDetail"] = [{"text": dose}]
-        resource["patientInstruction"] = fill(texts.patient_instruction, values).strip()
-    notes = []
+    resource["subject"] = {"reference": f"Patient/{patient_id}"}
+    resource["authoredOn"] = evaluation.evaluation_date.isoformat()
+    requester = requester_reference(user_id)
+    if requester is not None:
+        resource["requester"] = {"reference": requester}
+    condition = facts.condition_used if facts is not None else None
+    if condition is not None:
+        resource["reasonReference"] = [{"reference": f"Condition/{condition.resource_id}"}]
+    instruction = fill(texts.patient_instruction, values).strip()
     if adjustment:
-        notes.append({"text": adjustment})
+        instruction = f"{instruction} {adjustment}".strip()
+    if instruction:
+        resource["patientInstruction"] = instruction
+    notes = [{"text": text} for text in (adjustment, dose) if text]
     notes.append({"text": fill(texts.order_note, values).strip()})
     resource["note"] = notes
     # A failure here is a bug in this module or the rule set, never client input: let it raise.
-    # The patient reference (a validated FHIR id) and the date are the only per-request parts, so
-    # the resource is validated with them fixed: once per rule-set version, rung and rule.
-    validate(ServiceRequest, {**resource, "subject": {"reference": "Patient/x"}, "authoredOn": "2000-01-01"})
+    # The references (validated FHIR ids) and the date are the only per-request parts, so the resource
+    # is validated with them fixed: once per rule-set version, rung and rule.
+    fixed = {**resource, "subject": {"reference": "Patient/x"}, "authoredOn": "2000-01-01"}
+    if "requester" in fixed:
+        fixed["requester"] = {"reference": "Practitioner/x"}
+    if "reasonReference" in fixed:
+        fixed["reasonReference"] = [{"reference": "Condition/x"}]
+    validate(ServiceRequest, fixed)
     return resource
+
+
+def recommended_order(
+    fired: FiredRule,
+    evaluation: Evaluation,
+    facts: PatientFacts,
+    ruleset: RuleSet,
+    *,
+    patient_id: str,
+    user_id: str | None = None,
+    description: str | None = None,
+) -> tuple[dict[str, Any], str, dict[str, str]] | None:
+    """The order a fired rule recommends: (ServiceRequest, action description, text values), or None.
+
+    ``description`` is a template for the action's description (default ``texts.action_description``);
+    the rule's adjustment is appended to it.
+    """
+    if fired.recommended is None:
+        return None
+    doc = ruleset.document
+    values = template_values(evaluation, facts, ruleset, fired)
+    texts = text_values(values, fired, evaluation, ruleset)
+    rung = doc.ladder.rung(fired.recommended)
+    adjustment = None
+    if fired.recommend is not None and fired.recommend.adjustment:
+        adjustment = fill(fired.recommend.adjustment, values).strip() or None
+    resource = _service_request(rung, evaluation, ruleset, patient_id, adjustment, texts, facts=facts, user_id=user_id)
+    text = fill(description or doc.texts.action_description, texts).strip()
+    if adjustment:
+        adjusted = {**texts, "action_description": text, "adjustment": adjustment}
+        text = fill(doc.texts.action_description_adjusted, adjusted).strip()
+    return resource, text, texts
 
 
 def _extension(fired: FiredRule, facts: PatientFacts, evaluation: Evaluation) -> dict[str, Any]:
@@ -250,6 +323,7 @@ def build_card(
     *,
     patient_id: str,
     uuid_factory: Callable[[], str],
+    user_id: str | None = None,
 ) -> Card:
     """The card of one fired rule (see :func:`build_cards`)."""
     doc = ruleset.document
@@ -276,16 +350,9 @@ def build_card(
     override_reasons = [OverrideReason(system=r.system, code=r.code, display=r.display) for r in doc.override_reasons]
 
     suggestions: list[Suggestion] = []
-    if fired.recommended is not None:
-        rung = doc.ladder.rung(fired.recommended)
-        adjustment = None
-        if fired.recommend is not None and fired.recommend.adjustment:
-            adjustment = fill(fired.recommend.adjustment, values).strip() or None
-        resource = _service_request(rung, evaluation, ruleset, patient_id, adjustment, texts)
-        description = fill(doc.texts.action_description, texts).strip()
-        if adjustment:
-            description = fill(doc.texts.action_description_adjusted,
-                               {**texts, "action_description": description, "adjustment": adjustment}).strip()
+    order = recommended_order(fired, evaluation, facts, ruleset, patient_id=patient_id, user_id=user_id)
+    if order is not None:
+        resource, description, _ = order
         suggestions.append(
             Suggestion(
                 label=fill(doc.texts.suggestion_label, texts).strip(),
@@ -316,6 +383,7 @@ def build_cards(
     *,
     patient_id: str,
     uuid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
+    user_id: str | None = None,
 ) -> list[RuleCard]:
     """One :class:`RuleCard` per fired rule that is not ``silent``, in firing order.
 
@@ -324,10 +392,91 @@ def build_cards(
     the ``texts.provenance`` line, and the disclaimer. A recommended exercise becomes one suggestion
     creating a draft FHIR R4 ``ServiceRequest``. ``extension["org.lbp-cds.recommendation"]`` carries the
     decision for machines (SPEC 2.1, plus ``notes``: the ids of the notes shown, when there are any).
-    ``patient_id`` must be the hook context's patient (a FHIR id).
+    ``patient_id`` must be the hook context's patient (a FHIR id); ``user_id`` is the hook context's
+    ``userId`` (the order's requester when it is a Practitioner or PractitionerRole).
     """
     return [
-        RuleCard(fired, build_card(fired, evaluation, facts, ruleset, patient_id=patient_id, uuid_factory=uuid_factory))
+        RuleCard(fired, build_card(fired, evaluation, facts, ruleset, patient_id=patient_id,
+                                   uuid_factory=uuid_factory, user_id=user_id))
         for fired in evaluation.fired
         if not ruleset.rule(fired.rule_id).silent
     ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Order-check cards (the order-sign service, cds/order_check.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def build_order_check_card(
+    check: OrderCheck,
+    decisive: FiredRule | None,
+    evaluation: Evaluation,
+    facts: PatientFacts,
+    ruleset: RuleSet,
+    *,
+    draft_reference: str,
+    ordered: str,
+    patient_id: str,
+    user_id: str | None = None,
+    uuid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
+) -> Card:
+    """The card of an order check that fired on the draft order ``draft_reference`` of rung ``ordered``.
+
+    ``decisive`` is the patient-view rule whose decision the order conflicts with (its recommended rung
+    is the order the suggestion creates). Texts: the check's ``card`` and ``suggestion`` templates, which
+    may also use ``{ordered}`` and ``{ordered_name}``; the detail ends like every card (facts table,
+    provenance naming the check, disclaimer). The one suggestion deletes the draft (``resourceId``) and,
+    when a rung is recommended, creates the recommended ServiceRequest (the patient-view card's order).
+    """
+    doc = ruleset.document
+    values = template_values(evaluation, facts, ruleset, decisive)
+    values["ordered"] = ordered
+    values["ordered_name"] = doc.ladder.rung(ordered).display
+    identity = evaluation.ruleset
+    texts = {
+        **values,
+        "dose": fill(doc.texts.dose, values).strip(),
+        "rule_id": check.id,
+        "ruleset_name": identity.name,
+        "ruleset_version": identity.version,
+    }
+    sections = [fill(check.card.detail, values).strip(), _facts_table(values, facts, ruleset),
+                fill(doc.texts.provenance, texts).strip(), _blockquote(doc.disclaimer)]
+    meta = doc.ruleset
+    source = Source(
+        label=f"{meta.source.label} ({identity.name} {identity.version})",
+        url=meta.source.url,
+        topic=Coding(**meta.source.topic.model_dump()) if meta.source.topic is not None else None,
+    )
+    actions = [Action(type="delete", description=fill(check.suggestion.delete, texts).strip(),
+                      resource_id=[draft_reference])]
+    order = None
+    if decisive is not None:
+        order = recommended_order(decisive, evaluation, facts, ruleset, patient_id=patient_id, user_id=user_id,
+                                  description=check.suggestion.create)
+    if order is not None:
+        resource, description, _ = order
+        actions.append(Action(type="create", description=description, resource=resource))
+    suggestion = Suggestion(label=fill(check.suggestion.label, texts).strip(), uuid=uuid_factory(),
+                            is_recommended=True, actions=actions)
+    if decisive is not None:
+        extension = _extension(decisive, facts, evaluation)
+        rec = extension[EXTENSION_KEY]
+        rec["decisionRuleId"] = rec["ruleId"]
+    else:
+        extension = {EXTENSION_KEY: {"ruleset": evaluation.ruleset.model_dump()}}
+        rec = extension[EXTENSION_KEY]
+    rec.update(ruleId=check.id, draftOrder=draft_reference, orderedExercise=ordered)
+    return Card(
+        uuid=uuid_factory(),
+        summary=_summary(fill(check.card.summary, values), check.id),
+        detail="\n\n".join(s for s in sections if s),
+        indicator=check.indicator,
+        source=source,
+        suggestions=[suggestion],
+        selection_behavior="at-most-one",
+        override_reasons=[OverrideReason(system=r.system, code=r.code, display=r.display) for r in doc.override_reasons],
+        links=[Link(label=e.label, url=e.url, type="absolute") for e in doc.evidence],
+        extension=extension,
+    )

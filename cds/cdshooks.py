@@ -43,6 +43,8 @@ __all__ = [
     "HOOK_REQUEST_MODELS",
     "HookRequest",
     "Link",
+    "OrderSignContext",
+    "OrderSignRequest",
     "OverrideReason",
     "PatientViewContext",
     "PatientViewRequest",
@@ -192,6 +194,34 @@ class PatientViewContext(_Request):
     encounter_id: str | None = Field(default=None, alias="encounterId", pattern=FHIR_ID_PATTERN)
 
 
+class OrderSignContext(_Request):
+    """``context`` of the ``order-sign`` hook: ``draftOrders`` is a FHIR Bundle of the orders to sign.
+
+    The Bundle's shape is checked here (a Bundle whose entries each hold a resource with a
+    ``resourceType``), so a wrong one is a 400 naming ``context.draftOrders...``; the resources
+    themselves are read by :mod:`cds.order_check`.
+    """
+
+    user_id: str = Field(alias="userId", min_length=1)
+    patient_id: str = Field(alias="patientId", pattern=FHIR_ID_PATTERN)
+    encounter_id: str | None = Field(default=None, alias="encounterId", pattern=FHIR_ID_PATTERN)
+    draft_orders: dict[str, Any] = Field(alias="draftOrders", repr=False)
+
+    @field_validator("draft_orders")
+    @classmethod
+    def _bundle(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v.get("resourceType") != "Bundle":
+            raise ValueError("must be a FHIR Bundle (resourceType 'Bundle')")
+        entries = v.get("entry", [])
+        if not isinstance(entries, list):
+            raise ValueError("entry must be a list of Bundle entries")
+        for i, entry in enumerate(entries):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+                raise ValueError(f"entry[{i}] must hold a FHIR resource (with a resourceType)")
+        return v
+
+
 class HookRequest(_Request):
     """The body of ``POST /cds-services/{id}``.
 
@@ -235,8 +265,14 @@ class PatientViewRequest(HookRequest):
     context: PatientViewContext  # type: ignore[assignment]
 
 
+class OrderSignRequest(HookRequest):
+    """An ``order-sign`` hook request: ``context`` validated, so errors read ``context.draftOrders``."""
+
+    context: OrderSignContext  # type: ignore[assignment]
+
+
 #: every hook request model a service may answer (the OpenAPI request body of ``POST /cds-services/{id}``)
-HOOK_REQUEST_MODELS: tuple[type[HookRequest], ...] = (PatientViewRequest,)
+HOOK_REQUEST_MODELS: tuple[type[HookRequest], ...] = (PatientViewRequest, OrderSignRequest)
 
 
 _LOC_PART = re.compile(r"^[A-Za-z0-9_\-.$]{1,64}$")
@@ -313,7 +349,9 @@ class Action(_Wire):
     type: Literal["create", "update", "delete"]
     description: str = Field(min_length=1)
     resource: dict[str, Any] | None = None
-    resource_id: str | None = Field(default=None, alias="resourceId")
+    #: CDS Hooks 2.0: relative references ("ServiceRequest/123") of the resources to delete; this
+    #: service writes an array; a single string is accepted too
+    resource_id: list[str] | str | None = Field(default=None, alias="resourceId")
 
     @model_validator(mode="after")
     def _payload(self) -> Action:

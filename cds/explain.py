@@ -58,7 +58,8 @@ def evaluate_request(body: dict[str, Any], active: ActiveRules, as_of: dt.date, 
             f"fetch from the FHIR server; add them to the request's \"prefetch\" (null means no data)."
         )
     try:
-        return evaluate(active, prefetch, patient_id=request.context.patient_id, clock=FixedClock(as_of))
+        return evaluate(active, prefetch, patient_id=request.context.patient_id, clock=FixedClock(as_of),
+                        user_id=request.context.user_id)
     except PrefetchShapeError as e:
         raise EvaluateError(f"{source}: {e}") from None
 

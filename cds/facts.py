@@ -101,3 +101,12 @@ class PatientFacts(_Fact):
     @property
     def skipped_invalid(self) -> int:
         return sum(1 for s in self.skipped if s.invalid)
+
+    @property
+    def condition_used(self) -> LbpCondition | None:
+        """The LBP condition the decision used: the one whose onset counts, else the first (None: none)."""
+        onset = self.onset
+        for condition in self.conditions:
+            if onset is not None and condition.onset == onset:
+                return condition
+        return self.conditions[0] if self.conditions else None

@@ -1,6 +1,10 @@
 """The patient-view service as a pure function of the hook request: no Flask, no HTTP.
 
 hook request + complete prefetch -> facts (``extract``) -> assessment -> engine -> cards.
+
+The services a rule set offers are declared in its ``services`` section (:func:`services`); without
+one it offers the single patient-view service :data:`SERVICE_ID`. The ``order-sign`` flow is in
+:mod:`cds.order_check`, built on :func:`evaluate`.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from .extract import extract
 from .facts import PatientFacts
 from .fhir_client import PrefetchUnavailable
 from .ruleset.model import RuleSet
+from .ruleset.schema import Service
 
 log = logging.getLogger("cds.service")
 
+#: the default service: what a rule set without a ``services`` section offers
 SERVICE_ID = "lbp-exercise-progression"
 HOOK = "patient-view"
+ORDER_SIGN_HOOK = "order-sign"
 RULESET_EXTENSION = "org.lbp-cds.ruleset"
 
 
@@ -45,16 +52,34 @@ def prefetch_templates(ruleset: RuleSet) -> dict[str, str]:
     }
 
 
-def describe(ruleset: RuleSet) -> ServiceDescription:
+def services(ruleset: RuleSet) -> list[Service]:
+    """The services the rule set declares (``services``), or the default patient-view service."""
+    return list(ruleset.document.services) or [Service(id=SERVICE_ID, hook=HOOK)]
+
+
+def find_service(ruleset: RuleSet, service_id: str) -> Service | None:
+    """The declared service with this id, or None."""
+    return next((s for s in services(ruleset) if s.id == service_id), None)
+
+
+def describe(ruleset: RuleSet, svc: Service | None = None) -> ServiceDescription:
+    """The discovery entry of ``svc`` (default: the rule set's first service). Every service has the
+    same prefetch (an order-sign service evaluates the patient exactly as patient-view does)."""
     meta = ruleset.document.ruleset
+    svc = svc or services(ruleset)[0]
     return ServiceDescription(
-        hook=HOOK,
-        id=SERVICE_ID,
-        title=meta.title,
-        description=meta.description,
+        hook=svc.hook,
+        id=svc.id,
+        title=svc.title or meta.title,
+        description=svc.description or meta.description,
         prefetch=prefetch_templates(ruleset),
         extension={RULESET_EXTENSION: ruleset.identity.model_dump()},
     )
+
+
+def describe_all(ruleset: RuleSet) -> list[ServiceDescription]:
+    """The discovery entries of every service, in declaration order."""
+    return [describe(ruleset, s) for s in services(ruleset)]
 
 
 @dataclass
@@ -72,9 +97,22 @@ class Outcome:
         return [rc.card for rc in self.rule_cards]
 
 
-def evaluate(active: ActiveRules, prefetch: Mapping[str, Any], *, patient_id: str, clock: Clock) -> Outcome:
+def evaluate(
+    active: ActiveRules,
+    prefetch: Mapping[str, Any],
+    *,
+    patient_id: str,
+    clock: Clock,
+    user_id: str | None = None,
+    stages: list[str] | None = None,
+) -> Outcome:
     """Evaluate one patient with one rule-set version. ``prefetch`` holds every template key; a key
-    still absent is :class:`~cds.fhir_client.PrefetchUnavailable` (412), this function never fetches."""
+    still absent is :class:`~cds.fhir_client.PrefetchUnavailable` (412), this function never fetches.
+
+    ``user_id`` (the hook context's ``userId``) becomes the requester of proposed orders when it is a
+    Practitioner or PractitionerRole; ``stages`` keeps only the cards of rules of those stages (a
+    service's ``stages``; None: every stage).
+    """
     ruleset = active.ruleset
     missing = [k for k in prefetch_templates(ruleset) if k not in prefetch]
     if missing:
@@ -85,8 +123,10 @@ def evaluate(active: ActiveRules, prefetch: Mapping[str, Any], *, patient_id: st
     t1 = time.perf_counter()
     today = clock.today()
     evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today), today)
+    if stages is not None:
+        evaluation = evaluation.model_copy(update={"fired": tuple(f for f in evaluation.fired if f.stage in stages)})
     t2 = time.perf_counter()
-    cards = build_cards(evaluation, facts, ruleset, patient_id=patient_id)
+    cards = build_cards(evaluation, facts, ruleset, patient_id=patient_id, user_id=user_id)
     t3 = time.perf_counter()
     timings = {"extract": (t1 - t0) * 1e3, "rules": (t2 - t1) * 1e3, "cards": (t3 - t2) * 1e3}
     return Outcome(cards, evaluation, facts, timings)

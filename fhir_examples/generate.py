@@ -1,10 +1,11 @@
-"""Generate the example CDS Hooks patient-view requests in ``rules/tests/requests/`` and ``README.md``.
+"""Generate the example CDS Hooks requests in ``rules/tests/requests/`` and ``README.md``.
 
 Run ``.venv/bin/python fhir_examples/generate.py``. For every scenario declared below it writes
 
 * ``rules/tests/requests/<scenario>.json``: a complete ``patient-view`` request with all four prefetch
   keys (``fhir_examples/requests`` is a symlink to that folder, so ``-d @fhir_examples/requests/...``
-  keeps working);
+  keeps working); a scenario with ``drafts`` is an ``order-sign`` request instead (the same prefetch,
+  and ``context.draftOrders``), written to ``rules/tests/requests/order-sign/<scenario>.json``;
 * a row of the scenario table in ``fhir_examples/README.md``.
 
 The scenarios here declare only the patient data. What each one shows (``description``) and the cards
@@ -47,6 +48,9 @@ UCUM = "http://unitsofmeasure.org"
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+SNOMED = "http://snomed.info/sct"
+EXERCISE_THERAPY = ("229065009", "Exercise therapy")
+PHYSICAL_THERAPY = ("91251008", "Physical therapy procedure")
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 FHIR_BASE = "https://ehr.example.org/fhir"
 HOOK_INSTANCE_NAMESPACE = uuid.UUID("6f1c2f4e-6a53-4f0e-9a43-1b5c0c1d7e21")
@@ -126,13 +130,34 @@ class Pain:
 
 
 @dataclass(frozen=True)
+class Draft:
+    """A draft ServiceRequest of an order-sign request: coded exercise therapy plus, when ``exercise``
+    is given, its ladder code (without one it is not a ladder exercise order)."""
+
+    exercise: str | None
+    label: str = ""
+
+
+@dataclass(frozen=True)
 class Scenario:
-    """The patient data of one example; its description and expected cards are in rules/tests/examples.yaml."""
+    """The patient data of one example; its description and expected cards are in rules/tests/examples.yaml.
+
+    With ``drafts`` the scenario is an ``order-sign`` request signing those draft orders."""
 
     name: str
     sessions: tuple[Session, ...] = ()
     pains: tuple[Pain, ...] = ()
     conditions: tuple[Condition, ...] = (Condition(onset=-300),)
+    drafts: tuple[Draft, ...] = ()
+
+    @property
+    def hook(self) -> str:
+        return "order-sign" if self.drafts else "patient-view"
+
+    @property
+    def path(self) -> str:
+        """The request file, relative to ``rules/tests/requests``."""
+        return f"order-sign/{self.name}.json" if self.drafts else f"{self.name}.json"
 
     @property
     def deliberately_invalid(self) -> int:
@@ -218,6 +243,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     # latest-session selection and pain association
     Scenario("two-exercises-same-day",
              sessions=(*older(BD), Session(L, HA, (20, 20), time="11:00:00-05:00"), Session(L, BD, (22, 21), pain=1))),
+    # order-sign: draft exercise orders checked against the decision
+    Scenario("order-agrees",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)),
+             drafts=(Draft(BD), Draft(None, label="referral"))),
+    Scenario("order-one-rung-too-high",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)),
+             drafts=(Draft(SL),)),
     Scenario("pain-derived-from",
              sessions=(Session(-16, BD, (19, 18), pain=1, linked=True), Session(-9, BD, (20, 18)),
                        Session(L, BD, (28, 27))),
@@ -404,6 +436,21 @@ def patient_resource(patient_id: str, scenario: str) -> dict[str, Any]:
             "gender": "female", "birthDate": "1978-04-12"}
 
 
+def draft_order(d: Draft, patient_id: str, anchor: dt.date, ids: _Ids) -> dict[str, Any]:
+    codings = [coding(SNOMED, *EXERCISE_THERAPY)]
+    if d.exercise:
+        codings.append(coding(EXERCISE_SYSTEM, d.exercise))
+    return {
+        "resourceType": "ServiceRequest", "id": ids.new("draft", d.label, d.exercise),
+        "status": "draft", "intent": "order",
+        "category": [concept(SNOMED, *PHYSICAL_THERAPY)],
+        "code": {"coding": codings},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": anchor.isoformat(),
+        "requester": {"reference": "Practitioner/example"},
+    }
+
+
 def build_request(s: Scenario, anchor: dt.date) -> dict[str, Any]:
     patient_id = f"lbp-{s.name}"
     req = _Request(anchor, patient_id)
@@ -413,10 +460,14 @@ def build_request(s: Scenario, anchor: dt.date) -> dict[str, Any]:
         req.add_session(session)
     for pain in s.pains:
         req.add_pain(pain)
+    context: dict[str, Any] = {"userId": "Practitioner/example", "patientId": patient_id}
+    if s.drafts:
+        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
+                                  "entry": [{"resource": draft_order(d, patient_id, anchor, req.ids)} for d in s.drafts]}
     return {
-        "hook": "patient-view",
+        "hook": s.hook,
         "hookInstance": str(uuid.uuid5(HOOK_INSTANCE_NAMESPACE, s.name)),
-        "context": {"userId": "Practitioner/example", "patientId": patient_id},
+        "context": context,
         "prefetch": {
             "patient": patient_resource(patient_id, s.name),
             "conditions": searchset(req.conditions),
@@ -449,6 +500,10 @@ def validate_request(request: dict[str, Any]) -> None:
     """Validate every resource (and each Bundle without its deliberately invalid entries) with R4B."""
     from fhir.resources.R4B import get_fhir_model_class
 
+    drafts = request["context"].get("draftOrders")
+    if drafts is not None:
+        get_fhir_model_class("Bundle").model_validate(drafts)
+
     for value in request["prefetch"].values():
         if value is None:
             continue
@@ -472,7 +527,8 @@ def render(obj: Any) -> str:
 
 
 def load_example_cases(path: Path = EXAMPLE_CASES) -> dict[str, dict[str, Any]]:
-    """The rule test cases of ``rules/tests/examples.yaml`` by request file stem (``requests/<name>.json``)."""
+    """The rule test cases of ``rules/tests/examples.yaml`` by request file, without ``requests/`` and
+    ``.json`` (``<name>``, or ``order-sign/<name>`` for an order-sign scenario)."""
     import yaml
 
     doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -502,9 +558,9 @@ def _cell(text: str) -> str:
 def build_readme(anchor: dt.date, cases: dict[str, dict[str, Any]]) -> str:
     rows = []
     for s in SCENARIOS:
-        case = cases[s.name]
+        case = cases[s.path.removesuffix(".json")]
         skipped = f"; skippedInvalid {case['skipped_invalid']}" if case.get("skipped_invalid") else ""
-        rows.append(f"| `{s.name}` | {_cell(case.get('description', ''))} | "
+        rows.append(f"| `{s.path.removesuffix('.json')}` | {_cell(case.get('description', ''))} | "
                     f"{describe_cards(case.get('expect') or [])}{skipped} |")
     return README_TEMPLATE.format(anchor=anchor.isoformat(), table="\n".join(rows))
 
@@ -517,22 +573,23 @@ def build(anchor: dt.date | None = None, cases: dict[str, dict[str, Any]] | None
     cases = load_example_cases() if cases is None else cases
     names = [s.name for s in SCENARIOS]
     assert len(names) == len(set(names)), "duplicate scenario name"
-    missing = [n for n in names if n not in cases or not cases[n].get("description")]
+    keys = [s.path.removesuffix(".json") for s in SCENARIOS]
+    missing = [n for n in keys if n not in cases or not cases[n].get("description")]
     assert not missing, f"scenarios without a described case (request: requests/<name>.json) in examples.yaml: {missing}"
     files: dict[str, str] = {}
     for s in SCENARIOS:
         request = build_request(s, anchor)
         validate_request(request)
-        files[f"rules/tests/requests/{s.name}.json"] = render(request)
+        files[f"rules/tests/requests/{s.path}"] = render(request)
     files["fhir_examples/README.md"] = build_readme(anchor, cases)
     return files
 
 
 def main() -> int:
     files = build()
-    REQUESTS_DIR.mkdir(parents=True, exist_ok=True)
-    for stale in REQUESTS_DIR.glob("*.json"):
-        if f"rules/tests/requests/{stale.name}" not in files:
+    (REQUESTS_DIR / "order-sign").mkdir(parents=True, exist_ok=True)
+    for stale in [*REQUESTS_DIR.glob("*.json"), *REQUESTS_DIR.glob("order-sign/*.json")]:
+        if f"rules/tests/requests/{stale.relative_to(REQUESTS_DIR)}" not in files:
             stale.unlink()
     for rel, text in files.items():
         (ROOT / rel).write_text(text, encoding="utf-8")
@@ -544,7 +601,8 @@ README_TEMPLATE = """\
 # FHIR example requests
 
 Complete CDS Hooks 2.0 `patient-view` requests for the `lbp-exercise-progression` service, one per
-clinical scenario. They are for demos, for trying the service with curl, and for the end-to-end tests.
+clinical scenario, and `order-sign` requests for the `lbp-exercise-order-check` service (in
+`requests/order-sign/`). They are for demos, for trying the service with curl, and for the end-to-end tests.
 
 *Generated by `generate.py`; do not edit this README or `requests/` by hand.*
 
@@ -557,6 +615,9 @@ clinical scenario. They are for demos, for trying the service with curl, and for
   (`userId` `Practitioner/example`, `patientId` `lbp-<scenario>`) and `prefetch` with exactly the
   keys `patient` (a Patient), `conditions`, `painScores` and `exerciseRounds` (searchset Bundles,
   newest first like `_sort=-date`). There is no `fhirServer`: everything is prefetched.
+- `requests/order-sign/<scenario>.json`: an `order-sign` request with the same prefetch and
+  `context.draftOrders`, a Bundle of draft ServiceRequests coded SNOMED CT 229065009 (exercise
+  therapy) with, for a ladder exercise, its ladder code; a draft without a ladder code is not checked.
 - The expected outcome of each scenario is written once, in the rule test case of the same name in
   [`rules/tests/examples.yaml`](../rules/tests/examples.yaml) (`description`, `expect`: the cards in
   response order, and `skipped_invalid`), checked by `cds rules test rules`; the table below is built
@@ -588,6 +649,7 @@ fails when they differ. A new scenario needs a case with a `description` in `rul
 ```sh
 CDS_EVALUATION_DATE={anchor} make run    # in another terminal
 curl -s -X POST http://127.0.0.1:8080/cds-services/lbp-exercise-progression -H 'Content-Type: application/json' -d @fhir_examples/requests/bird-dog-28-27.json
+curl -s -X POST http://127.0.0.1:8080/cds-services/lbp-exercise-order-check -H 'Content-Type: application/json' -d @fhir_examples/requests/order-sign/order-one-rung-too-high.json
 ```
 
 ## Scenarios

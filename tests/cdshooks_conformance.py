@@ -155,7 +155,13 @@ def _action(action: Any, path: str, problems: list[str], *, system: bool = False
         else:
             _fhir_resource(action["resource"], f"{path}.resource", problems)
     elif atype == "delete":
-        _nonempty_str(action, "resourceId", path, problems)
+        # CDS Hooks 2.0: relative references ("ServiceRequest/123"); an array of them, or one string
+        ids = action.get("resourceId")
+        if isinstance(ids, list):
+            if not ids or not all(isinstance(i, str) and "/" in i for i in ids):
+                problems.append(f"{path}.resourceId: must be a non-empty array of relative references, got {_fmt(ids)}")
+        else:
+            _nonempty_str(action, "resourceId", path, problems)
 
 
 def _date(value: Any, path: str, problems: list[str]) -> None:

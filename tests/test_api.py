@@ -79,6 +79,15 @@ def test_discovery_lists_the_service_with_the_spec_prefetch_templates(client, ru
     assert empty_values(body, "") == []
 
 
+def test_without_a_services_section_only_the_patient_view_service_exists(client):
+    """The fixture rule set declares no ``services``: the default is the one patient-view service, so the
+    order-sign service id is unknown (tests/test_order_check.py covers a rule set declaring both)."""
+    assert [s["id"] for s in client.get("/cds-services").get_json()["services"]] == ["lbp-exercise-progression"]
+    order_sign = {**BASE, "hook": "order-sign"}
+    assert_error(post(client, order_sign, url="/cds-services/lbp-exercise-order-check"), 404, "lbp-exercise-order-check")
+    assert_error(post(client, order_sign), 400, "answers 'patient-view'")
+
+
 def test_discovery_is_get_only(client):
     assert_error(client.post("/cds-services", json={}), 405, "method not allowed")
 

@@ -292,6 +292,19 @@ def test_delete_uses_resource_id_not_resource():
         Action(type="delete", description="Remove", resource={"resourceType": "ServiceRequest", "id": "x"})
 
 
+def test_delete_resource_id_as_an_array():
+    """The order-sign service deletes a draft order with ``resourceId`` as an array of relative references."""
+    action = Action(type="delete", description="Remove", resource_id=["ServiceRequest/draft-1"])
+    wire = to_json(action)
+    assert wire == {"type": "delete", "description": "Remove", "resourceId": ["ServiceRequest/draft-1"]}
+    with pytest.raises(ValidationError, match="resourceId"):
+        Action(type="delete", description="Remove", resource_id=[])
+    problems = response_problems({"cards": [{"uuid": "u", "summary": "s", "indicator": "info",
+                                             "source": {"label": "l"}, "selectionBehavior": "at-most-one",
+                                             "suggestions": [{"label": "x", "actions": [wire]}]}]})
+    assert not [p for p in problems if "resourceId" in p], problems
+
+
 @pytest.mark.parametrize("url", ["/relative/path", "pubmed.ncbi.nlm.nih.gov/1", "https:///no-host"])
 def test_an_absolute_link_needs_an_absolute_url(url):
     """"A type of absolute indicates that the URL is absolute and should be treated as-is."."""

@@ -32,7 +32,9 @@ _spec.loader.exec_module(gen)
 
 ANCHOR = dt.date.fromisoformat(json.loads((EXAMPLES / "config.json").read_text())["evaluationDate"])
 SCENARIOS = {s.name: s for s in gen.SCENARIOS}
-NAMES = sorted(SCENARIOS)
+#: the patient-view scenarios (``requests/<name>.json``); the order-sign ones are in ``requests/order-sign/``
+NAMES = sorted(n for n, s in SCENARIOS.items() if s.hook == "patient-view")
+ORDER_NAMES = sorted(n for n, s in SCENARIOS.items() if s.hook == "order-sign")
 PREFETCH_KEYS = {"patient", "conditions", "painScores", "exerciseRounds"}
 OBS = "https://lbp-cds.org/fhir/CodeSystem/observation"
 
@@ -41,7 +43,7 @@ LADDER = [r["code"] for r in CODES["ladder"]["rungs"]]
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((REQUESTS / f"{name}.json").read_text(encoding="utf-8"))
+    return json.loads((REQUESTS / SCENARIOS[name].path).read_text(encoding="utf-8"))
 
 
 def entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
@@ -73,7 +75,7 @@ def test_anchor_is_the_fixed_evaluation_date():
 
 def test_committed_files_equal_generator_output():
     files = gen.build(ANCHOR)
-    committed = {f"rules/tests/requests/{p.name}" for p in REQUESTS.iterdir()}
+    committed = {f"rules/tests/requests/{p.relative_to(REQUESTS)}" for p in REQUESTS.rglob("*") if p.is_file()}
     generated = {rel for rel in files if rel.startswith("rules/tests/requests/")}
     assert committed == generated, "stale or missing files: run .venv/bin/python fhir_examples/generate.py"
     assert set(files) == generated | {"fhir_examples/README.md"}
@@ -328,7 +330,7 @@ def test_every_scenario_has_one_described_rule_test_case():
     which carries the scenario's description and expected cards; no case names a missing request."""
     doc = yaml.safe_load(CASES_FILE.read_text(encoding="utf-8"))
     requests = [c["request"] for c in doc["cases"] if "request" in c]
-    assert sorted(requests) == sorted(f"requests/{n}.json" for n in NAMES)
+    assert sorted(requests) == sorted(f"requests/{s.path}" for s in SCENARIOS.values())
     cases = gen.load_example_cases()
     for name in NAMES:
         assert cases[name]["name"] == name and cases[name]["description"].strip()
@@ -351,3 +353,37 @@ def test_readme_documents_every_scenario():
         assert f"| `{name}` |" in readme
     assert ("curl -s -X POST http://127.0.0.1:8080/cds-services/lbp-exercise-progression "
             "-H 'Content-Type: application/json' -d @fhir_examples/requests/bird-dog-28-27.json") in readme
+
+
+# --- the order-sign requests ----------------------------------------------------------------------
+
+def test_there_are_order_sign_examples():
+    assert {"order-agrees", "order-one-rung-too-high"} <= set(ORDER_NAMES)
+
+
+@pytest.mark.parametrize("name", ORDER_NAMES)
+def test_order_sign_request_fields(name):
+    """An order-sign request: the patient-view prefetch plus context.draftOrders, a Bundle of valid
+    draft ServiceRequests coded exercise therapy (a ladder exercise also has its ladder code)."""
+    req = load(name)
+    assert set(req) == {"hook", "hookInstance", "context", "prefetch"}
+    assert req["hook"] == "order-sign"
+    assert set(req["context"]) == {"userId", "patientId", "draftOrders"}
+    assert req["context"]["patientId"] == f"lbp-{name}"
+    assert set(req["prefetch"]) == PREFETCH_KEYS
+    drafts = req["context"]["draftOrders"]
+    get_fhir_model_class("Bundle").model_validate(drafts)
+    assert drafts["resourceType"] == "Bundle" and drafts["entry"]
+    for entry in drafts["entry"]:
+        order = entry["resource"]
+        get_fhir_model_class("ServiceRequest").model_validate(order)
+        assert order["status"] == "draft" and order["subject"] == {"reference": f"Patient/lbp-{name}"}
+        assert {"system": "http://snomed.info/sct", "code": "229065009", "display": "Exercise therapy"} in order[
+            "code"]["coding"]
+    gen.validate_request(req)
+
+
+def test_readme_documents_the_order_sign_scenarios():
+    readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    for name in ORDER_NAMES:
+        assert f"| `order-sign/{name}` |" in readme

@@ -57,7 +57,8 @@ def core_cards(name: str) -> list[dict[str, Any]]:
 
         request = EXAMPLES[name]
         outcome = service.evaluate(LiveRuleSet(RULES_DIR).current(), request["prefetch"],
-                                   patient_id=request["context"]["patientId"], clock=FixedClock(EVALUATION_DATE))
+                                   patient_id=request["context"]["patientId"], clock=FixedClock(EVALUATION_DATE),
+                                   user_id=request["context"]["userId"])
         _CORE[name] = strip_uuids(to_json(CdsResponse(cards=outcome.cards))["cards"])
     return _CORE[name]
 

@@ -1,4 +1,8 @@
-"""The CDS Hooks endpoints: discovery and the patient-view service (SPEC §3)."""
+"""The CDS Hooks endpoints: discovery and the services the rule files declare (SPEC §3).
+
+Each service id is looked up in the current rule set (``services``); its hook decides the flow:
+``patient-view`` (:func:`cds.service.evaluate`) or ``order-sign`` (:func:`cds.order_check.evaluate_orders`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,15 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import ValidationError
 
-from .. import service
-from ..cdshooks import CdsResponse, Discovery, PatientViewRequest, to_json, validation_message
+from .. import order_check, service
+from ..cdshooks import (
+    CdsResponse,
+    Discovery,
+    OrderSignRequest,
+    PatientViewRequest,
+    to_json,
+    validation_message,
+)
 from ..engine import EngineError
 from ..extract import PrefetchShapeError
 from ..feedback import FeedbackAck, FeedbackError, parse_feedback
@@ -60,27 +71,31 @@ def json_body() -> dict[str, Any]:
 @bp.get("/cds-services")
 def discovery():
     active = _state().rules.current()
-    return jsonify(to_json(Discovery(services=[service.describe(active.ruleset)])))
+    return jsonify(to_json(Discovery(services=service.describe_all(active.ruleset))))
 
 
-def _known_service(service_id: str) -> None:
-    """404 for a service id we do not offer (checked in the view, after authentication)."""
-    if service_id != service.SERVICE_ID:
+def _known_service(service_id: str, active=None):
+    """The declared service, or 404 for a service id we do not offer (checked after authentication)."""
+    active = active or _state().rules.current()
+    svc = service.find_service(active.ruleset, service_id)
+    if svc is None:
         raise ApiError(404, f"unknown service '{service_id}'")
+    return svc
 
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str):
-    _known_service(service_id)
-    body = json_body()
-    try:
-        hook_request = PatientViewRequest.model_validate(body)
-    except ValidationError as e:
-        raise ApiError(400, validation_message(e)) from None
-    if hook_request.hook != service.HOOK:
-        raise ApiError(400, f"hook: service '{service_id}' answers '{service.HOOK}', not the hook sent")
     state = _state()
     active = state.rules.current()  # one rule-set version for the whole request
+    svc = _known_service(service_id, active)
+    body = json_body()
+    if isinstance(body.get("hook"), str) and body["hook"] != svc.hook:
+        raise ApiError(400, f"hook: service '{service_id}' answers '{svc.hook}', not the hook sent")
+    model = OrderSignRequest if svc.hook == service.ORDER_SIGN_HOOK else PatientViewRequest
+    try:
+        hook_request: PatientViewRequest | OrderSignRequest = model.model_validate(body)
+    except ValidationError as e:
+        raise ApiError(400, validation_message(e)) from None
     patient_id = hook_request.context.patient_id
     templates = service.prefetch_templates(active.ruleset)
     try:
@@ -93,7 +108,16 @@ def call_service(service_id: str):
             access_token=hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None,
             settings=state.fetch_settings,
         )
-        outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock)
+        user_id = hook_request.context.user_id
+        outcome: service.Outcome | order_check.OrderOutcome
+        if isinstance(hook_request, OrderSignRequest):
+            outcome = order_check.evaluate_orders(
+                active, prefetch, hook_request.context.draft_orders, patient_id=patient_id, clock=state.clock,
+                user_id=user_id, stages=svc.stages,
+            )
+        else:
+            outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock, user_id=user_id,
+                                       stages=svc.stages)
     except PrefetchUnavailable as e:  # from the fetch, or a key evaluate still misses
         state.observe_fetch_error(e.key)
         raise ApiError(412, str(e), **({"key": e.key} if e.key else {})) from None

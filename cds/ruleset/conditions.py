@@ -64,8 +64,12 @@ def compile_condition(
     fact_types: Mapping[str, type],
     parameters: Mapping[str, float],
     ladder_codes: Sequence[str],
+    string_values: Mapping[str, Sequence[str]] | None = None,
 ) -> CompiledCondition:
-    """Parse ``source`` and compile it to a durable-rules expression (parameters substituted)."""
+    """Parse ``source`` and compile it to a durable-rules expression (parameters substituted).
+
+    A text fact is compared with a ladder code, unless ``string_values`` lists its own values.
+    """
     text = source.strip()
     lead = len(source) - len(source.lstrip())
     try:
@@ -74,7 +78,7 @@ def compile_condition(
         if not e.offset or e.offset > len(text):  # Python reports the end of the input as offset 0
             raise ConditionError(f"condition does not parse: it ends too early ({e.msg})", lead + len(text)) from None
         raise ConditionError(f"condition does not parse: {e.msg}", lead + e.offset - 1) from None
-    compiler = _Compiler(fact_types, parameters, ladder_codes, lead)
+    compiler = _Compiler(fact_types, parameters, ladder_codes, lead, string_values or {})
     try:
         durable, dnf = compiler.visit(tree.body)
     except ConditionError:
@@ -85,7 +89,8 @@ def compile_condition(
 
 
 class _Compiler:
-    def __init__(self, fact_types, parameters, ladder_codes, lead):
+    def __init__(self, fact_types, parameters, ladder_codes, lead, string_values):
+        self.string_values = string_values
         self.fact_types = fact_types
         self.params = parameters
         self.ladder = list(ladder_codes)
@@ -149,6 +154,14 @@ class _Compiler:
         if kind is bool:
             raise self.error(node, f"{fact!r} is a yes/no fact: write '{fact}' or 'not {fact}', not a comparison")
         if kind is str:
+            values = self.string_values.get(fact)
+            if values is not None:
+                if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                    raise self.error(node, f"{fact!r} is compared with a value in quotes, e.g. {fact} == '{values[0]}'")
+                if node.value not in values:
+                    hint = _did_you_mean(node.value, list(values))
+                    raise self.error(node, f"unknown {fact} {node.value!r}{hint} (one of: {', '.join(values)})")
+                return node.value
             if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
                 raise self.error(node, f"{fact!r} is compared with a ladder code in quotes, e.g. {fact} == 'bird-dog'")
             if node.value not in self.ladder:
@@ -219,3 +232,33 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
 
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_TESTS = {
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+
+
+def holds(condition: CompiledCondition, facts: Mapping[str, Any]) -> bool:
+    """Whether ``condition`` holds for ``facts`` (name -> value; an unknown fact is absent or None).
+
+    Evaluated in Python from the condition's disjunctive normal form, with the engine's semantics: a
+    comparison on an absent fact is false; ``present``/``missing`` test presence. Used for conditions
+    the durable-rules engine does not run (the order checks of the ``order-sign`` service).
+    """
+    def test(c: Comparison) -> bool:
+        value = facts.get(c.fact)
+        if c.op == "present":
+            return value is not None
+        if c.op == "missing":
+            return value is None
+        if value is None:
+            return False
+        if isinstance(c.value, bool) or isinstance(value, bool):
+            return c.op in ("==", "!=") and _TESTS[c.op](bool(value), c.value)
+        if isinstance(c.value, str) or isinstance(value, str):
+            return c.op in ("==", "!=") and _TESTS[c.op](str(value), str(c.value))
+        return bool(_TESTS[c.op](float(value), float(c.value)))
+
+    return any(all(test(c) for c in alternative) for alternative in condition.dnf)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ..assessment import FACT_FIELDS
 from ..errors import CdsError
+from ..order_facts import ORDER_FACT_VALUES, ORDER_PLACEHOLDERS, order_check_fact_types
 from ..templates import TEXT_KEY_PLACEHOLDERS, TEXT_PLACEHOLDERS, max_rendered_length, placeholders_for
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
@@ -30,6 +31,8 @@ from .schema import IDENT as _IDENT, LIST_SECTIONS, REQUIRED_SECTIONS, SLUG as _
 log = logging.getLogger("cds.rules")
 
 MAX_SUMMARY = 139  # CDS Hooks: summary "<140 characters"
+#: key prefix of the compiled ``when`` of an order check in ``RuleSet.conditions``
+ORDER_CHECK_PREFIX = "order-check:"
 
 
 ERROR = "error"
@@ -193,7 +196,7 @@ class _Loader:
     def named(section: str, item: Any, index: int) -> str:
         """How a message names rule/note ``index``: by its id (``rule 'step-up'``), else by position."""
         ident = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
-        kind = "rule" if section == "rules" else "note"
+        kind = {"rules": "rule", "order_checks": "order check", "services": "service"}.get(section, "note")
         return f"{kind} {ident!r}" if isinstance(ident, str) and ident else f"{section}.{index}"
 
     def locate(self, section: str, path: tuple) -> tuple[str, tuple]:
@@ -363,7 +366,7 @@ class _Loader:
 
     def split_item(self, doc: yamlpos.PositionedYaml, path: list) -> tuple[str, str]:
         """``rules.1.priority`` -> ("rule 'onset-unknown'", "priority"): a rule or note is named by its id."""
-        if len(path) >= 2 and path[0] in ("rules", "notes") and isinstance(path[1], int):
+        if len(path) >= 2 and path[0] in ("rules", "notes", "order_checks", "services") and isinstance(path[1], int):
             items = doc.data.get(path[0]) if isinstance(doc.data, dict) else None
             if isinstance(items, list) and path[1] < len(items):
                 name = self.named(path[0], items[path[1]], path[1])
@@ -415,9 +418,57 @@ class _Loader:
             elif rule.card is None:
                 self.at("rules", (i,), f"{named}: required key 'card' is missing (write the card, or "
                         f"'silent: true' for a rule that answers no card)")
+        self.check_services(doc)
+        self.check_order_checks(doc, compiled)
         if not self.problems:
             self.check_shadowing(doc, compiled)
         return compiled
+
+    def check_services(self, doc: RuleSetDocument) -> None:
+        """``services``: unique ids, known stages, one service per hook at most (a hook request names
+        its service by id, but two services of one hook would answer the same EHR event twice)."""
+        services = doc.services
+        self.unique("services", [(i, "id") for i in range(len(services))], [s.id for s in services], "service id")
+        self.unique("services", [(i, "hook") for i in range(len(services))], [s.hook for s in services],
+                    "service for hook")
+        for i, svc in enumerate(services):
+            for j, stage in enumerate(svc.stages or ()):
+                if stage not in doc.stages:
+                    self.at("services", (i, "stages", j),
+                            f"service '{svc.id}': unknown stage '{stage}' (stages: {', '.join(doc.stages)})")
+        if doc.order_checks and not any(s.hook == "order-sign" for s in services):
+            self.at("order_checks", (), "order checks are declared but no service answers the 'order-sign' hook; "
+                    "add one to 'services'", key=True)
+
+    def check_order_checks(self, doc: RuleSetDocument, compiled: dict[str, CompiledCondition]) -> None:
+        """``order_checks``: unique ids, conditions over the order facts, no check shadowed by another."""
+        checks = doc.order_checks
+        if not checks:
+            return
+        self.unique("order_checks", [(i, "id") for i in range(len(checks))], [c.id for c in checks], "order check id")
+        fact_types = order_check_fact_types()
+        keys = []
+        for i, check in enumerate(checks):
+            try:
+                compiled[ORDER_CHECK_PREFIX + check.id] = compile_condition(
+                    check.when, fact_types=fact_types, parameters=doc.parameters, ladder_codes=doc.ladder.codes,
+                    string_values=ORDER_FACT_VALUES,
+                )
+                keys.append((check.priority, i, check))
+            except ConditionError as e:
+                self.at("order_checks", (i, "when"), f"order check '{check.id}': {e.message}", column=e.column)
+        if len(keys) != len(checks):
+            return
+        from .shadowing import shadowed_by
+
+        ordered = sorted(keys, key=lambda t: (t[0], t[1]))
+        for pos, (_, i, check) in enumerate(ordered):
+            earlier = [(c.id, compiled[ORDER_CHECK_PREFIX + c.id]) for _, _, c in ordered[:pos]]
+            blocker = shadowed_by(compiled[ORDER_CHECK_PREFIX + check.id], earlier)
+            if blocker:
+                self.at("order_checks", (i, "when"),
+                        f"order check '{check.id}' can never fire: order check '{blocker}' has a higher priority "
+                        f"and matches whenever this one does")
 
     def unique(self, section: str, paths: list[tuple], values: list[str], what: str) -> None:
         seen: dict[str, tuple] = {}
@@ -469,6 +520,17 @@ class _Loader:
                                   "provenance", "list_separator")]
         templates += [("texts", (key,), getattr(texts, key), False, text_known | extra)
                       for key, extra in TEXT_KEY_PLACEHOLDERS.items()]
+        order_known = known | set(ORDER_PLACEHOLDERS)
+        order_text_known = order_known | set(TEXT_PLACEHOLDERS)
+        for i, check in enumerate(doc.order_checks):
+            templates += [("order_checks", (i, "card", "summary"), check.card.summary, True, order_known),
+                          ("order_checks", (i, "card", "detail"), check.card.detail, False, order_known),
+                          ("order_checks", (i, "suggestion", "label"), check.suggestion.label, False, order_text_known),
+                          ("order_checks", (i, "suggestion", "delete"), check.suggestion.delete, False,
+                           order_text_known)]
+            if check.suggestion.create:
+                templates.append(("order_checks", (i, "suggestion", "create"), check.suggestion.create, False,
+                                  order_text_known))
         for section, path, text, is_summary, allowed in templates:
             try:
                 fields = list(string.Formatter().parse(text))
@@ -489,6 +551,9 @@ class _Loader:
                                 f"':' or '!' (write {{{name}}})", column=offset)
                     offset += len(name) + 2 + (len(spec) + 1 if spec else 0) + (len(conversion) + 1 if conversion else 0)
             if ok and is_summary:
+                if section == "order_checks":  # an order placeholder is as long as its card counterpart
+                    for name, like in ORDER_PLACEHOLDERS.items():
+                        text = text.replace("{" + name + "}", "{" + like + "}")
                 longest = max_rendered_length(text, ruleset)
                 if longest > MAX_SUMMARY:
                     self.at(section, path, f"summary can reach {longest} characters once filled in; "
@@ -503,6 +568,8 @@ class _Loader:
         texts += [("rules", (i, "recommend", "adjustment"), r.recommend.adjustment)
                   for i, r in enumerate(doc.rules) if r.recommend and r.recommend.adjustment]
         texts += [("notes", (i, "text"), n.text) for i, n in enumerate(doc.notes)]
+        texts += [("order_checks", (i, "card", key), getattr(c.card, key))
+                  for i, c in enumerate(doc.order_checks) for key in ("summary", "detail")]
         for section, path, text in texts:
             for number, column in literal_numbers(text):
                 names = [name for name, value in doc.parameters.items() if float(value) == number]
@@ -616,6 +683,7 @@ def describe(problems: list[Problem]) -> str:
 
 __all__ = [
     "ERROR",
+    "ORDER_CHECK_PREFIX",
     "WARNING",
     "Problem",
     "RuleSetError",

@@ -17,6 +17,14 @@ means "none". A card may also check its text: ``summary`` and ``detail`` take ``
 ``{matches: "regex"}`` (``re.search``), and ``suggestion`` takes ``{label: {contains: ...}}`` (or
 ``matches``: some suggestion's label must match) or ``none`` (the card has no suggestion); text that is
 not checked is not compared. ``skipped_invalid`` (resources skipped as invalid FHIR) is checked when given.
+
+Order-sign cases: a request file whose ``hook`` is ``order-sign`` (its ``context.draftOrders`` holds
+the draft orders), or a ``resources`` case with ``draft_orders:`` (a list of draft ServiceRequests), is
+answered by the rule set's order-sign service (:func:`cds.order_check.evaluate_orders`). Its cards
+are the order checks that fired: ``rule`` is the check's id, ``decision`` and ``recommended`` those of
+the patient-view decision the order conflicts with. Such a card may also check its suggestion's
+actions: ``delete: ServiceRequest/<id>`` (the draft it deletes) and ``create: <ladder code>`` (the
+exercise of the order it creates) or ``create: none``.
 A file may also have ``blocks:``, ignored by the runner: a place for YAML anchors (``&round``) that
 cases reuse with aliases and merge keys (``<<: *round``).
 
@@ -41,12 +49,16 @@ from ..clock import FixedClock
 from ..engine import RuleEngine
 from ..errors import CdsError
 from ..fhir_client import PrefetchUnavailable
-from ..service import evaluate
+from ..order_check import evaluate_orders
+from ..service import evaluate, services
 from . import yamlpos
 from .loader import Problem, RuleSetError, load_ruleset
 
-CASE_KEYS = ("name", "description", "as_of", "request", "patient", "resources", "expect", "skipped_invalid")
+CASE_KEYS = ("name", "description", "as_of", "request", "patient", "resources", "draft_orders", "expect",
+             "skipped_invalid")
 CARD_KEYS = ("rule", "decision", "indicator", "recommended", "notes")
+#: checks of an order-check card's suggestion: the deleted draft and the created order's exercise
+ACTION_KEYS = ("delete", "create")
 TEXT_KEYS = ("summary", "detail", "suggestion")
 MATCH_KEYS = ("contains", "matches")
 
@@ -90,6 +102,8 @@ class ExpectedCard:
     summary: TextCheck | None = None
     detail: TextCheck | None = None
     suggestion: TextCheck | str | None = None  # a label check, NO_SUGGESTION, or None (not checked)
+    delete: str | None = None  # resourceId the suggestion deletes (None: not checked)
+    create: str | None = None  # ladder code of the order it creates, or NO_SUGGESTION (None: not checked)
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ class RuleCase:
     resources: tuple[Any, ...] = ()
     skipped_invalid: int | None = None
     description: str | None = None
+    draft_orders: tuple[Any, ...] | None = None  # a resources case of the order-sign hook
 
     @property
     def where(self) -> str:
@@ -134,6 +149,7 @@ class TestReport:
     results: list[CaseResult]
     uncovered_rules: list[str]
     uncovered_notes: list[str]
+    uncovered_checks: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[CaseResult]:
@@ -141,7 +157,7 @@ class TestReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.uncovered_rules and not self.uncovered_notes
+        return not self.failed and not self.uncovered_rules and not self.uncovered_notes and not self.uncovered_checks
 
 
 class RuleTestError(CdsError):
@@ -258,6 +274,15 @@ def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
         if not isinstance(raw.get("patient"), str):
             bad((*at, "patient") if "patient" in raw else at, "patient: a 'resources' case names its patient id")
         out["patient"] = raw.get("patient")
+    if "draft_orders" in raw:
+        drafts = raw["draft_orders"]
+        if not has_resources:
+            bad((*at, "draft_orders"), "draft_orders: only for 'resources' cases (a request file has context.draftOrders)",
+                key=True)
+        elif not isinstance(drafts, list) or not all(isinstance(r, dict) and "resourceType" in r for r in drafts):
+            bad((*at, "draft_orders"), "draft_orders: expected a list of FHIR resources (draft ServiceRequests)")
+        else:
+            out["draft_orders"] = tuple(drafts)
 
     expect = raw.get("expect")
     cards: list[ExpectedCard] = []
@@ -270,11 +295,12 @@ def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
             if not isinstance(card, dict):
                 bad(where, "a card is a mapping: rule, decision, indicator, recommended")
                 continue
+            allowed = CARD_KEYS + TEXT_KEYS + ACTION_KEYS
             for key in card:
-                if key not in CARD_KEYS + TEXT_KEYS:
-                    close = difflib.get_close_matches(str(key), CARD_KEYS + TEXT_KEYS, n=1)
+                if key not in allowed:
+                    close = difflib.get_close_matches(str(key), allowed, n=1)
                     hint = (f" (did you mean '{close[0]}'?)" if close
-                            else f" (allowed: {', '.join(CARD_KEYS + TEXT_KEYS)})")
+                            else f" (allowed: {', '.join(allowed)})")
                     bad((*where, key), f"unknown key '{key}' in an expected card{hint}", key=True)
             for key in ("rule", "decision", "indicator"):
                 if not isinstance(card.get(key), str):
@@ -289,6 +315,13 @@ def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
                     texts[key] = _text_check(card[key], (*where, key), key, bad)
             if "suggestion" in card:
                 texts["suggestion"] = _suggestion_check(card["suggestion"], (*where, "suggestion"), bad)
+            for key in ACTION_KEYS:
+                if key in card:
+                    value = NO_SUGGESTION if card[key] is None else card[key]
+                    if not isinstance(value, str) or not value.strip():
+                        bad((*where, key), f"{key}: expected " + ("a resourceId such as ServiceRequest/draft-1"
+                                                                  if key == "delete" else "a ladder code or none"))
+                    texts[key] = str(value)
             cards.append(ExpectedCard(str(card.get("rule")), str(card.get("decision")), str(card.get("indicator")),
                                       card.get("recommended"), tuple(str(n) for n in notes), **texts))
     out["expect"] = tuple(cards)
@@ -340,6 +373,20 @@ def _suggestion_check(raw: Any, at: tuple, bad) -> TextCheck | str | None:
 # -- running ---------------------------------------------------------------------------------------
 
 
+def case_hook(case: RuleCase) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(hook, draftOrders Bundle or None, userId or None) of a case: the request file's, or patient-view
+    (order-sign with ``draft_orders``) for a resources case."""
+    if case.request is not None:
+        body = json.loads(case.request.read_text())
+        context = body.get("context") or {}
+        return str(body.get("hook")), context.get("draftOrders"), context.get("userId")
+    if case.draft_orders is not None:
+        bundle = {"resourceType": "Bundle", "type": "collection",
+                  "entry": [{"resource": _jsonable(r)} for r in case.draft_orders]}
+        return "order-sign", bundle, None
+    return "patient-view", None, None
+
+
 def case_request(case: RuleCase, ruleset) -> tuple[dict[str, Any], str]:
     """(prefetch, patient id) for a case: the request file's, or built from its resources."""
     if case.request is not None:
@@ -388,7 +435,17 @@ def run_case(case: RuleCase, active) -> CaseResult:
     result = CaseResult(case)
     try:
         prefetch, patient_id = case_request(case, active.ruleset)
-        outcome = evaluate(active, prefetch, patient_id=patient_id, clock=FixedClock(case.as_of))
+        hook, drafts, user_id = case_hook(case)
+        svc = next((s for s in services(active.ruleset) if s.hook == hook), None)
+        if svc is None:
+            result.error = f"no service of the rule set answers the '{hook}' hook (see 'services')"
+            return result
+        clock = FixedClock(case.as_of)
+        if hook == "order-sign":
+            order_outcome = evaluate_orders(active, prefetch, drafts or {}, patient_id=patient_id, clock=clock,
+                                            user_id=user_id, stages=svc.stages)
+            return _order_result(result, order_outcome)
+        outcome = evaluate(active, prefetch, patient_id=patient_id, clock=clock, user_id=user_id, stages=svc.stages)
     except PrefetchUnavailable as e:
         result.error = f"the request lacks prefetch key(s) {', '.join(e.keys)}; rule tests never fetch"
         return result
@@ -409,6 +466,46 @@ def run_case(case: RuleCase, active) -> CaseResult:
     result.texts = [card_text(c) for c in outcome.cards]
     result.diff += diff_texts(case.expect, result.texts)
     return result
+
+
+def _order_result(result: CaseResult, outcome: Any) -> CaseResult:
+    """Compare the cards of an order-sign evaluation (:class:`~cds.order_check.OrderOutcome`)."""
+    case = result.case
+    result.fired = [check_card.fired.rule_id for check_card in outcome.rule_cards]
+    for check_card in outcome.rule_cards:
+        fired = check_card.fired
+        deleted = created = None
+        for suggestion in check_card.card.suggestions or []:
+            for action in suggestion.actions:
+                if action.type == "delete":
+                    ids = action.resource_id if isinstance(action.resource_id, list) else [action.resource_id]
+                    deleted = ", ".join(str(i) for i in ids)
+                elif action.type == "create" and action.resource:
+                    codings = (action.resource.get("code") or {}).get("coding") or []
+                    created = codings[0].get("code") if codings else None
+        result.actual.append(ExpectedCard(fired.rule_id, fired.decision, fired.indicator, fired.recommended, (),
+                                          delete=deleted, create=created or NO_SUGGESTION))
+    result.skipped_invalid = outcome.facts.skipped_invalid
+    result.diff = diff_cards(case.expect, result.actual)
+    result.diff += diff_actions(case.expect, result.actual)
+    if case.skipped_invalid is not None and case.skipped_invalid != result.skipped_invalid:
+        result.diff.append(f"skipped_invalid: expected {case.skipped_invalid}, got {result.skipped_invalid}")
+    result.texts = [card_text(c) for c in outcome.cards]
+    result.diff += diff_texts(case.expect, result.texts)
+    return result
+
+
+def diff_actions(expected: Iterable[ExpectedCard], actual: list[ExpectedCard]) -> list[str]:
+    """``card 1 delete: expected X, got Y``: the order-check suggestion checks that are given."""
+    lines: list[str] = []
+    for n, e in enumerate(expected):
+        if n >= len(actual):
+            break
+        for key in ACTION_KEYS:
+            want, got = getattr(e, key), getattr(actual[n], key)
+            if want is not None and want != got:
+                lines.append(f"card {n + 1} {key}: expected {want}, got {got or NO_SUGGESTION}")
+    return lines
 
 
 def card_text(card: Any) -> CardText:
@@ -487,6 +584,7 @@ def run_cases(cases: list[RuleCase], active) -> TestReport:
         results,
         uncovered_rules=[r.id for r in doc.rules if r.id not in fired],
         uncovered_notes=[n.id for n in doc.notes if n.id not in notes],
+        uncovered_checks=[c.id for c in doc.order_checks if c.id not in fired],
     )
 
 
@@ -522,7 +620,9 @@ def format_report(report: TestReport) -> str:
         lines.append(f"uncovered rules (no case fires them): {', '.join(report.uncovered_rules)}")
     if report.uncovered_notes:
         lines.append(f"uncovered notes (no case fires them): {', '.join(report.uncovered_notes)}")
-    if not report.uncovered_rules and not report.uncovered_notes:
+    if report.uncovered_checks:
+        lines.append(f"uncovered order checks (no case fires them): {', '.join(report.uncovered_checks)}")
+    if not report.uncovered_rules and not report.uncovered_notes and not report.uncovered_checks:
         lines.append("coverage: every rule and note is fired by at least one case")
     passed = len(report.results) - len(report.failed)
     lines.append(f"{passed} passed, {len(report.failed)} failed")
@@ -532,5 +632,6 @@ def format_report(report: TestReport) -> str:
 __all__ = [
     "CardText", "CaseResult", "ExpectedCard", "TextCheck", "RuleCase", "RuleSetError", "RuleTestError", "TestReport",
     "active_rules",
-    "card_text", "diff_cards", "diff_texts", "format_report", "load_cases", "run_case", "run_cases", "run_tests",
+    "card_text", "case_hook", "diff_actions",
+    "diff_cards", "diff_texts", "format_report", "load_cases", "run_case", "run_cases", "run_tests",
 ]

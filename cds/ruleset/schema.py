@@ -126,6 +126,10 @@ class Codes(_Doc):
     red_flags: list[ConditionCategory] = []
     #: conditions that raise the risk of a red flag (a warning beside the advice), by category
     red_flag_risks: list[ConditionCategory] = []
+    #: codings every proposed exercise order carries beside its ladder coding (optional)
+    order_code: Coding | None = None
+    #: the ``category`` coding of every proposed exercise order (optional)
+    order_category: Coding | None = None
 
 
 class Rung(_Doc):
@@ -182,6 +186,40 @@ class Note(_Doc):
 #: a wording a rule author writes: never empty
 Text = Annotated[str, Field(min_length=1)]
 
+#: the CDS Hooks hooks a declared service may answer
+Hook = Literal["patient-view", "order-sign"]
+
+
+class Service(_Doc):
+    """One CDS service the rule set offers (the ``services`` section; absent: one patient-view service)."""
+
+    id: str = Field(pattern=SLUG)
+    hook: Hook
+    title: Text | None = None  # default: ruleset.title
+    description: Text | None = None  # default: ruleset.description
+    #: the stages whose rules decide for this service (default: every stage)
+    stages: list[str] | None = None
+
+
+class OrderSuggestion(_Doc):
+    """The suggestion of an order-check card: delete the draft order, create the recommended one."""
+
+    label: Text
+    delete: Text  # description of the delete action
+    create: Text | None = None  # description of the create action (default: texts.action_description)
+
+
+class OrderCheck(_Doc):
+    """One check of a draft order (``order_checks``): the first matching check (lowest priority) gives
+    the draft's card; no matching check means the order agrees with the decision (no card)."""
+
+    id: str = Field(pattern=SLUG)
+    priority: int = Field(ge=0)
+    when: str = Field(min_length=1)
+    indicator: Indicator
+    card: CardTemplate
+    suggestion: OrderSuggestion
+
 
 class FactsLabels(_Doc):
     """The labels of the facts table every card's detail ends with."""
@@ -231,6 +269,8 @@ class RuleFile(_Doc):
     stages: list[str] | None = None
     rules: list[Rule] | None = None
     notes: list[Note] | None = None
+    services: list[Service] | None = None
+    order_checks: list[OrderCheck] | None = None
 
     @field_validator("parameters")
     @classmethod
@@ -269,3 +309,5 @@ class RuleSetDocument(_Doc):
     stages: list[str]
     rules: list[Rule]
     notes: list[Note] = []
+    services: list[Service] = []  # empty: the one default patient-view service (see cds.service)
+    order_checks: list[OrderCheck] = []
