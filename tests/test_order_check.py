@@ -284,7 +284,7 @@ def edit(folder: Path, file: str, old: str, new: str) -> None:
      "'rungs_above_recommended'?)"),
     ("order-check.yaml", "when: decision == 'new-onset'", "when: decision == 'new-onsett'",
      "order-check.yaml:4:23: order check 'check-new-onset': unknown decision 'new-onsett' (did you mean "
-     "'new-onset'?) (one of: new-onset, onset-unknown, start, pain-gate, pain-unrecorded, step-back, continue, "
+     "'new-onset'?) (one of: red-flag, red-flag-risk, outside-programme, new-onset, onset-unknown, start, pain-gate, pain-unrecorded, step-back, continue, "
      "step-up)"),
     ("order-check.yaml", "when: rungs_above_recommended > 0", "when: decision == 'new-onset' and ordered_rung > 0",
      "order-check.yaml:15:11: order check 'check-too-high' can never fire: order check 'check-new-onset' has a "
@@ -298,12 +298,12 @@ def edit(folder: Path, file: str, old: str, new: str) -> None:
      "order-check.yaml:14:5: order check 'check-too-high': unknown key 'priorty' (did you mean 'priority'?)"),
     ("ruleset.yaml", "  - id: lbp-exercise-order-check\n    hook: order-sign",
      "  - id: lbp-exercise-progression\n    hook: order-sign",
-     "ruleset.yaml:75:9: duplicate service id 'lbp-exercise-progression' (first defined at line 73)"),
+     "ruleset.yaml:77:9: duplicate service id 'lbp-exercise-progression' (first defined at line 75)"),
     ("ruleset.yaml", "    hook: order-sign", "    hook: order-select",
-     "ruleset.yaml:76:11: service 'lbp-exercise-order-check': hook: expected 'patient-view' or 'order-sign', "
+     "ruleset.yaml:78:11: service 'lbp-exercise-order-check': hook: expected 'patient-view' or 'order-sign', "
      "found 'order-select'"),
     ("ruleset.yaml", "    hook: order-sign", "    hook: order-sign\n    stages: [onset, progresion]",
-     "ruleset.yaml:77:21: service 'lbp-exercise-order-check': unknown stage 'progresion' (stages: onset, "
+     "ruleset.yaml:79:21: service 'lbp-exercise-order-check': unknown stage 'progresion' (stages: onset, "
      "progression)"),
     ("ruleset.yaml", "  - id: lbp-exercise-order-check\n    hook: order-sign\n", "",
      "order-check.yaml:1:1: order checks are declared but no service answers the 'order-sign' hook; add one to "
