@@ -172,14 +172,14 @@ def test_every_example_decided_identically_through_a_realistic_server_on_the_def
     client, discovery, service_url, keys, server, path: Path
 ) -> None:
     """Issue 11: the loopback server answers each search after 0.6 s, closes idle keep-alive connections
-    after 1 s, pages HAPI-style (page size 20 when a search has no _count, like HAPI) and answers 400 to a
-    raw '|' like Tomcat. With the prefetch removed, the app on its default configuration fetches every
+    after 1 s, pages HAPI-style (at most 4 resources a page: the larger examples take several pages) and
+    answers 400 to a raw '|' like Tomcat. With the prefetch removed, the app on its default configuration fetches every
     key through it and decides exactly as with the prefetch."""
     request = _load(path)
     assert request["hook"] == discovery["hook"]
     assert set(request["prefetch"]) <= set(keys), "the example sends keys the service does not declare"
     server.data = FhirData.from_prefetch(request["prefetch"])
-    server.search_delay, server.idle_timeout, server.default_count = 0.6, 1.0, 20
+    server.search_delay, server.idle_timeout, server.max_count = 0.6, 1.0, 4
     expected = _reference(client, service_url, request, server)
 
     response, elapsed = _post(client, service_url, _with_server(request, server, []))
@@ -235,6 +235,26 @@ def test_null_prefetch_means_no_data_and_is_not_fetched(roomy_client, service_ur
     response, _ = _post(roomy_client, service_url, body)
     assert response.status_code == 200, response.get_json()
     assert server.requests == []
+
+
+def test_calls_after_the_server_closed_its_idle_connections_still_succeed(client, service_url, server) -> None:
+    """Idle connections closed by the server after 1 s, and one request dropped on a reused connection
+    (the race of an idle close): the app's pooled client retries once and the cards do not change."""
+    request = _load(REQUESTS[0])
+    server.data = FhirData.from_prefetch(request["prefetch"])
+    expected = _reference(client, service_url, request, server)
+    server.idle_timeout, server.max_count = 1.0, 2
+    first, _ = _post(client, service_url, _with_server(request, server, []))
+    assert first.status_code == 200 and _strip_uuids(first.get_json()) == expected
+    time.sleep(1.3)
+    opened = server.connections
+    second, _ = _post(client, service_url, _with_server(request, server, []))
+    assert second.status_code == 200 and _strip_uuids(second.get_json()) == expected
+    assert server.connections > opened
+    server.drop_next = 1
+    third, _ = _post(client, service_url, _with_server(request, server, []))
+    assert third.status_code == 200 and _strip_uuids(third.get_json()) == expected
+    assert server.drop_next == 0 and sum(not s.answered for s in server.requests) == 1
 
 
 def test_a_next_link_leaving_the_base_path_is_412_and_the_token_stays_inside(client, service_url, keys, server) -> None:
