@@ -542,8 +542,8 @@ class _Job:
         else:
             result = self._search(data)
         logger.info(
-            "prefetch key %s: fetched %s in %.0f ms", self.key, self.template_path,
-            (time.monotonic() - started) * 1000,
+            "prefetch key %s: fetched %s in %.0f ms%s", self.key, self.template_path,
+            (time.monotonic() - started) * 1000, f" ({self.retries} retried)" if self.retries else "",
         )
         return result
 
