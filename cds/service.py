@@ -91,7 +91,7 @@ def evaluate(active: ActiveRules, prefetch: Mapping[str, Any], *, patient_id: st
     facts = extract(prefetch, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder)
     t1 = time.perf_counter()
     today = clock.today()
-    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today), today)
+    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today, doc.parameters), today)
     t2 = time.perf_counter()
     cards = build_cards(evaluation, facts, ruleset, patient_id=patient_id)
     t3 = time.perf_counter()

@@ -221,7 +221,7 @@ def test_loinc_answer_mapping_matches_spec() -> None:
     }  # fmt: skip
 
 
-def test_unknown_answer_code_or_no_value_skipped_not_invalid() -> None:
+def test_unknown_answer_code_or_no_value_skipped_and_counted() -> None:
     wrong_system = pain_obs("p-sys", score="LA6111-4", value="answer")
     wrong_system["valueCodeableConcept"]["coding"][0]["system"] = "http://example.org"
     facts = run(
@@ -232,7 +232,11 @@ def test_unknown_answer_code_or_no_value_skipped_not_invalid() -> None:
     reasons = skipped_ids(facts)
     assert set(reasons) == {"p-code", "p-sys", "p-none"}
     assert all("no usable pain value" in r for r in reasons.values())
-    assert facts.skipped_invalid == 0
+    assert facts.skipped_invalid == 3  # unusable data is counted on the card
+    assert {s.reason_key for s in facts.skipped} == {"no_value"}
+    assert all(s.kind == "pain" and s.in_session and s.date_text == DAY for s in facts.skipped)
+    # the answer code of another system is not read as a score, even for the card
+    assert {s.resource_id: s.value for s in facts.skipped} == {"p-code": None, "p-sys": None, "p-none": None}
 
 
 @pytest.mark.parametrize("score", [11, -1, 10.5])
@@ -240,7 +244,9 @@ def test_out_of_range_pain_skipped(score: float) -> None:
     facts = run(rounds=[round_obs("r1")], pains=[pain_obs("p-bad", score=score), pain_obs("p-ok", score=10)])
     assert [p.resource_id for p in facts.pain_scores] == ["p-ok"]
     assert skipped_ids(facts) == {"p-bad": "pain score outside the 0-10 scale"}
-    assert facts.skipped_invalid == 0
+    assert facts.skipped_invalid == 1
+    (bad,) = facts.skipped
+    assert (bad.kind, bad.value, bad.reason_key, bad.in_session) == ("pain", score, "value_out_of_range", True)
 
 
 # --- status and subject -------------------------------------------------------------------------------
@@ -407,7 +413,15 @@ def test_unusable_rounds_skipped_with_reason() -> None:
         "r-nodate": "no effectiveDateTime or effectivePeriod.start",
         "r-partial": "effective date is not a full calendar date",
     }
-    assert facts.skipped_invalid == 0
+    assert facts.skipped_invalid == 8  # every one of them is unusable data, counted on the card
+    keys = {s.resource_id: s.reason_key for s in facts.skipped}
+    assert keys == {
+        "r-neg": "value_out_of_range", "r-huge": "value_out_of_range", "r-unknown": "unknown_exercise",
+        "r-system": "unknown_exercise", "r-noex": "no_exercise", "r-noreps": "no_value", "r-nodate": "no_date",
+        "r-partial": "partial_date",
+    }
+    # all dated on or after the session (or undated): each could have belonged to it
+    assert all(s.in_session for s in facts.skipped)
 
 
 def test_values_rounded_to_two_decimals_so_the_engine_can_read_them() -> None:
@@ -559,7 +573,10 @@ def test_date_is_taken_as_written_in_its_own_offset() -> None:
     assert [p.resource_id for p in s.pain_scores] == ["p-21"]
 
 
-def test_long_history_latest_session_and_little_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_history_every_resource_validated_once_then_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cds.fhir_validation import validation_cache
+
+    validation_cache.clear()
     start = dt.date(2025, 1, 1)
     rounds, pains = [], []
     for day in range(200):
@@ -567,7 +584,8 @@ def test_long_history_latest_session_and_little_validation(monkeypatch: pytest.M
         exercise = LADDER.codes[min(day // 60, 3)]
         rounds += [round_obs(f"r{day}-{n}", f"{date}T09:0{n}:00+01:00", exercise, 10 + n, n) for n in (1, 2)]
         pains.append(pain_obs(f"p{day}", f"{date}T09:05:00+01:00", day % 3))
-    rounds[5]["effectiveDateTime"] = "2025-01-02T99:00:00Z"  # invalid, but old: never validated
+    rounds[5]["effectiveDateTime"] = "2025-01-02T99:00:00Z"  # invalid and old: still validated and counted
+    pains[7]["valueQuantity"]["value"] = 12  # out of range and old: counted too
     rounds.reverse()  # history order must not matter
     pains.reverse()
     assert len(rounds) == 400 and len(pains) == 200
@@ -588,8 +606,16 @@ def test_long_history_latest_session_and_little_validation(monkeypatch: pytest.M
     assert s is not None and s.date == last and s.exercise == "reverse-hyper"
     assert [r.resource_id for r in s.rounds] == ["r199-1", "r199-2"] and s.reps == [11.0, 12.0]
     assert [p.resource_id for p in s.pain_scores] == ["p199"] and s.max_pain == 199 % 3
-    assert validated == 3  # two rounds and one pain score, not the history
-    assert facts.skipped == ()
+    assert validated == 600  # every round and pain score, once
+    assert {(x.resource_id, x.reason_key) for x in facts.skipped} == {("r2-2", "invalid"), ("p7", "value_out_of_range")}
+    assert facts.skipped_invalid == 2
+    assert not any(x.in_session for x in facts.skipped)  # old history: could not have been the session
+    (pain,) = [x for x in facts.skipped if x.kind == "pain"]
+    assert pain.value == 12 and pain.date_text == "2025-01-08T09:05:00+01:00"
+
+    validated = 0
+    again = run(rounds=rounds, pains=pains)  # the EHR sends the same history at the next chart opening
+    assert validated == 0 and again == facts
 
 
 # --- prefetch shape -------------------------------------------------------------------------------------
