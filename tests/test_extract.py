@@ -699,3 +699,103 @@ def test_log_lines_cannot_be_forged_and_missing_ids_skipped(caplog: pytest.LogCa
     ]
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3 and all("\n" not in m for m in messages)
+
+
+# --- dates written to the year or month; what a skipped resource carries for the card ---------------------
+
+
+def test_onset_precision_bounds_and_text_as_written() -> None:
+    facts = run(
+        conditions=[
+            condition("c-year", "2025"),
+            condition("c-month", "2024-02"),  # a leap February: its latest day is the 29th
+            condition("c-dec", "2023-12", period=True),
+            condition("c-day", "2026-03-04"),
+            condition("c-time", "2026-04-15T23:30:00-07:00"),  # the date as written, not UTC's 16th
+        ]
+    )
+    got = {c.resource_id: (c.onset, c.onset_latest, c.onset_precision, c.onset_text) for c in facts.conditions}
+    assert got == {
+        "c-year": (dt.date(2025, 1, 1), dt.date(2025, 12, 31), "year", "2025"),
+        "c-month": (dt.date(2024, 2, 1), dt.date(2024, 2, 29), "month", "2024-02"),
+        "c-dec": (dt.date(2023, 12, 1), dt.date(2023, 12, 31), "month", "2023-12"),
+        "c-day": (dt.date(2026, 3, 4), dt.date(2026, 3, 4), "day", "2026-03-04"),
+        "c-time": (dt.date(2026, 4, 15), dt.date(2026, 4, 15), "day", "2026-04-15"),
+    }
+
+
+def test_most_recent_onset_is_the_latest_possible_day() -> None:
+    # 2026-06 may be as late as 06-30: more recent than 2026-06-20, though it may also be earlier
+    facts = run(conditions=[condition("c-day", "2026-06-20"), condition("c-month", "2026-06"), condition("c-old", "2025")])
+    assert facts.onset_condition is not None and facts.onset_condition.resource_id == "c-month"
+    assert facts.onset == dt.date(2026, 6, 1)
+    # on a tie of the latest day, the later earliest day (the more precise one) wins
+    facts = run(conditions=[condition("c-month", "2026-06"), condition("c-last", "2026-06-30")])
+    assert facts.onset_condition is not None and facts.onset_condition.resource_id == "c-last"
+
+
+def test_partial_effective_date_is_skipped_counted_and_described() -> None:
+    facts = run(
+        rounds=[round_obs("r-ok", "2026-11-18", reps=20, round_no=1), round_obs("r-month", "2026-11", reps=9)],
+        pains=[pain_obs("p-year", "2026", 7)],
+    )
+    s = facts.latest_session
+    assert s is not None and [r.resource_id for r in s.rounds] == ["r-ok"]
+    got = {x.resource_id: (x.reason_key, x.kind, x.date_text, x.value, x.in_session, x.invalid) for x in facts.skipped}
+    assert got == {
+        "r-month": ("partial_date", "round", "2026-11", 9, True, True),  # November may include the 18th
+        "p-year": ("partial_date", "pain", "2026", 7, True, True),
+    }
+
+
+def test_could_have_belonged_to_the_latest_session() -> None:
+    session = [round_obs("r1", "2026-11-18T10:00:00-05:00", reps=20, round_no=1),
+               round_obs("r2", "2026-11-18T10:10:00-05:00", reps=20, round_no=2)]
+    facts = run(
+        rounds=[*session, round_obs("r-old", "2026-11-01", reps=-3), round_obs("r-later", "2026-11-19", exercise="plank")],
+        pains=[
+            pain_obs("p-linked", "2026-02-30T10:00:00Z", 9, derived=("r1",)),  # invalid date, linked: could matter
+            pain_obs("p-other", "2026-11-19", 11, derived=("r-old",)),  # linked to another session: not
+            pain_obs("p-before", "2026-11-17", 12),  # before the session: not
+            pain_obs("p-undated", None, 5),  # no date: could be the session's
+            pain_obs("p-bad-date", "2026-11-31", 4),  # an unreadable date: could be the session's
+        ],
+    )
+    flags = {x.resource_id: x.in_session for x in facts.skipped}
+    assert flags == {
+        "r-old": False, "r-later": True, "p-linked": True, "p-other": False, "p-before": False, "p-undated": True,
+        "p-bad-date": True,
+    }
+    described = {x.resource_id: (x.date_text, x.value) for x in facts.skipped}
+    assert described["p-linked"] == ("2026-02-30T10:00:00Z", 9)
+    assert described["p-undated"] == (None, 5)
+
+
+def test_without_a_usable_session_every_unusable_round_could_have_been_it() -> None:
+    facts = run(rounds=[round_obs("r-noex", "2025-01-01", exercise=None)], pains=[pain_obs("p-bad", "2025-01-01", 12)])
+    assert facts.latest_session is None
+    assert {x.resource_id: x.in_session for x in facts.skipped} == {"r-noex": True, "p-bad": False}
+
+
+def test_date_shown_only_when_it_looks_like_a_date() -> None:
+    sneaky = pain_obs("p-sneaky", "2026-11-18", 1)
+    sneaky["effectiveDateTime"] = "<img src=x> **bold**"
+    facts = run(pains=[sneaky])
+    (skip,) = facts.skipped
+    assert skip.invalid and skip.date_text is None  # not valid FHIR; the text never reaches a card
+
+
+def test_round_order_round_number_then_time_then_resource_order() -> None:
+    facts = run(
+        rounds=[
+            round_obs("t-late", "2026-11-20T10:30:00-05:00", reps=1),
+            round_obs("n2", "2026-11-20T09:00:00-05:00", reps=2, round_no=2),
+            round_obs("t-early-east", "2026-11-20T20:00:00+09:00", reps=3),  # 11:00 UTC = 06:00-05:00
+            round_obs("d-a", "2026-11-20", reps=4),
+            round_obs("n1", "2026-11-20T11:00:00-05:00", reps=5, round_no=1),
+            round_obs("d-b", "2026-11-20", reps=6),
+        ]
+    )
+    s = facts.latest_session
+    assert s is not None
+    assert [r.resource_id for r in s.rounds] == ["n1", "n2", "t-early-east", "t-late", "d-a", "d-b"]
