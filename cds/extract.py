@@ -355,7 +355,7 @@ class _Extractor:
                 reason=reason + detail,
                 invalid=True,
                 reason_key=REASON_KEYS.get(reason),
-                kind=kind,  # type: ignore[arg-type]  # checked just above
+                kind=kind,
                 date_text=_raw_date_text(c.raw) if kind else None,
                 value=_raw_value(c.raw, self.answers_system, self.answers) if kind else None,
             )
@@ -488,7 +488,7 @@ class _Extractor:
             out.append(
                 LbpCondition(
                     resource_id=c.rid, onset=earliest, onset_latest=latest,
-                    onset_precision=precision,  # type: ignore[arg-type]  # "day" | "month" | "year"
+                    onset_precision=precision,
                     onset_text=text,
                 )
             )
