@@ -27,9 +27,13 @@ patient id, a subject reference or a clinical value.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import marshal
 import re
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -313,6 +317,75 @@ def _has(cc: Any, pair: tuple[str, str]) -> bool:
     return cc is not None and any((c.system, c.code) == pair for c in cc.coding or ())
 
 
+#: marshal format 2: no back-references (format 3 and later mark objects shared elsewhere in the
+#: process, so the same JSON could serialise differently from call to call: every lookup a miss)
+_MARSHAL_VERSION = 2
+
+
+#: what turning one Observation into a fact gave: the fact, or the skip record (with its card details)
+_Outcome = ExerciseRound | PainScore | SkippedResource | None
+
+
+class _FactMemo:
+    """Observation -> fact outcomes, memoised by a digest of the resource's JSON, per rule-set codes.
+
+    Every hook call turns every candidate Observation of the history into a fact (so every unusable
+    one is counted); an EHR sends the same history at each chart opening, so the outcome of a
+    resource seen before is reused: one ``marshal.dumps`` and a lookup instead of reading the
+    validated model again. An outcome depends only on the resource's JSON and the rule set's
+    ``codes`` and ``ladder``: one bounded LRU per (codes, ladder) pair, which the entry holds so
+    their ids stay unique. Keys are digests (no resource text is kept as a key); skips are
+    replayed, so each call still logs and counts them.
+    """
+
+    def __init__(self, maxsize: int = 4096, configs: int = 4) -> None:
+        self.maxsize = maxsize
+        self.configs = configs
+        self._lock = threading.Lock()
+        self._by_config: OrderedDict[tuple[int, int], tuple[Codes, Ladder, OrderedDict[tuple[str, bytes], _Outcome]]]
+        self._by_config = OrderedDict()
+
+    def table(self, codes: Codes, ladder: Ladder) -> OrderedDict[tuple[str, bytes], _Outcome]:
+        key = (id(codes), id(ladder))
+        with self._lock:
+            entry = self._by_config.get(key)
+            if entry is None or entry[0] is not codes or entry[1] is not ladder:
+                entry = (codes, ladder, OrderedDict())
+                self._by_config[key] = entry
+                while len(self._by_config) > self.configs:
+                    self._by_config.popitem(last=False)
+            self._by_config.move_to_end(key)
+            return entry[2]
+
+    def get_or_compute(
+        self, table: OrderedDict[tuple[str, bytes], _Outcome], kind: str, raw: dict[str, Any],
+        compute: Callable[[], _Outcome],
+    ) -> tuple[_Outcome, bool]:
+        """(outcome, cached): a cached outcome for identical JSON, else ``compute()`` stored."""
+        try:
+            key = (kind, hashlib.blake2b(marshal.dumps(raw, _MARSHAL_VERSION), digest_size=20).digest())
+        except (TypeError, ValueError, RecursionError):
+            return compute(), False
+        with self._lock:
+            if key in table:
+                table.move_to_end(key)
+                return table[key], True
+        outcome = compute()
+        with self._lock:
+            table[key] = outcome
+            if len(table) > self.maxsize:
+                table.popitem(last=False)
+        return outcome, False
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_config.clear()
+
+
+#: the process-wide memo of Observation outcomes (tests clear it with ``fact_memo.clear()``)
+fact_memo = _FactMemo()
+
+
 class _Extractor:
     def __init__(self, patient_id: str, codes: Codes, ladder: Ladder) -> None:
         self.codes = codes
@@ -337,6 +410,7 @@ class _Extractor:
         self.seen: set[tuple[str, str]] = set()
         #: (index in ``skipped``, candidate) of the pain scores and rounds skipped as unusable
         self.data_skips: list[tuple[int, _Candidate]] = []
+        self.memo = fact_memo.table(codes, ladder)
 
     # -- bookkeeping
 
@@ -563,12 +637,38 @@ class _Extractor:
             resource_id=c.rid, exercise=exercise, reps=reps, date=day, round_number=round_number, recorded_at=time
         )
 
+    def memoised(self, c: _Candidate, convert: Callable[[_Candidate], Any]) -> Any:
+        """``convert(c)`` (a fact, or None after skipping ``c``), memoised by the resource's content:
+        a cached skip is replayed (logged, counted, and described for the card again)."""
+        before = len(self.skipped)
+
+        def compute() -> _Outcome:
+            fact = convert(c)
+            if fact is not None:
+                return fact
+            # the skip ``convert`` recorded, if it was a single data-level one; else do not memoise
+            if len(self.skipped) == before + 1 and self.data_skips and self.data_skips[-1][0] == before:
+                return self.skipped[before]
+            return None
+
+        outcome, cached = fact_memo.get_or_compute(self.memo, c.kind or "", c.raw, compute)
+        if not cached:
+            return outcome if not isinstance(outcome, SkippedResource) else None
+        if outcome is None:  # never stored (see compute), but keep the contract: convert afresh
+            return convert(c)
+        if isinstance(outcome, SkippedResource):
+            log.info("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), outcome.reason)
+            self.skipped.append(outcome)
+            self.data_skips.append((len(self.skipped) - 1, c))
+            return None
+        return outcome
+
     def latest_rounds(self) -> tuple[list[ExerciseRound], dict[str, int]]:
         """Usable rounds of the most recent date that has any. Every round is turned into a fact
-        (validated: the cache makes a known one cheap), so every unusable one is reported."""
+        (validated: the caches make a known one cheap), so every unusable one is reported."""
         usable: list[tuple[ExerciseRound, int]] = []
         for c in self.rounds:
-            r = self.exercise_round(c)
+            r = self.memoised(c, self.exercise_round)
             if r is not None:
                 usable.append((r, c.order))
         if not usable:
@@ -604,7 +704,7 @@ class _Extractor:
 
     def all_pains(self) -> list[PainScore]:
         """Every usable pain score (each one validated, so every unusable one is reported)."""
-        return [p for p in (self.pain_score(c) for c in self.pains) if p is not None]
+        return [p for p in (self.memoised(c, self.pain_score) for c in self.pains) if p is not None]
 
     @staticmethod
     def session_pains(pains: list[PainScore], rounds: list[ExerciseRound]) -> list[PainScore]:

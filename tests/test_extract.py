@@ -799,3 +799,23 @@ def test_round_order_round_number_then_time_then_resource_order() -> None:
     s = facts.latest_session
     assert s is not None
     assert [r.resource_id for r in s.rounds] == ["n1", "n2", "t-early-east", "t-late", "d-a", "d-b"]
+
+
+def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.LogCaptureFixture) -> None:
+    extract_module.fact_memo.clear()
+    rounds = [round_obs("r-ok", reps=20, round_no=1), round_obs("r-plank", exercise="plank")]
+    first = run(rounds=rounds)
+    caplog.set_level(logging.INFO, logger="cds.extract")
+    again = run(rounds=rounds)  # every outcome from the memo
+    assert again == first and again.skipped_invalid == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "cds.extract"] == [
+        "skipped Observation r-plank: exercise is not a known ladder code"
+    ]
+    # another rule set (here: plank on the ladder) is another memo: nothing is reused across them
+    doc = dict(_DOC["ladder"])
+    doc["rungs"] = [*doc["rungs"], {"code": "plank", "display": "Plank", "about": "A plank."}]
+    ladder = Ladder.model_validate(doc)
+    prefetch = {"exerciseRounds": bundle(*rounds)}
+    other = extract(prefetch, patient_id=PID, codes=CODES, ladder=ladder)
+    assert other.latest_session is not None and other.latest_session.exercise == "plank"
+    assert other.skipped == ()
