@@ -317,8 +317,9 @@ def _has(cc: Any, pair: tuple[str, str]) -> bool:
     return cc is not None and any((c.system, c.code) == pair for c in cc.coding or ())
 
 
-#: marshal format 2: no back-references (format 3 and later mark objects shared elsewhere in the
-#: process, so the same JSON could serialise differently from call to call: every lookup a miss)
+#: marshal format 2: no back-references. Later formats mark objects referenced elsewhere, so equal
+#: JSON would serialise differently depending on how its strings are shared (every lookup a miss).
+#: Either way equal bytes mean equal values: a key can miss, never hit wrongly.
 _MARSHAL_VERSION = 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -614,7 +615,8 @@ def test_long_history_every_resource_validated_once_then_cached(monkeypatch: pyt
     assert pain.value == 12 and pain.date_text == "2025-01-08T09:05:00+01:00"
 
     validated = 0
-    again = run(rounds=rounds, pains=pains)  # the EHR sends the same history at the next chart opening
+    # the EHR sends the same history at the next chart opening (JSON parsed afresh)
+    again = run(rounds=json.loads(json.dumps(rounds)), pains=json.loads(json.dumps(pains)))
     assert validated == 0 and again == facts
 
 
@@ -806,7 +808,7 @@ def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.L
     rounds = [round_obs("r-ok", reps=20, round_no=1), round_obs("r-plank", exercise="plank")]
     first = run(rounds=rounds)
     caplog.set_level(logging.INFO, logger="cds.extract")
-    again = run(rounds=rounds)  # every outcome from the memo
+    again = run(rounds=json.loads(json.dumps(rounds)))  # the same JSON again: every outcome from the memo
     assert again == first and again.skipped_invalid == 1
     assert [r.getMessage() for r in caplog.records if r.name == "cds.extract"] == [
         "skipped Observation r-plank: exercise is not a known ladder code"
