@@ -71,8 +71,8 @@ def test_report_table_has_the_exact_numbers_per_rule(filled_url, capsys):
     accepted, overridden = shown["continue"], shown["step-up"] + shown["new-onset"]
     assert rows["total"] == [str(sum(shown.values())), str(accepted), str(overridden),
                              f"{accepted / (accepted + overridden) * 100:.0f}%"]
-    # the example set as it stands: 35 cards, 12 continue accepted, 5 step-up and 4 new-onset overridden
-    assert rows["total"] == ["35", "12", "9", "57%"]
+    # the example set as it stands: 45 cards, 15 continue accepted, 10 step-up and 5 new-onset overridden
+    assert rows["total"] == ["45", "15", "15", "50%"]
 
 
 def test_report_json_matches_the_table(filled_url, capsys):
@@ -83,19 +83,19 @@ def test_report_json_matches_the_table(filled_url, capsys):
     assert {r["ruleset_name"] for r in rows.values()} == {"lbp-exercise-progression"}
     assert {r["ruleset_version"] for r in rows.values()} == {"1.0.0"}
     cont, up, onset = rows["continue"], rows["step-up"], rows["new-onset"]
-    assert (cont["accepted"], cont["overridden"], cont["no_feedback"], cont["acceptance_rate"]) == (12, 0, 0, 1.0)
-    assert (up["accepted"], up["overridden"], up["acceptance_rate"]) == (0, 5, 0.0)
+    assert (cont["accepted"], cont["overridden"], cont["no_feedback"], cont["acceptance_rate"]) == (15, 0, 0, 1.0)
+    assert (up["accepted"], up["overridden"], up["acceptance_rate"]) == (0, 10, 0.0)
     assert up["override_reasons"] == [{
         "system": "https://lbp-cds.org/fhir/CodeSystem/override-reason", "code": "patient-preference",
-        "display": REASON_PREFERENCE, "count": 5,
+        "display": REASON_PREFERENCE, "count": 10,
     }]
-    assert [(r["code"], r["count"]) for r in onset["override_reasons"]] == [("clinician-judgement", 4)]
+    assert [(r["code"], r["count"]) for r in onset["override_reasons"]] == [("clinician-judgement", 5)]
     assert rows["pain-gate"] == {
         "rule_id": "pain-gate", "ruleset_name": "lbp-exercise-progression", "ruleset_version": "1.0.0",
         "shown": 4, "accepted": 0, "overridden": 0, "no_feedback": 4, "feedback_reports": 0,
         "acceptance_rate": None, "override_reasons": [],
     }
-    assert sum(r["feedback_reports"] for r in rows.values()) == 21
+    assert sum(r["feedback_reports"] for r in rows.values()) == 30
 
 
 def test_report_since(filled_url, capsys):
@@ -194,7 +194,7 @@ def test_db_purge(filled_url, capsys, monkeypatch):
         assert "2 evaluations, 0 feedback reports" in out
         assert store.count("audit_evaluation") == before - 2
         assert store.count("audit_card") == sum(shown.values())
-        assert store.count("feedback") == 21  # received just now: kept
+        assert store.count("feedback") == 30  # received just now: kept
 
         # the retention period from the environment
         _old_evaluation(store, days=400)
