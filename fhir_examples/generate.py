@@ -596,7 +596,9 @@ their session's rounds, others rely on being on the session's date.
 
 Every resource is valid FHIR R4 (checked with the `fhir.resources` R4B models by the generator and by
 `tests/test_examples_data.py`) except the one a scenario breaks on purpose; it carries the `meta.tag`
-`https://lbp-cds.org/fhir/CodeSystem/example-tag|deliberately-invalid`.
+`https://lbp-cds.org/fhir/CodeSystem/example-tag|deliberately-invalid`. A resource that is valid FHIR but
+that the service cannot use on purpose (a pain score dated only to the month) carries
+`https://lbp-cds.org/fhir/CodeSystem/example-tag|deliberately-unusable`; both are skipped and counted.
 
 ## Regenerate
 
