@@ -144,7 +144,7 @@ def test_metrics_after_every_example_and_a_failing_fetch(tmp_path):
         by_rule[rule_of(card)] = by_rule.get(rule_of(card), 0) + 1
     decisions = {s.labels["rule"]: s.value for s in m["cds_decisions_total"]}
     assert decisions == by_rule
-    assert value(m, "cds_decisions_total", rule="continue", decision="continue", ruleset_version="1.0.0") == 12
+    assert value(m, "cds_decisions_total", rule="continue", decision="continue", ruleset_version="1.0.0") == 15
     assert value(m, "cds_decisions_total", rule="step-back-first-rung", decision="step-back", ruleset_version="1.0.0") == 1
     # FHIR fetch errors by prefetch key
     assert value(m, "cds_fhir_fetch_errors_total", key=missing) == 1

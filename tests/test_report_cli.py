@@ -89,7 +89,7 @@ def test_report_json_matches_the_table(filled_url, capsys):
         "system": "https://lbp-cds.org/fhir/CodeSystem/override-reason", "code": "patient-preference",
         "display": REASON_PREFERENCE, "count": 9,
     }]
-    assert [(r["code"], r["count"]) for r in onset["override_reasons"]] == [("clinician-judgement", 4)]
+    assert [(r["code"], r["count"]) for r in onset["override_reasons"]] == [("clinician-judgement", 5)]
     assert rows["pain-gate"] == {
         "rule_id": "pain-gate", "ruleset_name": "lbp-exercise-progression", "ruleset_version": "1.0.0",
         "shown": 4, "accepted": 0, "overridden": 0, "no_feedback": 4, "feedback_reports": 0,
