@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import SERVICE_URL, build_app, example_pairs
+from conftest import SERVICE_URL, build_app, error_issue, example_pairs
 
 PG_URL = os.environ.get("CDS_TEST_DATABASE_URL")
 FEEDBACK_URL = SERVICE_URL + "/feedback"
@@ -141,10 +141,12 @@ def filled(db_url):
 
 
 def _error(response) -> dict[str, Any]:
-    body = response.get_json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["status"] == response.status_code
-    return body["error"]
+    """The error as ``{"message", "field"?, "code"}``, read from the OperationOutcome body."""
+    issue = error_issue(response)
+    out = {"message": issue["diagnostics"], "code": issue["code"]}
+    if "expression" in issue:
+        out["field"] = issue["expression"][0]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
