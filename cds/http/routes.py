@@ -16,6 +16,7 @@ from ..extract import PrefetchShapeError
 from ..feedback import FeedbackAck, FeedbackError, parse_feedback
 from ..fhir_client import PrefetchUnavailable, complete_prefetch
 from ..storage import StoreUnavailable
+from .ehr import check_fhir_server, shape_for_ehr
 from .errors import ApiError
 
 log = logging.getLogger("cds.http")
@@ -79,6 +80,7 @@ def call_service(service_id: str):
         raise ApiError(400, validation_message(e)) from None
     if hook_request.hook != service.HOOK:
         raise ApiError(400, f"hook: service '{service_id}' answers '{service.HOOK}', not the hook sent")
+    check_fhir_server(hook_request.fhir_server)  # the calling EHR's allow-list: 412 before any fetch
     state = _state()
     active = state.rules.current()  # one rule-set version for the whole request
     patient_id = hook_request.context.patient_id
@@ -103,7 +105,7 @@ def call_service(service_id: str):
         log.exception("rule engine failed")
         raise ApiError(500, "the rule engine could not evaluate this request") from None
     state.after_evaluation(hook_request, service_id, outcome)
-    return jsonify(to_json(CdsResponse(cards=outcome.cards)))
+    return jsonify(to_json(shape_for_ehr(CdsResponse(cards=outcome.cards))))  # the calling EHR's profile
 
 
 @bp.post("/cds-services/<service_id>/feedback")

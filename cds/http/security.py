@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, current_app, g, request
 from flask_cors import CORS
 
 from ..auth import AuthenticationError, JtiStore, JwtVerifier, load_trusted_issuers
@@ -54,12 +54,13 @@ def require_jwt(bp: Blueprint) -> None:
             return None
         audience = state.settings.public_base_url + request.path
         try:
-            state.verifier.verify(request.headers.get("Authorization"), audience=audience)
+            claims = state.verifier.verify(request.headers.get("Authorization"), audience=audience)
         except AuthenticationError:  # the verifier has logged the reason (never the token)
             log.info("answered 401", extra={"path": request.path})
             response = error_body(401, "unauthorized")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
+        g.cds_issuer = state.verifier.issuer(claims.get("iss"))  # its per-EHR settings (cds.http.ehr)
         return None
 
 
