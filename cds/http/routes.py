@@ -16,7 +16,7 @@ from ..extract import PrefetchShapeError
 from ..feedback import FeedbackAck, FeedbackError, parse_feedback
 from ..fhir_client import PrefetchUnavailable, complete_prefetch
 from ..storage import StoreUnavailable
-from .ehr import check_fhir_server, shape_for_ehr
+from .ehr import check_fhir_server, note_ignored_feedback_fields, shape_for_ehr
 from .errors import ApiError
 
 log = logging.getLogger("cds.http")
@@ -116,6 +116,7 @@ def feedback(service_id: str):
         parsed = parse_feedback(body)
     except FeedbackError as e:
         raise ApiError(400, str(e), field=e.field) from None
+    note_ignored_feedback_fields(parsed.ignored_fields)  # liberal: unknown fields counted, never a 400
     state = _state()
     if state.store is None:
         raise ApiError(503, "feedback storage is not configured")
