@@ -177,7 +177,7 @@ def test_migration_0002_upgrade_and_downgrade(db_url):
     assert current_revision(db_url) == "0001_initial"
     assert "jwt_replay" not in table_names(db_url)
     upgrade(db_url)
-    assert current_revision(db_url) == head_revision() == "0002_jwt_replay"
+    assert current_revision(db_url) == head_revision() == "0003_audit_criteria_id"
     assert "jwt_replay" in table_names(db_url)
     assert SqlJtiStore(db_url).check_and_add(key(), time.time() + 60)
     downgrade(db_url, "0001_initial")
