@@ -8,7 +8,7 @@ from flask import Blueprint, Flask, current_app, g, request
 from flask_cors import CORS
 
 from ..auth import AuthenticationError, JtiStore, JwtVerifier, load_trusted_issuers
-from ..config import Settings
+from ..config import ConfigError, Settings
 from .errors import error_body
 
 log = logging.getLogger("cds.auth")
@@ -17,7 +17,10 @@ log = logging.getLogger("cds.auth")
 def build_verifier(settings: Settings) -> JwtVerifier | None:
     if not settings.auth:
         return None
-    issuers = load_trusted_issuers(settings.trusted_issuers) if settings.trusted_issuers else ()
+    try:
+        issuers = load_trusted_issuers(settings.trusted_issuers) if settings.trusted_issuers else ()
+    except ValueError as e:  # names the file, the issuer and the key: one line, no traceback
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {e}") from None
     if not issuers:
         log.warning("authentication is on but no trusted issuers are configured (CDS_TRUSTED_ISSUERS): every call gets 401")
     return JwtVerifier(issuers, jti_store=build_jti_store(settings))
