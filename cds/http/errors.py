@@ -116,7 +116,9 @@ def outcome(
 ) -> OperationOutcome:
     issue_code = code or ISSUE_TYPE.get(status) or ("exception" if status >= 500 else "invalid")
     expression = None if status == 401 else expression_for(message, field=field, key=key)
-    issue = OutcomeIssue(severity="error", code=issue_code, diagnostics=message, expression=expression)  # type: ignore[arg-type]
+    issue = OutcomeIssue.model_validate(
+        {"severity": "error", "code": issue_code, "diagnostics": message, "expression": expression}
+    )
     return OperationOutcome(resourceType="OperationOutcome", issue=[issue])
 
 

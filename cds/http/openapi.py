@@ -87,7 +87,10 @@ _ERROR_TEXT = {
     401: "Missing or invalid bearer JWT (no detail is given).",
     404: "Unknown service.",
     405: "Method not allowed.",
-    412: "Required prefetch data was neither sent nor fetchable from fhirServer (the issue's expression names it: `prefetch.<key>`), or fhirServer is not on the issuer's allow-list.",
+    412: (
+        "Required prefetch data was neither sent nor fetchable from fhirServer (the issue's expression names it: "
+        "`prefetch.<key>`), or fhirServer is not on the calling EHR's allow-list (expression `fhirServer`)."
+    ),
     413: "Request body too large.",
     415: "Content-Type is not application/json.",
     500: "The service could not evaluate the request (a fault of the service, never of the request).",
