@@ -163,17 +163,22 @@ def test_create_app_refuses_a_bad_issuers_file_as_a_configuration_error(tmp_path
         create_app(make_settings(auth=True, trusted_issuers=path))
 
 
-def test_cds_run_reports_a_bad_issuers_file_in_one_line(tmp_path, monkeypatch, capsys):
-    from conftest import RULES_DIR
+def test_cds_run_reports_a_bad_issuers_file_in_one_line(tmp_path):
+    """In a subprocess: ``cds run`` configures the process's logging, which must not leak into other tests."""
+    import os
+    import subprocess
+    import sys
 
-    from cds.cli import main
+    from conftest import ROOT, RULES_DIR
 
     path = write(tmp_path, {"issuers": [{"iss": ISS, "jwks_url": JWKS, "aud": []}]})
-    for var, value in {"CDS_AUTH": "on", "CDS_TRUSTED_ISSUERS": str(path), "CDS_DATABASE_URL": "",
-                       "CDS_RULES_DIR": str(RULES_DIR), "CDS_RULES_POLL_SECONDS": "0"}.items():
-        monkeypatch.setenv(var, value)
-    assert main(["run", "--dev"]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    (line,) = [x for x in err.splitlines() if x.startswith("configuration error:")]  # the rest is JSON log lines
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env.update({"CDS_AUTH": "on", "CDS_TRUSTED_ISSUERS": str(path), "CDS_DATABASE_URL": "",
+                "CDS_RULES_DIR": str(RULES_DIR), "CDS_RULES_POLL_SECONDS": "0", "CDS_PORT": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))})
+    done = subprocess.run([sys.executable, "-m", "cds", "run", "--dev"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("configuration error:")]  # the rest: JSON logs
     assert line.startswith("configuration error: CDS_TRUSTED_ISSUERS: trusted issuers file ") and "issuers[0].aud" in line
