@@ -63,6 +63,12 @@ SUMMARY_MAX_CHARS = 139
 #: FHIR R4 ``id`` datatype: used for ids that end up in FHIR references and search URLs.
 FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
 
+#: Epic's request extension naming the CDS rule (criteria record) that fired the hook
+EPIC_CRITERIA_ID = "com.epic.cdshooks.request.criteria-id"
+#: the longest criteria id the audit keeps; it must also be a plain token (no PHI can hide in one)
+CRITERIA_ID_MAX_CHARS = 64
+_CRITERIA_ID = re.compile(rf"^[A-Za-z0-9._:\-]{{1,{CRITERIA_ID_MAX_CHARS}}}$")
+
 
 # ------------------------------------------------------------------------------------------------
 # Serialisation
@@ -187,7 +193,10 @@ class FhirAuthorization(_Request):
 
 
 class PatientViewContext(_Request):
-    """``context`` of the ``patient-view`` hook."""
+    """``context`` of the ``patient-view`` hook.
+
+    ``userId`` is any non-empty string: CDS Hooks 2.0 asks for ``Practitioner/123``-style references,
+    Epic sends ``Practitioner/<id>`` and other EHRs other shapes; it is never used for a decision."""
 
     user_id: str = Field(alias="userId", min_length=1)
     patient_id: str = Field(alias="patientId", pattern=FHIR_ID_PATTERN)
@@ -237,6 +246,23 @@ class HookRequest(_Request):
     fhir_authorization: FhirAuthorization | None = Field(default=None, alias="fhirAuthorization")
     context: dict[str, Any]
     prefetch: dict[str, Any | None] | None = Field(default=None, repr=False)
+    #: CDS Hooks ``extension`` (Epic: ``com.epic.cdshooks.request.criteria-id``,
+    #: ``...cds-hooks-specification-version``...): accepted whatever it holds, read only through
+    #: :attr:`criteria_id`; never logged
+    extension: Any = Field(default=None, repr=False)
+
+    @property
+    def criteria_id(self) -> str | None:
+        """Epic's criteria id, when the request carries one that is a plain token of at most
+        :data:`CRITERIA_ID_MAX_CHARS` characters (a number or a string); anything else is None."""
+        if not isinstance(self.extension, dict):
+            return None
+        value = self.extension.get(EPIC_CRITERIA_ID)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and _CRITERIA_ID.match(value):
+            return value
+        return None
 
     @field_validator("fhir_server")
     @classmethod

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 from cdshooks_conformance import assert_conformant_response
-from conftest import EVALUATION_DATE, EXAMPLE_NAMES, RULES_DIR, SERVICE_URL, build_app, example_requests
+from conftest import EVALUATION_DATE, EXAMPLE_NAMES, RULES_DIR, SERVICE_URL, build_app, error_message, example_requests
 from werkzeug.serving import make_server
 
 EXAMPLES = dict(example_requests())
@@ -179,6 +179,6 @@ def test_errors_over_a_real_http_server(server_url):
     with httpx.Client(base_url=server_url, timeout=10) as http:
         response = http.post(SERVICE_URL, content=b"{not json", headers={"Content-Type": "application/json"})
         assert response.status_code == 400
-        assert "JSON" in response.json()["error"]["message"]
+        assert "JSON" in error_message(response.json())
         response = http.post("/cds-services/unknown", json={})
         assert response.status_code == 404

@@ -1,5 +1,5 @@
 """Hostile and malformed input through the HTTP layer: every failure a client can cause is a 4xx JSON
-error ``{"error": {"status", "message"}}`` naming the problem, never a 500 (SPEC §3 "Errors", issue 6).
+error (a FHIR OperationOutcome) naming the problem, never a 500 (SPEC §3 "Errors", issue 6).
 
 A single FHIR resource inside a prefetch Bundle that fails validation is skipped, counted on the card
 (``facts.skippedInvalid``) and never used: the decision is the one the request gets without it.
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cdshooks_conformance import assert_conformant_response
-from conftest import REQUESTS_DIR, RULES_DIR, SERVICE_URL
+from conftest import REQUESTS_DIR, RULES_DIR, SERVICE_URL, error_issue
 
 FEEDBACK_URL = SERVICE_URL + "/feedback"
 RECOMMENDATION = "org.lbp-cds.recommendation"
@@ -55,14 +55,13 @@ def small_app(tmp_path_factory):
 
 
 def error_of(response, status: int) -> dict[str, Any]:
-    """The ``error`` object of a JSON error response with ``status``."""
+    """The error of a JSON OperationOutcome response with ``status``, as ``{"message", "code", "field"?}``."""
     assert response.status_code == status, (response.status_code, response.get_data(as_text=True)[:500])
     assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    err = body["error"]
-    assert err["status"] == status
-    assert isinstance(err["message"], str) and err["message"]
+    issue = error_issue(response.get_json())
+    err = {"message": issue["diagnostics"], "code": issue["code"]}
+    if "expression" in issue:
+        err["field"] = issue["expression"][0]
     return err
 
 

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import ROOT, RULES_DIR, SERVICE_URL, build_app, example_pairs
+from conftest import ROOT, RULES_DIR, SERVICE_URL, build_app, error_expression, example_pairs
 from prometheus_client.parser import text_string_to_metric_families
 from test_feedback_http import (  # noqa: F401 - fixtures
     AUDIT_KEY,
@@ -118,7 +118,7 @@ def test_metrics_after_every_example_and_a_failing_fetch(tmp_path):
     body, missing = failing_fetch_request()
     failed = client.post(SERVICE_URL, json=body)
     assert failed.status_code == 412
-    assert failed.get_json()["error"]["key"] == missing
+    assert error_expression(failed) == [f"prefetch.{missing}"]
     assert client.post("/cds-services/nope", json={}).status_code == 404
     assert client.post(FEEDBACK_URL, json={"feedback": feedback_plan(cards)}).status_code == 200
     assert app.extensions["lbp_cds"].audit.flush(timeout=60)
