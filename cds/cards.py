@@ -323,8 +323,11 @@ def _extension(fired: FiredRule, facts: PatientFacts, evaluation: Evaluation) ->
         max_pain = a.max_pain
     if max_pain is not None:
         fact_values["maxPain"] = _json_number(max_pain)
-    if facts.onset is not None:
-        fact_values["onsetDate"] = facts.onset.isoformat()
+    onset = facts.onset_condition
+    if onset is not None and onset.onset is not None:
+        fact_values["onsetDate"] = onset.onset.isoformat()  # the first possible day of the onset
+        if onset.onset_precision not in (None, "day"):
+            fact_values["onsetPrecision"] = onset.onset_precision  # "month" or "year": written only to that
     if facts.red_flags:
         fact_values["redFlags"] = list(dict.fromkeys(f.category for f in facts.red_flags))
     if facts.risk_factors:

@@ -240,3 +240,15 @@ def test_a_rule_set_without_the_new_keys_still_loads() -> None:
     old = load_ruleset(ROOT / "tests" / "fixtures" / "rules")  # no texts.skipped, no stale_session_days
     assert old.document.texts.skipped is None
     assert all(n.suggestion == "recommended" for n in old.document.notes)
+
+
+def test_the_extension_gives_the_onset_period_start_and_its_precision(engine: RuleEngine, rs: RuleSet) -> None:
+    """Machines read ``onsetDate`` as an ISO date; an onset written to the month says so beside it."""
+    from cds.cards import EXTENSION_KEY
+
+    _, pairs = run(engine, facts_with(onset=month("2026-06", dt.date(2026, 6, 1), dt.date(2026, 6, 30))), rs)
+    facts = pairs[0].card.extension[EXTENSION_KEY]["facts"]
+    assert (facts["onsetDate"], facts["onsetPrecision"]) == ("2026-06-01", "month")
+    _, pairs = run(engine, facts_with(), rs)
+    facts = pairs[0].card.extension[EXTENSION_KEY]["facts"]
+    assert facts["onsetDate"] == "2026-01-10" and "onsetPrecision" not in facts
