@@ -162,7 +162,7 @@ def test_every_hook_call_is_audited(filled):
     rows = {r.rule_id: r for r in store.report()}
     assert {rule: r.shown for rule, r in rows.items()} == dict(filled.shown())
     # the example set as it stands: a guard against a silently empty audit
-    assert (rows["continue"].shown, rows["step-up"].shown, rows["new-onset"].shown) == (12, 9, 4)
+    assert min(rows["continue"].shown, rows["step-up"].shown, rows["new-onset"].shown) > 0
 
 
 def test_feedback_is_stored_and_joined_to_the_audit(filled):
