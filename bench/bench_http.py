@@ -195,7 +195,7 @@ def _load_process(port: int, bodies: list[bytes], threads: int, per_conn: int, o
 
 
 def drive(port: int, bodies: list[bytes], connections: int, per_conn: int, key_pem: bytes, aud: str,
-          processes: int = 2) -> dict[str, Any]:
+          processes: int = 2, server_pids: list[int] | None = None) -> dict[str, Any]:
     """``connections`` keep-alive connections (threads split over ``processes`` load processes), each
     sending ``per_conn`` requests back to back."""
     ctx = mp.get_context("fork")
@@ -209,15 +209,34 @@ def drive(port: int, bodies: list[bytes], connections: int, per_conn: int, key_p
         p.start()
     for _ in procs:
         ready.get(timeout=300)  # every token signed
+    cpu_before = tree_cpu_seconds(server_pids or [])
     start.set()
     parts = [out.get(timeout=600) for _ in procs]
+    cpu = tree_cpu_seconds(server_pids or []) - cpu_before
     for p in procs:
         p.join()
     latencies = [x for part in parts for x in part[2]]
     statuses: Counter[int] = sum((part[3] for part in parts), Counter())
     elapsed = max(part[1] for part in parts) - min(part[0] for part in parts)
     return {"n": len(latencies), "rps": len(latencies) / elapsed, "p50": pct(latencies, 50), "p99": pct(latencies, 99),
-            "max": max(latencies), "statuses": dict(statuses)}
+            "max": max(latencies), "statuses": dict(statuses), "cpu_ms": cpu * 1e3 / len(latencies)}
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU time of these processes and all their descendants (from /proc): what the server
+    itself spent, which other processes on a busy machine do not inflate."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    wanted, frontier = set(), set(roots)
+    while frontier:
+        wanted |= frontier
+        frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier} - wanted
+    return sum(stats[pid][1] for pid in wanted if pid in stats) / os.sysconf("SC_CLK_TCK")
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -237,10 +256,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each server, in turn (default 2)")
     parser.add_argument("--long-calls", type=int, default=100, help="long-history calls (default 100)")
     parser.add_argument("--workers", type=int, default=2, help="CDS_WORKERS of the real service (default 2)")
+    parser.add_argument("--threads", type=int, default=8, help="CDS_THREADS of the real service (default 8)")
     parser.add_argument("--jti-store", choices=["database", "memory"], default="database",
                         help="CDS_JTI_STORE of the real service (default database, as in deploy/)")
-    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres" if (PG_BIN / "initdb").exists()
-                        else "sqlite", help="a throw-away PostgreSQL (default, when installed) or a SQLite file")
+    parser.add_argument("--database", choices=["postgres", "sqlite", "none"], default="postgres" if (PG_BIN / "initdb").exists()
+                        else "sqlite", help="a throw-away PostgreSQL (default, when installed), a SQLite file, or none "
+                        "(no audit; implies --jti-store memory)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the requests, one round")
     args = parser.parse_args()
     if args.quick:
@@ -260,17 +281,21 @@ def main() -> int:
         tmp = Path(tmp_name)
         issuers = tmp / "issuers.json"
         issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks_url": jwks_url}]}))
-        pg_data = None
+        pg_data, pg_pids = None, []
         if args.database == "postgres":
             database_url, pg_data = start_postgres(tmp)
-        else:
+            pg_pids = [int((pg_data / "postmaster.pid").read_text().split()[0])]
+        elif args.database == "sqlite":
             database_url = f"sqlite:///{tmp / 'cds.sqlite3'}"
+        else:
+            database_url, args.jti_store = "", "memory"
         real_port, ref_port = free_port(), free_port()
         base = f"http://127.0.0.1:{real_port}"
         env = {
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "PYTHONPATH": str(ROOT), "HOME": str(tmp),
-            "CDS_HOST": "127.0.0.1", "CDS_PORT": str(real_port), "CDS_WORKERS": str(args.workers), "CDS_THREADS": "8",
+            "CDS_HOST": "127.0.0.1", "CDS_PORT": str(real_port),
+            "CDS_WORKERS": str(args.workers), "CDS_THREADS": str(args.threads),
             "CDS_AUTH": "on", "CDS_TRUSTED_ISSUERS": str(issuers), "CDS_PUBLIC_BASE_URL": base,
             "CDS_DATABASE_URL": database_url, "CDS_JTI_STORE": args.jti_store,
             "CDS_AUDIT_KEY": "bench-only-audit-key-0123456789", "CDS_RULES_DIR": str(ROOT / "rules"),
@@ -295,8 +320,10 @@ def main() -> int:
         load_before = os.getloadavg()[0]
         runs: dict[str, list[dict[str, Any]]] = {"real": [], "reference": []}
         for _ in range(args.rounds):
-            runs["real"].append(drive(real_port, bodies, args.connections, per_conn, key_pem, base + URL))
-            runs["reference"].append(drive(ref_port, bodies, args.connections, per_conn, key_pem, base + URL))
+            runs["real"].append(drive(real_port, bodies, args.connections, per_conn, key_pem, base + URL,
+                                      server_pids=[real.pid, *pg_pids]))
+            runs["reference"].append(drive(ref_port, bodies, args.connections, per_conn, key_pem, base + URL,
+                                           server_pids=[ref.pid]))
         stop_server(ref)
 
         # the long history, one connection, one call at a time
@@ -324,21 +351,28 @@ def main() -> int:
           f"{platform.machine()}, {os.cpu_count()} CPUs; load average {load_before:.2f} before the runs")
     print(f"{args.connections} keep-alive connections (2 load processes on the same machine), "
           f"{per_conn * args.connections} requests per run, the {len(bodies)} examples round-robin, a fresh ES384 token each")
-    print(f"real:      docker/entrypoint.sh, {args.workers} gthread workers x 8 threads, auth on, jti store "
-          f"{args.jti_store}, audit on {'PostgreSQL 15 (loopback, fsync off)' if args.database == 'postgres' else 'SQLite'}")
+    print(f"real:      docker/entrypoint.sh, {args.workers} gthread workers x {args.threads} threads, auth on, jti store "
+          f"{args.jti_store}, audit on "
+          f"{ {'postgres': 'PostgreSQL 15 (loopback, fsync off)', 'sqlite': 'SQLite', 'none': 'nothing (off)'}[args.database]}")
     print("reference: bare Flask, one fixed card, gunicorn 2 sync workers")
     print()
-    print(f"{'':10} {'run':>3} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  statuses")
+    print(f"{'':10} {'run':>3} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+          f"{'cpu ms/req':>10}  statuses")
     for name in ("real", "reference"):
         for i, r in enumerate(runs[name], 1):
-            print(f"{name:10} {i:3d} {r['n']:8d} {r['rps']:8.0f} {r['p50']:7.2f} {r['p99']:7.2f} {r['max']:7.1f}  "
-                  f"{r['statuses']}")
+            print(f"{name:10} {i:3d} {r['n']:8d} {r['rps']:8.0f} {r['p50']:7.2f} {r['p99']:7.2f} {r['max']:7.1f} "
+                  f"{r['cpu_ms']:10.2f}  {r['statuses']}")
     real_rps = sum(r["rps"] for r in runs["real"]) / len(runs["real"])
     ref_rps = sum(r["rps"] for r in runs["reference"]) / len(runs["reference"])
     real_p99 = max(r["p99"] for r in runs["real"])
     print()
     print(f"ratio req/s real / reference: {real_rps / ref_rps:.2f}x  (mean of the runs: {real_rps:.0f} vs {ref_rps:.0f}; "
           f"goal >= 0.6x)")
+    real_cpu = sum(r["cpu_ms"] for r in runs["real"]) / len(runs["real"])
+    ref_cpu = sum(r["cpu_ms"] for r in runs["reference"]) / len(runs["reference"])
+    print(f"server CPU per request (server processes{' + PostgreSQL' if pg_pids else ''}): real {real_cpu:.2f} ms, "
+          f"reference {ref_cpu:.2f} ms: "
+          f"reference / real {ref_cpu / real_cpu:.2f}x (the req/s ratio if the servers had the cores to themselves)")
     print(f"real p99 at {args.connections} connections: {real_p99:.1f} ms (worst run; goal < 25 ms)")
     print(f"long history (200 pain, 400 rounds, {len(long_body) // 1024} KiB), 1 connection, {args.long_calls} calls: "
           f"p50 {pct(long_ms, 50):.1f} ms, p99 {pct(long_ms, 99):.1f} ms  {dict(long_statuses)}")

@@ -6,5 +6,8 @@
 set -e
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/cds-metrics}"
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
-cds db upgrade
+# CDS_DATABASE_URL set but empty: no database (no audit), nothing to migrate
+if [ "${CDS_DATABASE_URL-unset}" != "" ]; then
+    cds db upgrade
+fi
 exec gunicorn --config python:cds.gunicorn_conf cds.wsgi:app

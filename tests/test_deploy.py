@@ -287,6 +287,6 @@ def test_the_nginx_config_proxies_to_the_cds_service():
 
 def test_the_entrypoint_serves_with_the_gunicorn_configuration():
     script = (ROOT / "docker" / "entrypoint.sh").read_text()
-    assert "cds db upgrade" in script.split("exec gunicorn")[0]  # migrations first
+    assert "    cds db upgrade" in script.split("exec gunicorn")[0]  # migrations first
     assert "--config python:cds.gunicorn_conf cds.wsgi:app" in script
     assert "PROMETHEUS_MULTIPROC_DIR" in script
