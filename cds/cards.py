@@ -355,6 +355,17 @@ def _summary(text: str, rule_id: str) -> str:
     return text
 
 
+def card_source(ruleset: RuleSet, texts: dict[str, str]) -> Source:
+    """The card's ``source``: ``texts.source_label`` filled in, the URL, icon and topic of ``ruleset.source``."""
+    meta = ruleset.document.ruleset
+    return Source(
+        label=fill(ruleset.document.texts.source_label, {**texts, "source_label": meta.source.label}).strip(),
+        url=meta.source.url,
+        icon=meta.source.icon,
+        topic=Coding(**meta.source.topic.model_dump()) if meta.source.topic is not None else None,
+    )
+
+
 def build_card(
     fired: FiredRule,
     evaluation: Evaluation,
@@ -380,12 +391,7 @@ def build_card(
     sections.append(_blockquote(doc.disclaimer))
     detail = "\n\n".join(s for s in sections if s)
 
-    meta = doc.ruleset
-    source = Source(
-        label=fill(doc.texts.source_label, {**texts, "source_label": meta.source.label}).strip(),
-        url=meta.source.url,
-        topic=Coding(**meta.source.topic.model_dump()) if meta.source.topic is not None else None,
-    )
+    source = card_source(ruleset, texts)
     links = [Link(label=e.label, url=e.url, type="absolute") for e in doc.evidence]
     override_reasons = [OverrideReason(system=r.system, code=r.code, display=r.display) for r in doc.override_reasons]
 
@@ -483,12 +489,7 @@ def build_order_check_card(
     }
     sections = [fill(check.card.detail, values).strip(), _facts_table(values, facts, ruleset),
                 fill(doc.texts.provenance, texts).strip(), _blockquote(doc.disclaimer)]
-    meta = doc.ruleset
-    source = Source(
-        label=f"{meta.source.label} ({identity.name} {identity.version})",
-        url=meta.source.url,
-        topic=Coding(**meta.source.topic.model_dump()) if meta.source.topic is not None else None,
-    )
+    source = card_source(ruleset, texts)
     actions = [Action(type="delete", description=fill(check.suggestion.delete, texts).strip(),
                       resource_id=[draft_reference])]
     order = None

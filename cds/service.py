@@ -73,6 +73,7 @@ def describe(ruleset: RuleSet, svc: Service | None = None) -> ServiceDescription
         title=svc.title or meta.title,
         description=svc.description or meta.description,
         prefetch=prefetch_templates(ruleset),
+        usage_requirements=" ".join(svc.usage_requirements.split()) if svc.usage_requirements else None,
         extension={RULESET_EXTENSION: ruleset.identity.model_dump()},
     )
 

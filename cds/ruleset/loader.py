@@ -246,6 +246,7 @@ class _Loader:
         self.check_engine(ruleset)
         self.stop_on_errors()
         self.check_literal_numbers(document)
+        self.check_topic_code(document)
         return ruleset, sorted(self.warnings)
 
     def parse_file(self, path: Path, raw: bytes, merged: dict[str, Any]) -> None:
@@ -582,6 +583,15 @@ class _Loader:
                 literal = found[0] if found else str(number)
                 self.warn(*self.position(section, path, column=column),
                           f"{literal} in card text equals {kind} {shown}; write {write}")
+
+    def check_topic_code(self, doc: RuleSetDocument) -> None:
+        """Epic tracks a card's overrides by ``source.topic.code`` and accepts letters and digits only."""
+        topic = doc.ruleset.source.topic
+        if topic is not None and not (topic.code.isascii() and topic.code.isalnum()):
+            self.warn(*self.position("ruleset", ("source", "topic", "code")),
+                      f"topic code '{topic.code}' is not letters and digits only; Epic tracks overrides by this "
+                      f"code and requires it alphanumeric (and never changed), e.g. "
+                      f"'{''.join(ch for ch in topic.code if ch.isascii() and ch.isalnum()) or 'LBPEXERCISE'}'")
 
     def check_engine(self, ruleset: RuleSet) -> None:
         """Compile to durable-rules for real, so an expression the engine rejects is caught here."""

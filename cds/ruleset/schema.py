@@ -77,6 +77,9 @@ class ConditionCategory(_Doc):
 class Source(_Doc):
     label: str = Field(min_length=1)
     url: str | None = Field(default=None, pattern=URL)  # CDS Hooks: an absolute URL
+    #: an absolute URL of a small (100x100 px) PNG the EHR may show beside the card's source
+    icon: str | None = Field(default=None, pattern=URL)
+    #: Epic tracks overrides by ``topic.code``: keep it static and alphanumeric (the checker warns otherwise)
     topic: Coding | None = None
 
 
@@ -202,6 +205,8 @@ class Service(_Doc):
     description: Text | None = None  # default: ruleset.description
     #: the stages whose rules decide for this service (default: every stage)
     stages: list[str] | None = None
+    #: discovery's ``usageRequirements``: what the EHR must provide (codes, profiles); default: none
+    usage_requirements: Text | None = None
 
 
 class OrderSuggestion(_Doc):
