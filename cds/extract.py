@@ -429,8 +429,8 @@ class _Extractor:
         self.clinical = frozenset(codes.condition_clinical_status)
         self.verification_excluded = frozenset(codes.condition_verification_excluded)
         self.obs_status = frozenset(codes.observation_status)
-        self.pain = (codes.pain_score.system, codes.pain_score.code)
-        self.reps = (codes.reps_to_failure.system, codes.reps_to_failure.code)
+        self.pain = frozenset((c.system, c.code) for c in codes.pain_codes)
+        self.reps = frozenset((c.system, c.code) for c in codes.reps_codes)
         self.exercise_comp = (codes.exercise_component.system, codes.exercise_component.code)
         self.round_comp = (codes.round_component.system, codes.round_component.code)
         self.answers_system = codes.pain_answers.system
@@ -541,9 +541,9 @@ class _Extractor:
     def filter_observation(self, c: _Candidate) -> str | None:
         raw = c.raw
         pairs = _codings(raw.get("code"))
-        if self.reps in pairs:
+        if not self.reps.isdisjoint(pairs):
             bucket, c.kind = self.rounds, "round"
-        elif self.pain in pairs:
+        elif not self.pain.isdisjoint(pairs):
             bucket, c.kind = self.pains, "pain"
         else:
             return R_OBS_CODE

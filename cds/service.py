@@ -42,8 +42,8 @@ def prefetch_templates(ruleset: RuleSet) -> dict[str, str]:
     patient = "{{context.patientId}}"
     # every active condition: LBP, red-flag and risk-factor codes are matched locally (prefixes included)
     clinical = ",".join(codes.condition_clinical_status)
-    pain = f"{codes.pain_score.system}|{codes.pain_score.code}"
-    reps = f"{codes.reps_to_failure.system}|{codes.reps_to_failure.code}"
+    pain = ",".join(f"{c.system}|{c.code}" for c in codes.pain_codes)
+    reps = ",".join(f"{c.system}|{c.code}" for c in codes.reps_codes)
     return {
         "patient": f"Patient/{patient}",
         "conditions": f"Condition?patient={patient}&clinical-status={clinical}",

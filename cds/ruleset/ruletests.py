@@ -402,7 +402,7 @@ def case_request(case: RuleCase, ruleset) -> tuple[dict[str, Any], str]:
             patient_resource = resource
         elif kind == "Condition":
             groups["conditions"].append(resource)
-        elif _has_code(resource, codes.pain_score.system, codes.pain_score.code):
+        elif any(_has_code(resource, c.system, c.code) for c in codes.pain_codes):
             groups["painScores"].append(resource)
         else:
             groups["exerciseRounds"].append(resource)

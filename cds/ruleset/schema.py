@@ -121,9 +121,11 @@ class Codes(_Doc):
     condition_clinical_status: list[str] = Field(min_length=1)
     condition_verification_excluded: list[str] = []
     observation_status: list[str] = Field(min_length=1)
-    pain_score: Coding
+    #: the pain-score code, or a list of codes read alike (e.g. LOINC 72514-3 and 38208-5)
+    pain_score: Coding | list[Coding]
     pain_answers: PainAnswers
-    reps_to_failure: Coding
+    #: the code of a round of repetitions to technical failure, or a list of codes read alike
+    reps_to_failure: Coding | list[Coding]
     exercise_component: Coding
     round_component: Coding
     #: conditions that stop the programme (a red flag: medical review first), by category
@@ -134,6 +136,16 @@ class Codes(_Doc):
     order_code: Coding | None = None
     #: the ``category`` coding of every proposed exercise order (optional)
     order_category: Coding | None = None
+
+    @property
+    def pain_codes(self) -> list[Coding]:
+        """``pain_score`` as a list (one coding or several)."""
+        return self.pain_score if isinstance(self.pain_score, list) else [self.pain_score]
+
+    @property
+    def reps_codes(self) -> list[Coding]:
+        """``reps_to_failure`` as a list (one coding or several)."""
+        return self.reps_to_failure if isinstance(self.reps_to_failure, list) else [self.reps_to_failure]
 
 
 class Rung(_Doc):
