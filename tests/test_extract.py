@@ -674,10 +674,18 @@ def test_skips_are_logged_without_patient_ids_or_values(caplog: pytest.LogCaptur
     )
     assert len(facts.skipped) == 7
     records = [r for r in caplog.records if r.name == "cds.extract"]
-    assert len(records) == 7 and all(r.levelno == logging.INFO for r in records)
-    text = "\n".join(r.getMessage() for r in records)
+    # one DEBUG line per skipped resource (type and id), one INFO summary per request (counts by reason)
+    per_resource = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    summary = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    assert len(per_resource) == 7 and len(records) == 8
     for rid in ("r-neg", "r-other", "r-invalid", "r-status", "p-range", "p-invalid", "c-resolved"):
-        assert rid in text
+        assert sum(rid in m for m in per_resource) == 1
+    assert summary == [
+        "skipped 7 resource(s): clinicalStatus is not one of the counted clinical statuses: 1; "
+        "subject is not the context patient: 1; status is not one of the counted observation statuses: 1; "
+        "reps value is negative: 1; failed FHIR R4 validation: 2; pain score outside the 0-10 scale: 1"
+    ]
+    text = "\n".join(r.getMessage() for r in records)
     assert "Observation" in text and "Condition" in text
     for secret in (PID, "other-pt-8c2d", "Patient/", "2031", "8765", "5432", "9137", "6543", "8137", "4321", "T25"):
         assert secret not in text
@@ -700,7 +708,13 @@ def test_log_lines_cannot_be_forged_and_missing_ids_skipped(caplog: pytest.LogCa
         (None, "resource has no id", True),
     ]
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3 and all("\n" not in m for m in messages)
+    assert messages == ["skipped 3 resource(s): unsupported resource type: 1; resource has no id: 2"]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
+    run(rounds=[forged, no_id, bad_id, round_obs("r-ok")])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4 and all("\n" not in m for m in messages)
+    assert messages[0] == "skipped 'Encounter\\nINFO fake' e1: unsupported resource type"
 
 
 # --- dates written to the year or month; what a skipped resource carries for the card ---------------------
@@ -807,11 +821,12 @@ def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.L
     extract_module.fact_memo.clear()
     rounds = [round_obs("r-ok", reps=20, round_no=1), round_obs("r-plank", exercise="plank")]
     first = run(rounds=rounds)
-    caplog.set_level(logging.INFO, logger="cds.extract")
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
     again = run(rounds=json.loads(json.dumps(rounds)))  # the same JSON again: every outcome from the memo
     assert again == first and again.skipped_invalid == 1
     assert [r.getMessage() for r in caplog.records if r.name == "cds.extract"] == [
-        "skipped Observation r-plank: exercise is not a known ladder code"
+        "skipped Observation r-plank: exercise is not a known ladder code",
+        "skipped 1 resource(s): exercise is not a known ladder code: 1",
     ]
     # another rule set (here: plank on the ladder) is another memo: nothing is reused across them
     doc = dict(_DOC["ladder"])
