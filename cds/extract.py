@@ -7,8 +7,7 @@ Two stages, so the cost follows what the rules need rather than the length of th
    subject, status and, for Observations, the presence of a date. Resources rejected here for
    status, subject or code are *skipped* with a reason.
 2. Every resource that passed the filter is validated with the ``fhir.resources`` R4B models
-   (about 0.15 ms each the first time; the validation cache of ``cds.fhir_validation`` makes a
-   resource seen before cost one digest) and turned into a fact, so every invalid or unusable
+   (about 0.15 ms each the first time) and turned into a fact, so every invalid or unusable
    resource is logged and counted, whether or not it could change the decision:
 
    - every LBP Condition (the most recent onset counts: the latest *latest possible day*, since an
@@ -24,7 +23,14 @@ precise to the day, a value is missing or out of range, the exercise is missing 
 skipped with ``invalid=True`` (counted on the card). Such a skip also carries, for the card only,
 what it was meant to be, its date as written and a readable value, and whether it could have
 belonged to the latest session. Logs and skip reasons name the resource type and id only: never a
-patient id, a subject reference or a clinical value.
+patient id, a subject reference or a clinical value. Each request logs one INFO line with the number
+of skipped resources by reason (no ids); each skipped resource is logged at DEBUG.
+
+An EHR sends the same history at every chart opening, so an Observation seen before costs one exact
+content key (``cds.fhir_validation.canonical_bytes``: ``marshal.dumps``, about 1.5 us) and a lookup in
+:data:`fact_memo`, which remembers what the raw filter found (all but the subject, which is checked
+every time) and the fact or skip it gave; a cached skip is logged and counted again. Conditions (few)
+use the validation cache of ``cds.fhir_validation`` directly.
 """
 
 from __future__ import annotations
@@ -357,6 +363,7 @@ class _Seen:
     the raw filter's features and, once it has been turned into a fact, the outcome."""
 
     kind: str | None  # "pain" | "round"; None: neither code (skipped, the rest is not looked at)
+    subject: str | None = None  # ``subject.reference`` as written (the patient is checked per call)
     status_ok: bool = False
     date_key: str | None = None  # None: no effective date
     obs_refs: frozenset[str] = frozenset()  # pain scores: ids of Observations in derivedFrom
@@ -518,6 +525,10 @@ class _Extractor:
             return False
         if not isinstance(ref, str):
             raise _Malformed
+        return self.is_patient(ref)
+
+    def is_patient(self, ref: str) -> bool:
+        """``subject.reference`` names the context patient (relative, or absolute on any base)."""
         return ref == self.subject_rel or ("://" in ref and ref.endswith(self.subject_abs_suffix))
 
     # -- stage 1: raw filter
@@ -573,12 +584,13 @@ class _Extractor:
             kind = "pain"
         else:
             return _Seen(None)
+        subject = _raw_nested(raw, "subject", "reference")
         status = raw.get("status")
-        if not isinstance(status, (str, type(None))):
+        if not isinstance(subject, (str, type(None))) or not isinstance(status, (str, type(None))):
             raise _Malformed
         date_key = _raw_date_key(raw)
         refs = _raw_observation_refs(raw) if kind == "pain" else frozenset()
-        return _Seen(kind, status in self.obs_status, date_key, refs)
+        return _Seen(kind, subject, status in self.obs_status, date_key, refs)
 
     def filter_observation(self, c: _Candidate) -> str | None:
         """The raw filter, from the memo when this JSON was seen before (the subject is always checked)."""
@@ -596,7 +608,7 @@ class _Extractor:
         if seen.kind is None:
             return R_OBS_CODE
         c.kind, c.seen = seen.kind, seen
-        if not self.is_subject(raw):
+        if seen.subject is None or not self.is_patient(seen.subject):  # as is_subject, on the remembered reference
             return R_SUBJECT
         if not seen.status_ok:
             return R_OBS_STATUS
