@@ -578,6 +578,7 @@ def test_long_history_every_resource_validated_once_then_cached(monkeypatch: pyt
     from cds.fhir_validation import validation_cache
 
     validation_cache.clear()
+    extract_module.fact_memo.clear()
     start = dt.date(2025, 1, 1)
     rounds, pains = [], []
     for day in range(200):
@@ -836,3 +837,63 @@ def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.L
     other = extract(prefetch, patient_id=PID, codes=CODES, ladder=ladder)
     assert other.latest_session is not None and other.latest_session.exercise == "plank"
     assert other.skipped == ()
+
+
+def test_memo_replays_an_invalid_resource_with_its_detail_and_counts_it_by_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    extract_module.fact_memo.clear()
+    rounds = [round_obs("r-ok", reps=20), round_obs("r-bad", reps="abc"), round_obs("r-neg", reps=-3)]
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
+    first = run(rounds=rounds)
+    cold = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    again = run(rounds=json.loads(json.dumps(rounds)))  # from the memo
+    assert again == first and again.skipped_invalid == 2
+    assert [r.getMessage() for r in caplog.records] == cold == [
+        "skipped Observation r-bad: failed FHIR R4 validation at valueQuantity.value",
+        "skipped Observation r-neg: reps value is negative",
+        "skipped 2 resource(s): failed FHIR R4 validation: 1; reps value is negative: 1",
+    ]
+
+
+def test_memo_checks_the_subject_for_each_patient() -> None:
+    extract_module.fact_memo.clear()
+    rounds = [round_obs("r-1", reps=20)]  # subject Patient/PID
+    mine = run(rounds=rounds)
+    assert mine.latest_session is not None
+    # the very same JSON in another patient's request: the memo never carries the subject verdict over
+    other = extract({"exerciseRounds": bundle(*rounds)}, patient_id="someone-else", codes=CODES, ladder=LADDER)
+    assert other.latest_session is None
+    assert [(s.resource_id, s.reason) for s in other.skipped] == [("r-1", "subject is not the context patient")]
+    absolute = round_obs("r-2", subject=f"https://ehr.example.org/fhir/Patient/{PID}")
+    for _ in range(2):  # cold, then from the memo
+        assert run(rounds=[absolute]).latest_session is not None
+
+
+@pytest.mark.parametrize("subject", [f"Patient/{PID}", "Patient/someone-else"])
+def test_memo_keeps_the_order_of_the_raw_checks(subject: str) -> None:
+    """A status of the wrong JSON type behind the wrong subject is a subject skip, as without the
+    memo; behind the right subject it is left to FHIR validation (invalid). Same on a second call."""
+    extract_module.fact_memo.clear()
+    obs = round_obs("r-odd", subject=subject)
+    obs["status"] = 7
+    outcomes = []
+    for _ in range(2):
+        facts = run(rounds=[json.loads(json.dumps(obs))])
+        outcomes.append([(s.resource_id, s.reason.split(" at ")[0], s.invalid) for s in facts.skipped])
+    expected = (
+        ("r-odd", "failed FHIR R4 validation", True) if subject.endswith(PID)
+        else ("r-odd", "subject is not the context patient", False)
+    )
+    assert outcomes == [[expected], [expected]]
+
+
+def test_content_key_is_exact() -> None:
+    from cds.fhir_validation import canonical_bytes
+
+    assert len({canonical_bytes({"v": v}) for v in (1, 1.0, True, "1", [1], None)}) == 6
+    assert canonical_bytes({"a": 1, "b": 2}) != canonical_bytes({"b": 2, "a": 1})  # only a miss, never a wrong hit
+    obs = round_obs("r-1", reps=20)
+    assert canonical_bytes(json.loads(json.dumps(obs))) == canonical_bytes(obs)
+    assert canonical_bytes({"x": dt.date(2026, 1, 1)}) is None  # not JSON: validated without caching
