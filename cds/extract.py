@@ -603,7 +603,7 @@ class _Extractor:
             except _Malformed:
                 c.key = None  # the uncached filter decides, in its own order of checks
                 return self.filter_observation_uncached(c)
-            if key is not None:
+            if key is not None and seen.kind is not None:  # a code the rules ignore is cheaper to re-read
                 fact_memo.put(self.memo, key, seen)
         if seen.kind is None:
             return R_OBS_CODE

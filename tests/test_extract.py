@@ -897,3 +897,18 @@ def test_content_key_is_exact() -> None:
     obs = round_obs("r-1", reps=20)
     assert canonical_bytes(json.loads(json.dumps(obs))) == canonical_bytes(obs)
     assert canonical_bytes({"x": dt.date(2026, 1, 1)}) is None  # not JSON: validated without caching
+
+
+def test_memo_holds_candidates_only() -> None:
+    """An Observation of a code the rules ignore is skipped by the raw filter every time; it takes
+    no memo entry (a history of unrelated Observations cannot push the useful ones out)."""
+    extract_module.fact_memo.clear()
+    vitals = round_obs("v-1")
+    vitals["code"] = {"coding": [{"system": LOINC, "code": "8867-4"}]}
+    for _ in range(2):
+        facts = run(rounds=[json.loads(json.dumps(vitals)), round_obs("r-1")])
+        assert [(s.resource_id, s.reason) for s in facts.skipped] == [
+            ("v-1", "code is neither a pain score nor an exercise round")
+        ]
+        assert facts.latest_session is not None
+    assert len(extract_module.fact_memo.table(CODES, LADDER)) == 1
