@@ -7,8 +7,7 @@ Two stages, so the cost follows what the rules need rather than the length of th
    subject, status and, for Observations, the presence of a date. Resources rejected here for
    status, subject or code are *skipped* with a reason.
 2. Every resource that passed the filter is validated with the ``fhir.resources`` R4B models
-   (about 0.15 ms each the first time; the validation cache of ``cds.fhir_validation`` makes a
-   resource seen before cost one digest) and turned into a fact, so every invalid or unusable
+   (about 0.15 ms each the first time) and turned into a fact, so every invalid or unusable
    resource is logged and counted, whether or not it could change the decision:
 
    - every LBP Condition (the most recent onset counts: the latest *latest possible day*, since an
@@ -24,15 +23,20 @@ precise to the day, a value is missing or out of range, the exercise is missing 
 skipped with ``invalid=True`` (counted on the card). Such a skip also carries, for the card only,
 what it was meant to be, its date as written and a readable value, and whether it could have
 belonged to the latest session. Logs and skip reasons name the resource type and id only: never a
-patient id, a subject reference or a clinical value.
+patient id, a subject reference or a clinical value. Each request logs one INFO line with the number
+of skipped resources by reason (no ids); each skipped resource is logged at DEBUG.
+
+An EHR sends the same history at every chart opening, so an Observation seen before costs one exact
+content key (``cds.fhir_validation.canonical_bytes``: ``marshal.dumps``, about 1.5 us) and a lookup in
+:data:`fact_memo`, which remembers what the raw filter found (all but the subject, which is checked
+every time) and the fact or skip it gave; a cached skip is logged and counted again. Conditions (few)
+use the validation cache of ``cds.fhir_validation`` directly.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
-import marshal
 import re
 import threading
 from collections import OrderedDict
@@ -46,7 +50,7 @@ from fhir.resources.R4B.observation import Observation
 
 from .errors import CdsError
 from .facts import ExerciseRound, FlaggedCondition, LbpCondition, PainScore, PatientFacts, Session, SkippedResource
-from .fhir_validation import validate
+from .fhir_validation import canonical_bytes, validate
 from .ruleset.schema import Codes, ConditionCategory, ConditionCoding, Ladder
 
 __all__ = ["CodeList", "PrefetchShapeError", "extract"]
@@ -134,6 +138,8 @@ class _Candidate:
     date_key: str = ""  # first 10 characters of the raw date string
     obs_refs: frozenset[str] = frozenset()  # ids of Observations referenced in derivedFrom
     kind: str | None = None  # "pain" | "round" once the raw filter has classified it
+    key: bytes | None = None  # the exact content key (``canonical_bytes``) of an Observation, if plain JSON
+    seen: _Seen | None = None  # an Observation's memo entry (raw features and, once converted, outcome)
 
 
 # --- raw JSON helpers (no validation; raise _Malformed on a wrong JSON type) ----------------------
@@ -347,36 +353,47 @@ def _has(cc: Any, pair: tuple[str, str]) -> bool:
     return cc is not None and any((c.system, c.code) == pair for c in cc.coding or ())
 
 
-#: marshal format 2: no back-references. Later formats mark objects referenced elsewhere, so equal
-#: JSON would serialise differently depending on how its strings are shared (every lookup a miss).
-#: Either way equal bytes mean equal values: a key can miss, never hit wrongly.
-_MARSHAL_VERSION = 2
-
-
 #: what turning one Observation into a fact gave: the fact, or the skip record (with its card details)
 _Outcome = ExerciseRound | PainScore | SkippedResource | None
 
 
-class _FactMemo:
-    """Observation -> fact outcomes, memoised by a digest of the resource's JSON, per rule-set codes.
+@dataclass(slots=True)
+class _Seen:
+    """What one Observation's JSON gives under one rule set, apart from the subject (per patient):
+    the raw filter's features and, once it has been turned into a fact, the outcome."""
 
-    Every hook call turns every candidate Observation of the history into a fact (so every unusable
-    one is counted); an EHR sends the same history at each chart opening, so the outcome of a
-    resource seen before is reused: one ``marshal.dumps`` and a lookup instead of reading the
-    validated model again. An outcome depends only on the resource's JSON and the rule set's
-    ``codes`` and ``ladder``: one bounded LRU per (codes, ladder) pair, which the entry holds so
-    their ids stay unique. Keys are digests (no resource text is kept as a key); skips are
-    replayed, so each call still logs and counts them.
+    kind: str | None  # "pain" | "round"; None: neither code (skipped, the rest is not looked at)
+    subject: str | None = None  # ``subject.reference`` as written (the patient is checked per call)
+    status_ok: bool = False
+    date_key: str | None = None  # None: no effective date
+    obs_refs: frozenset[str] = frozenset()  # pain scores: ids of Observations in derivedFrom
+    outcome: _Outcome = None
+    converted: bool = False  # ``outcome`` is set (a fact or a single data-level skip)
+    reason: str = ""  # the skip reason of a skip ``outcome`` (without its detail), for the counts
+
+
+class _FactMemo:
+    """Observation JSON -> :class:`_Seen`, memoised by the resource's exact content, per rule-set codes.
+
+    Every hook call looks at every Observation of the history and turns every candidate into a fact
+    (so every unusable one is counted); an EHR sends the same history at each chart opening, so what
+    a resource seen before gave is reused: one ``marshal.dumps`` and a dict lookup instead of the raw
+    filter, the validation-cache lookup and reading the validated model again. Only the subject check
+    (it depends on the patient) runs every time. An entry depends only on the resource's JSON and the
+    rule set's ``codes`` and ``ladder``: one bounded LRU per (codes, ladder) pair, which the entry
+    holds so their ids stay unique. Keys are the exact serialisation (``canonical_bytes``, see
+    ``cds.fhir_validation``: no digest, so no collision argument and no hashing cost; about 1 KB per
+    entry); skips are replayed, so each call still logs and counts them.
     """
 
     def __init__(self, maxsize: int = 4096, configs: int = 4) -> None:
         self.maxsize = maxsize
         self.configs = configs
         self._lock = threading.Lock()
-        self._by_config: OrderedDict[tuple[int, int], tuple[Codes, Ladder, OrderedDict[tuple[str, bytes], _Outcome]]]
+        self._by_config: OrderedDict[tuple[int, int], tuple[Codes, Ladder, OrderedDict[bytes, _Seen]]]
         self._by_config = OrderedDict()
 
-    def table(self, codes: Codes, ladder: Ladder) -> OrderedDict[tuple[str, bytes], _Outcome]:
+    def table(self, codes: Codes, ladder: Ladder) -> OrderedDict[bytes, _Seen]:
         key = (id(codes), id(ladder))
         with self._lock:
             entry = self._by_config.get(key)
@@ -388,25 +405,22 @@ class _FactMemo:
             self._by_config.move_to_end(key)
             return entry[2]
 
-    def get_or_compute(
-        self, table: OrderedDict[tuple[str, bytes], _Outcome], kind: str, raw: dict[str, Any],
-        compute: Callable[[], _Outcome],
-    ) -> tuple[_Outcome, bool]:
-        """(outcome, cached): a cached outcome for identical JSON, else ``compute()`` stored."""
-        try:
-            key = (kind, hashlib.blake2b(marshal.dumps(raw, _MARSHAL_VERSION), digest_size=20).digest())
-        except (TypeError, ValueError, RecursionError):
-            return compute(), False
-        with self._lock:
-            if key in table:
+    @staticmethod
+    def get(table: OrderedDict[bytes, _Seen], key: bytes) -> _Seen | None:
+        # no lock: each OrderedDict operation is atomic; only ``put`` (insert and evict) takes it
+        seen = table.get(key)
+        if seen is not None:
+            try:
                 table.move_to_end(key)
-                return table[key], True
-        outcome = compute()
+            except KeyError:  # evicted by another thread in between: still a valid entry
+                pass
+        return seen
+
+    def put(self, table: OrderedDict[bytes, _Seen], key: bytes, seen: _Seen) -> None:
         with self._lock:
-            table[key] = outcome
+            table[key] = seen
             if len(table) > self.maxsize:
                 table.popitem(last=False)
-        return outcome, False
 
     def clear(self) -> None:
         with self._lock:
@@ -446,16 +460,34 @@ class _Extractor:
         #: (index in ``skipped``, candidate) of the pain scores and rounds skipped as unusable
         self.data_skips: list[tuple[int, _Candidate]] = []
         self.memo = fact_memo.table(codes, ladder)
+        #: skips by reason (without the detail), for the one summary line per request
+        self.counts: dict[str, int] = {}
+        self.debug = log.isEnabledFor(logging.DEBUG)
+        self.last_reason = ""  # of the last data-level skip
 
     # -- bookkeeping
 
+    def logged(self, rtype: str, rid: str | None, reason: str, detail: str = "") -> None:
+        """Count a skip for the summary line; the resource itself is logged at DEBUG only."""
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if self.debug:
+            log.debug("skipped %s %s: %s", _printable(rtype), "(no id)" if rid is None else _printable(rid),
+                      reason + detail)
+
+    def log_summary(self) -> None:
+        """One INFO line per request: how many resources were skipped, by reason (no ids, no values)."""
+        if self.counts:
+            by_reason = "; ".join(f"{reason}: {n}" for reason, n in self.counts.items())
+            log.info("skipped %d resource(s): %s", sum(self.counts.values()), by_reason)
+
     def skip(self, rtype: str, rid: str | None, reason: str, *, invalid: bool = False) -> None:
-        log.info("skipped %s %s: %s", _printable(rtype), "(no id)" if rid is None else _printable(rid), reason)
+        self.logged(rtype, rid, reason)
         self.skipped.append(SkippedResource(resource_type=rtype, resource_id=rid, reason=reason, invalid=invalid))
 
     def skip_data(self, c: _Candidate, reason: str, *, detail: str = "") -> None:
         """Skip a candidate whose data is unusable (counted as invalid), with what the card may show."""
-        log.info("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), reason + detail)
+        self.logged(c.rtype, c.rid, reason, detail)
+        self.last_reason = reason
         kind = c.kind if c.kind in ("pain", "round") else None
         self.skipped.append(
             SkippedResource(
@@ -475,7 +507,7 @@ class _Extractor:
     def validate(self, model: type[Observation] | type[Condition], c: _Candidate) -> Any:
         """The validated model, or None (skipped as invalid). The error text is never logged: it quotes values."""
         try:
-            return validate(model, c.raw)
+            return validate(model, c.raw, c.key if model is Observation else None)
         except (ValueError, TypeError) as exc:  # pydantic.ValidationError is a ValueError
             where = ""
             errors = getattr(exc, "errors", None)
@@ -493,6 +525,10 @@ class _Extractor:
             return False
         if not isinstance(ref, str):
             raise _Malformed
+        return self.is_patient(ref)
+
+    def is_patient(self, ref: str) -> bool:
+        """``subject.reference`` names the context patient (relative, or absolute on any base)."""
         return ref == self.subject_rel or ("://" in ref and ref.endswith(self.subject_abs_suffix))
 
     # -- stage 1: raw filter
@@ -538,7 +574,53 @@ class _Extractor:
         if reason:
             self.skip(rtype, rid, reason)
 
+    def observation_features(self, raw: Mapping[str, Any]) -> _Seen:
+        """The raw filter's findings on an Observation, apart from the subject (per patient). Raises
+        _Malformed where :meth:`filter_observation_uncached` might; the caller then runs that one."""
+        pairs = _codings(raw.get("code"))
+        if self.reps in pairs:
+            kind = "round"
+        elif self.pain in pairs:
+            kind = "pain"
+        else:
+            return _Seen(None)
+        subject = _raw_nested(raw, "subject", "reference")
+        status = raw.get("status")
+        if not isinstance(subject, (str, type(None))) or not isinstance(status, (str, type(None))):
+            raise _Malformed
+        date_key = _raw_date_key(raw)
+        refs = _raw_observation_refs(raw) if kind == "pain" else frozenset()
+        return _Seen(kind, subject, status in self.obs_status, date_key, refs)
+
     def filter_observation(self, c: _Candidate) -> str | None:
+        """The raw filter, from the memo when this JSON was seen before (the subject is always checked)."""
+        raw = c.raw
+        key = c.key = canonical_bytes(raw)
+        seen = fact_memo.get(self.memo, key) if key is not None else None
+        if seen is None:
+            try:
+                seen = self.observation_features(raw)
+            except _Malformed:
+                c.key = None  # the uncached filter decides, in its own order of checks
+                return self.filter_observation_uncached(c)
+            if key is not None and seen.kind is not None:  # a code the rules ignore is cheaper to re-read
+                fact_memo.put(self.memo, key, seen)
+        if seen.kind is None:
+            return R_OBS_CODE
+        c.kind, c.seen = seen.kind, seen
+        if seen.subject is None or not self.is_patient(seen.subject):  # as is_subject, on the remembered reference
+            return R_SUBJECT
+        if not seen.status_ok:
+            return R_OBS_STATUS
+        if seen.date_key is None:
+            if self.validate(Observation, c) is not None:  # an invalid one is reported as invalid
+                self.skip_data(c, R_NO_DATE)
+            return None
+        c.date_key, c.obs_refs = seen.date_key, seen.obs_refs
+        (self.rounds if seen.kind == "round" else self.pains).append(c)
+        return None
+
+    def filter_observation_uncached(self, c: _Candidate) -> str | None:
         raw = c.raw
         pairs = _codings(raw.get("code"))
         if not self.reps.isdisjoint(pairs):
@@ -703,30 +785,30 @@ class _Extractor:
         )
 
     def memoised(self, c: _Candidate, convert: Callable[[_Candidate], Any]) -> Any:
-        """``convert(c)`` (a fact, or None after skipping ``c``), memoised by the resource's content:
-        a cached skip is replayed (logged, counted, and described for the card again)."""
+        """``convert(c)`` (a fact, or None after skipping ``c``), memoised in the candidate's memo entry
+        (its content): a cached skip is replayed (logged, counted, and described for the card again)."""
+        seen = c.seen
+        if seen is not None and seen.converted:
+            outcome = seen.outcome
+            if isinstance(outcome, SkippedResource):
+                self.logged(c.rtype, c.rid, seen.reason, outcome.reason[len(seen.reason):])
+                self.skipped.append(outcome)
+                self.data_skips.append((len(self.skipped) - 1, c))
+                return None
+            return outcome
         before = len(self.skipped)
-
-        def compute() -> _Outcome:
-            fact = convert(c)
-            if fact is not None:
-                return fact
-            # the skip ``convert`` recorded, if it was a single data-level one; else do not memoise
-            if len(self.skipped) == before + 1 and self.data_skips and self.data_skips[-1][0] == before:
-                return self.skipped[before]
-            return None
-
-        outcome, cached = fact_memo.get_or_compute(self.memo, c.kind or "", c.raw, compute)
-        if not cached:
-            return outcome if not isinstance(outcome, SkippedResource) else None
-        if outcome is None:  # never stored (see compute), but keep the contract: convert afresh
-            return convert(c)
-        if isinstance(outcome, SkippedResource):
-            log.info("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), outcome.reason)
-            self.skipped.append(outcome)
-            self.data_skips.append((len(self.skipped) - 1, c))
-            return None
-        return outcome
+        fact = convert(c)
+        if seen is None or c.key is None:
+            return fact  # not plain JSON: nothing is memoised for it
+        if fact is not None:
+            seen.outcome = fact
+        elif len(self.skipped) == before + 1 and self.data_skips and self.data_skips[-1][0] == before:
+            seen.outcome = self.skipped[before]  # a single data-level skip: replayable
+            seen.reason = self.last_reason
+        else:
+            return None  # anything else is converted afresh each time
+        seen.converted = True
+        return fact
 
     def latest_rounds(self) -> tuple[list[ExerciseRound], dict[str, int]]:
         """Usable rounds of the most recent date that has any. Every round is turned into a fact
@@ -863,6 +945,7 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
             exercise=exercise, date=session_rounds[0].date, rounds=tuple(session_rounds), pain_scores=tuple(pains)
         )
     ex.mark_in_session(session)
+    ex.log_summary()
     return PatientFacts(
         patient_id=patient_id,
         conditions=tuple(conditions),

@@ -578,6 +578,7 @@ def test_long_history_every_resource_validated_once_then_cached(monkeypatch: pyt
     from cds.fhir_validation import validation_cache
 
     validation_cache.clear()
+    extract_module.fact_memo.clear()
     start = dt.date(2025, 1, 1)
     rounds, pains = [], []
     for day in range(200):
@@ -674,10 +675,18 @@ def test_skips_are_logged_without_patient_ids_or_values(caplog: pytest.LogCaptur
     )
     assert len(facts.skipped) == 7
     records = [r for r in caplog.records if r.name == "cds.extract"]
-    assert len(records) == 7 and all(r.levelno == logging.INFO for r in records)
-    text = "\n".join(r.getMessage() for r in records)
+    # one DEBUG line per skipped resource (type and id), one INFO summary per request (counts by reason)
+    per_resource = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    summary = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    assert len(per_resource) == 7 and len(records) == 8
     for rid in ("r-neg", "r-other", "r-invalid", "r-status", "p-range", "p-invalid", "c-resolved"):
-        assert rid in text
+        assert sum(rid in m for m in per_resource) == 1
+    assert summary == [
+        "skipped 7 resource(s): clinicalStatus is not one of the counted clinical statuses: 1; "
+        "subject is not the context patient: 1; status is not one of the counted observation statuses: 1; "
+        "reps value is negative: 1; failed FHIR R4 validation: 2; pain score outside the 0-10 scale: 1"
+    ]
+    text = "\n".join(r.getMessage() for r in records)
     assert "Observation" in text and "Condition" in text
     for secret in (PID, "other-pt-8c2d", "Patient/", "2031", "8765", "5432", "9137", "6543", "8137", "4321", "T25"):
         assert secret not in text
@@ -700,7 +709,13 @@ def test_log_lines_cannot_be_forged_and_missing_ids_skipped(caplog: pytest.LogCa
         (None, "resource has no id", True),
     ]
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3 and all("\n" not in m for m in messages)
+    assert messages == ["skipped 3 resource(s): unsupported resource type: 1; resource has no id: 2"]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
+    run(rounds=[forged, no_id, bad_id, round_obs("r-ok")])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4 and all("\n" not in m for m in messages)
+    assert messages[0] == "skipped 'Encounter\\nINFO fake' e1: unsupported resource type"
 
 
 # --- dates written to the year or month; what a skipped resource carries for the card ---------------------
@@ -807,11 +822,12 @@ def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.L
     extract_module.fact_memo.clear()
     rounds = [round_obs("r-ok", reps=20, round_no=1), round_obs("r-plank", exercise="plank")]
     first = run(rounds=rounds)
-    caplog.set_level(logging.INFO, logger="cds.extract")
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
     again = run(rounds=json.loads(json.dumps(rounds)))  # the same JSON again: every outcome from the memo
     assert again == first and again.skipped_invalid == 1
     assert [r.getMessage() for r in caplog.records if r.name == "cds.extract"] == [
-        "skipped Observation r-plank: exercise is not a known ladder code"
+        "skipped Observation r-plank: exercise is not a known ladder code",
+        "skipped 1 resource(s): exercise is not a known ladder code: 1",
     ]
     # another rule set (here: plank on the ladder) is another memo: nothing is reused across them
     doc = dict(_DOC["ladder"])
@@ -821,3 +837,78 @@ def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.L
     other = extract(prefetch, patient_id=PID, codes=CODES, ladder=ladder)
     assert other.latest_session is not None and other.latest_session.exercise == "plank"
     assert other.skipped == ()
+
+
+def test_memo_replays_an_invalid_resource_with_its_detail_and_counts_it_by_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    extract_module.fact_memo.clear()
+    rounds = [round_obs("r-ok", reps=20), round_obs("r-bad", reps="abc"), round_obs("r-neg", reps=-3)]
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
+    first = run(rounds=rounds)
+    cold = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    again = run(rounds=json.loads(json.dumps(rounds)))  # from the memo
+    assert again == first and again.skipped_invalid == 2
+    assert [r.getMessage() for r in caplog.records] == cold == [
+        "skipped Observation r-bad: failed FHIR R4 validation at valueQuantity.value",
+        "skipped Observation r-neg: reps value is negative",
+        "skipped 2 resource(s): failed FHIR R4 validation: 1; reps value is negative: 1",
+    ]
+
+
+def test_memo_checks_the_subject_for_each_patient() -> None:
+    extract_module.fact_memo.clear()
+    rounds = [round_obs("r-1", reps=20)]  # subject Patient/PID
+    mine = run(rounds=rounds)
+    assert mine.latest_session is not None
+    # the very same JSON in another patient's request: the memo never carries the subject verdict over
+    other = extract({"exerciseRounds": bundle(*rounds)}, patient_id="someone-else", codes=CODES, ladder=LADDER)
+    assert other.latest_session is None
+    assert [(s.resource_id, s.reason) for s in other.skipped] == [("r-1", "subject is not the context patient")]
+    absolute = round_obs("r-2", subject=f"https://ehr.example.org/fhir/Patient/{PID}")
+    for _ in range(2):  # cold, then from the memo
+        assert run(rounds=[absolute]).latest_session is not None
+
+
+@pytest.mark.parametrize("subject", [f"Patient/{PID}", "Patient/someone-else"])
+def test_memo_keeps_the_order_of_the_raw_checks(subject: str) -> None:
+    """A status of the wrong JSON type behind the wrong subject is a subject skip, as without the
+    memo; behind the right subject it is left to FHIR validation (invalid). Same on a second call."""
+    extract_module.fact_memo.clear()
+    obs = round_obs("r-odd", subject=subject)
+    obs["status"] = 7
+    outcomes = []
+    for _ in range(2):
+        facts = run(rounds=[json.loads(json.dumps(obs))])
+        outcomes.append([(s.resource_id, s.reason.split(" at ")[0], s.invalid) for s in facts.skipped])
+    expected = (
+        ("r-odd", "failed FHIR R4 validation", True) if subject.endswith(PID)
+        else ("r-odd", "subject is not the context patient", False)
+    )
+    assert outcomes == [[expected], [expected]]
+
+
+def test_content_key_is_exact() -> None:
+    from cds.fhir_validation import canonical_bytes
+
+    assert len({canonical_bytes({"v": v}) for v in (1, 1.0, True, "1", [1], None)}) == 6
+    assert canonical_bytes({"a": 1, "b": 2}) != canonical_bytes({"b": 2, "a": 1})  # only a miss, never a wrong hit
+    obs = round_obs("r-1", reps=20)
+    assert canonical_bytes(json.loads(json.dumps(obs))) == canonical_bytes(obs)
+    assert canonical_bytes({"x": dt.date(2026, 1, 1)}) is None  # not JSON: validated without caching
+
+
+def test_memo_holds_candidates_only() -> None:
+    """An Observation of a code the rules ignore is skipped by the raw filter every time; it takes
+    no memo entry (a history of unrelated Observations cannot push the useful ones out)."""
+    extract_module.fact_memo.clear()
+    vitals = round_obs("v-1")
+    vitals["code"] = {"coding": [{"system": LOINC, "code": "8867-4"}]}
+    for _ in range(2):
+        facts = run(rounds=[json.loads(json.dumps(vitals)), round_obs("r-1")])
+        assert [(s.resource_id, s.reason) for s in facts.skipped] == [
+            ("v-1", "code is neither a pain score nor an exercise round")
+        ]
+        assert facts.latest_session is not None
+    assert len(extract_module.fact_memo.table(CODES, LADDER)) == 1
