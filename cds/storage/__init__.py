@@ -13,6 +13,7 @@ Typical wiring::
 """
 
 from .background import AuditWriter
+from .engine import PgSettings, pg_settings
 from .hashing import hash_patient_id
 from .migrate import current_revision, downgrade, head_revision, upgrade
 from .replay import SqlJtiStore
@@ -33,6 +34,7 @@ __all__ = [
     "AuditCard",
     "AuditRecord",
     "AuditWriter",
+    "PgSettings",
     "PurgeResult",
     "ReasonCount",
     "ReportRow",
@@ -42,6 +44,7 @@ __all__ = [
     "current_revision",
     "downgrade",
     "hash_patient_id",
+    "pg_settings",
     "head_revision",
     "retention_cutoff",
     "upgrade",

@@ -40,6 +40,8 @@ def transaction(engine: Engine, *, write: bool, what: str = "database") -> Itera
     """A connection inside one transaction, committed on success, rolled back on an exception.
 
     ``write=True`` takes SQLite's write lock at ``BEGIN`` (:func:`~cds.storage.engine.write_options`).
+    When the database cannot be used, the engine's pool is disposed (every pooled connection is
+    invalidated), so a database that recovers is used again at once.
     A database that cannot be used, or (PostgreSQL) a missing table, raises :class:`StoreUnavailable`
     whose message starts with ``what`` (``"database unavailable: ..."``, ``"database schema missing: ..."``).
     """
@@ -51,6 +53,11 @@ def transaction(engine: Engine, *, write: bool, what: str = "database") -> Itera
                 yield conn
     except UNAVAILABLE as exc:
         cause = getattr(exc, "orig", None) or exc  # a pool TimeoutError is no DBAPIError: it has no .orig
+        if not isinstance(exc, sa_exc.TimeoutError):
+            # The other pooled connections are likely broken the same way (SQLite opened read-only while the
+            # file was, a server restarted, a file deleted): drop them all, so the next request reconnects
+            # instead of failing until each one has been tried. Checked-out connections close on return.
+            engine.dispose()
         raise StoreUnavailable(f"{what} unavailable: {type(cause).__name__}: {first_line(exc)}") from exc
     except sa_exc.ProgrammingError as exc:
         # PostgreSQL: relation missing (not migrated) is an availability problem, not a client error.
