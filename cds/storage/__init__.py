@@ -27,7 +27,7 @@ from .store import (
     Store,
     retention_cutoff,
 )
-from .transaction import StoreUnavailable
+from .transaction import StoreRefused, StoreUnavailable
 
 __all__ = [
     "UNKNOWN",
@@ -40,6 +40,7 @@ __all__ = [
     "ReportRow",
     "SqlJtiStore",
     "Store",
+    "StoreRefused",
     "StoreUnavailable",
     "current_revision",
     "downgrade",

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, create_engine, event, exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from ..config import Settings
+
+log = logging.getLogger("cds.storage")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 5
@@ -30,6 +36,13 @@ class PgSettings:
     keepalives_interval_s: int = 10
     keepalives_count: int = 3
     pool_timeout_s: float = 5.0
+
+    @property
+    def deadline_s(self) -> float | None:
+        """Wall-clock limit of one use of a connection (checkout to checkin), enforced by this process:
+        a server that stopped answering (hung, SIGSTOP, a half-open network) cannot cancel a statement
+        itself, so past this the connection's socket is shut down (:class:`_Watchdog`). None: no limit."""
+        return None if self.statement_timeout_s <= 0 else self.statement_timeout_s + 2.0
 
 
 def pg_settings(settings: Settings) -> PgSettings:
@@ -84,6 +97,7 @@ def make_engine(url: str, pg: PgSettings | None = None, *, must_exist: bool = Fa
     """
     u = make_url(url)
     kwargs: dict = {"pool_pre_ping": True, "hide_parameters": True}
+    pg_deadline: float | None = None
     if u.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     elif u.get_backend_name() == "postgresql":
@@ -92,10 +106,101 @@ def make_engine(url: str, pg: PgSettings | None = None, *, must_exist: bool = Fa
         if "options" in u.query and "options" in kwargs["connect_args"]:
             u = u.difference_update_query(["options"])  # merged into connect_args["options"]
         kwargs["pool_timeout"] = pg.pool_timeout_s
+        pg_deadline = pg.deadline_s
+        if pg_deadline is not None:
+            kwargs["pool_pre_ping"] = False  # the checkout event below pings under the deadline instead
     engine = create_engine(u, **kwargs)
     if engine.dialect.name == "sqlite":
         _sqlite_events(engine, sqlite_file(url) if must_exist else None)
+    elif pg_deadline is not None:
+        _deadline_events(engine, pg_deadline)
     return engine
+
+
+class _Watchdog:
+    """One daemon thread per process that shuts down the socket of a connection used past its deadline.
+
+    The blocked driver call then sees the connection closed and fails (SQLAlchemy invalidates that
+    connection; :func:`~cds.storage.transaction.transaction` makes it a ``StoreUnavailable``): a request
+    waits at most the deadline, never for as long as a hung server stays hung.
+    """
+
+    TICK_S = 0.2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deadlines: dict[int, tuple[float, int]] = {}  # id(dbapi connection) -> (monotonic deadline, fd)
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self.expired = 0  # connections cut so far (tests)
+
+    def watch(self, dbapi_conn, seconds: float) -> None:
+        try:
+            fd = dbapi_conn.fileno()
+        except Exception:  # noqa: BLE001 - a closed connection: nothing to watch
+            return
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._deadlines.clear()  # a forked child does not watch its parent's connections
+                self._thread = threading.Thread(target=self._run, name="cds-db-watchdog", daemon=True)
+                self._thread.start()
+            self._deadlines[id(dbapi_conn)] = (time.monotonic() + seconds, fd)
+
+    def release(self, dbapi_conn) -> None:
+        with self._lock:
+            self._deadlines.pop(id(dbapi_conn), None)
+
+    def _run(self) -> None:  # pragma: no cover - a thread; its effect is tested
+        while True:
+            time.sleep(self.TICK_S)
+            now = time.monotonic()
+            with self._lock:  # held while cutting, so a connection being released cannot be closed meanwhile
+                for key, (deadline, fd) in list(self._deadlines.items()):
+                    if now >= deadline:
+                        del self._deadlines[key]
+                        self._cut(fd)
+
+    def _cut(self, fd: int) -> None:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+            self.expired += 1
+            log.error("database did not answer within its deadline: connection closed")
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
+WATCHDOG = _Watchdog()
+
+
+def _deadline_events(engine: Engine, seconds: float) -> None:
+    @event.listens_for(engine, "checkout")
+    def _watch(dbapi_conn, conn_rec, proxy):
+        WATCHDOG.watch(dbapi_conn, seconds)
+        try:  # the pre-ping, under the deadline
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+        except Exception as exc:  # noqa: BLE001 - like pool_pre_ping: a connection that cannot ping is gone
+            WATCHDOG.release(dbapi_conn)
+            raise sa_exc.DisconnectionError("database connection lost") from exc  # the pool reconnects
+
+    @event.listens_for(engine, "checkin")
+    def _release(dbapi_conn, conn_rec):
+        if dbapi_conn is not None:
+            WATCHDOG.release(dbapi_conn)
+
+    @event.listens_for(engine, "close")
+    def _closed(dbapi_conn, conn_rec):
+        WATCHDOG.release(dbapi_conn)
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

@@ -174,6 +174,9 @@ class Store:
         except StoreUnavailable as exc:
             self._ready = (time.monotonic(), str(exc))  # /readyz says so at once, not after its cache
             raise
+        cached = self._ready
+        if cached is not None and cached[1] is not None:
+            self._ready = None  # it works again: the next /readyz probes instead of repeating the failure
 
     def ping(self) -> bool:
         """True when the database takes a write now and the schema is in place (:meth:`problem`, not cached)."""

@@ -17,12 +17,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..errors import CdsError
 from .engine import write_options
 
-__all__ = ["StoreUnavailable", "conflict_insert", "first_line", "transaction"]
+__all__ = ["StoreRefused", "StoreUnavailable", "conflict_insert", "first_line", "transaction"]
 
 
 class StoreUnavailable(CdsError, RuntimeError):
     """The database cannot be reached or used right now (connection refused, file cannot be opened,
     locked past the busy timeout, schema missing). Feedback → 503; hook calls log it and carry on."""
+
+
+class StoreRefused(CdsError, RuntimeError):
+    """The database refused a statement (a constraint, a value it cannot hold): a bug, since requests are
+    validated first. The message names the error class and SQLSTATE only: the driver's text is not kept
+    (PostgreSQL's DETAIL quotes the row, values included, whatever ``hide_parameters`` says)."""
 
 
 #: errors that mean "not now" (not a bug in the statement): connection, driver interface, pool timeout
@@ -63,7 +69,15 @@ def transaction(engine: Engine, *, write: bool, what: str = "database") -> Itera
         # PostgreSQL: relation missing (not migrated) is an availability problem, not a client error.
         if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
             raise StoreUnavailable(f"{what} schema missing: {first_line(exc)}") from exc
-        raise
+        raise _refused(what, exc) from None
+    except sa_exc.DBAPIError as exc:
+        raise _refused(what, exc) from None
+
+
+def _refused(what: str, exc: sa_exc.DBAPIError) -> StoreRefused:
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)
+    return StoreRefused(f"{what} refused the statement: {type(orig).__name__}" + (f" (SQLSTATE {state})" if state else ""))
 
 
 def conflict_insert(conn: Connection, table: Table) -> Any | None:
