@@ -95,6 +95,19 @@ def test_the_longest_storable_values_are_stored(db_url):  # noqa: F811 - fixture
     store.close()
 
 
+def test_odd_text_in_extensions_is_stored_escaped(db_url):  # noqa: F811 - fixture
+    """The whole item is kept as JSON with \\u escapes: a lone surrogate or NUL in an extension is data."""
+    app = build_app(database_url=db_url, audit_key=AUDIT_KEY)
+    item = {**overridden(), "extension": {"org.example": {"note": "\ud800 and \x00"}}}
+    response = app.test_client().post(FEEDBACK_URL, json={"feedback": [item]})
+    assert response.status_code == 200, response.get_json()
+    store = app.extensions["lbp_cds"].store
+    with store.engine.connect() as conn:
+        payload = conn.execute(text("SELECT payload FROM feedback")).scalar_one()
+    assert "\\ud800 and \\u0000" in payload
+    store.close()
+
+
 def test_request_lengths_are_the_columns_lengths():
     from pydantic import ValidationError
 
@@ -534,3 +547,66 @@ def test_405_says_which_methods_are_allowed(client, method, url, allowed):
     assert response.status_code == 405
     assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}
     assert response.get_json() == {"error": {"status": 405, "message": "method not allowed"}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_under_gunicorn_while_the_database_is_slow(tmp_path):
+    """The finding as observed: gunicorn (the image's server), SIGTERM while the database is slow. The
+    worker waits CDS_AUDIT_SHUTDOWN_TIMEOUT for the audit queue, then logs how many records are lost."""
+    import json
+    import sqlite3
+    import urllib.request
+
+    from conftest import EVALUATION_DATE, RULES_DIR
+
+    pytest.importorskip("gunicorn")
+    db = tmp_path / "cds.sqlite3"
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CDS_")},
+        "PYTHONPATH": str(ROOT), "CDS_DATABASE_URL": f"sqlite:///{db}", "CDS_AUDIT_KEY": AUDIT_KEY,
+        "CDS_AUTH": "off", "CDS_RULES_DIR": str(RULES_DIR), "CDS_RULES_POLL_SECONDS": "0",
+        "CDS_EVALUATION_DATE": EVALUATION_DATE.isoformat(), "CDS_AUDIT_SHUTDOWN_TIMEOUT": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
+         "--threads", "4", "--graceful-timeout", "20", "cds.wsgi:app"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the server did not become ready")
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: every audit write waits
+        _, request, _ = next(p for p in example_pairs() if p[0] == "bird-dog-20-18")
+        for _ in range(20):
+            req = urllib.request.Request(base + SERVICE_URL, data=json.dumps(request).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200  # cards are answered: the audit is off the request path
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert "shutdown: 20 audit record(s) not written after waiting 1.0 s" in stderr, stderr[-2000:]
+    assert elapsed < 15
+    assert AUDIT_KEY not in stderr
