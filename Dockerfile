@@ -17,6 +17,9 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 COPY rules ./rules
+# entrypoint: `cds db upgrade`, then gunicorn with cds.gunicorn_conf (CDS_WORKERS, default one per CPU of
+# the container, x CDS_THREADS); /metrics sums the workers (PROMETHEUS_MULTIPROC_DIR, default under /tmp,
+# which must be writable: an emptyDir with a read-only root file system, deploy/deployment.yaml)
 COPY docker/entrypoint.sh /usr/local/bin/entrypoint.sh
 RUN mkdir -p /app/var && chown -R cds:cds /app/var
 USER cds

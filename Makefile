@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export CDS_RULES_DIR ?= $(CURDIR)/rules
 
-.PHONY: run test bench check-rules rules-test clean
+.PHONY: run test bench bench-http check-rules rules-test clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 (or 3.12) is required: durable-rules does not build on 3.13"; exit 1; }
@@ -36,6 +36,11 @@ rules-test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py
+
+# the production entry point (auth, jti store and audit on a throw-away PostgreSQL) against a bare Flask
+# fixed-card app under gunicorn, over loopback (bench/README.md)
+bench-http: $(STAMP)
+	$(BIN)/python bench/bench_http.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

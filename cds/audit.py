@@ -36,6 +36,7 @@ class AuditObserver:
                 ruleset_version=ident.version,
                 ruleset_sha256=ident.sha256,
                 patient_hash=hash_patient_id(self.key, hook_request.context.patient_id),
+                criteria_id=getattr(hook_request, "criteria_id", None),
                 cards=cards,
             )
         )

@@ -43,19 +43,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from .ehr_profiles import PROFILE_DEFAULTS, EhrProfile, SelectionBehavior
 from .errors import CdsError
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "AuthenticationError",
     "InMemoryJtiStore",
+    "IssuerEntry",
     "JtiStore",
     "JtiStoreFull",
     "JwksCache",
@@ -90,18 +93,37 @@ _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 @dataclass(frozen=True)
 class TrustedIssuer:
-    """One EHR we trust: its ``iss``, where its keys are, which tenants it may name.
+    """One EHR we trust: its ``iss``, where its keys are, which tenants it may name, and what it needs.
 
     ``jwks_url`` is fetched when the token has no ``jku`` header; ``jku`` lists
     the only URLs a token's ``jku`` header may point to. ``tenants``, when
     non-empty, is the allow-list for the token's ``tenant`` claim (which is
     then required).
+
+    Per-EHR settings (issue 11), defaults from ``profile`` (:mod:`cds.ehr_profiles`):
+
+    * ``aud``: the accepted ``aud`` values; empty means "the URL of the called endpoint" (CDS Hooks
+      2.0). Epic's health systems type the ``aud`` in by hand, so it may be any agreed string;
+    * ``fhir_servers``: the allow-list of ``fhirServer`` base URLs a request may name (None: any,
+      subject to ``CDS_ALLOW_HTTP_FHIR``); anything else is refused with 412 before it is contacted;
+    * ``selection_behavior``: forced on every card with suggestions (None: as the rules wrote it);
+    * ``app_context``: False drops ``appContext`` from SMART links.
     """
 
     iss: str
     jwks_url: str | None = None
     jku: tuple[str, ...] = ()
     tenants: tuple[str, ...] = ()
+    profile: str = "generic"
+    aud: tuple[str, ...] = ()
+    fhir_servers: tuple[str, ...] | None = None
+    selection_behavior: SelectionBehavior | None = None
+    app_context: bool = True
+
+    @property
+    def ehr_profile(self) -> EhrProfile:
+        """How answers to this EHR are shaped."""
+        return EhrProfile(name=self.profile, selection_behavior=self.selection_behavior, app_context=self.app_context)
 
 
 def _is_http_url(value: str) -> bool:
@@ -117,15 +139,85 @@ def _is_http_url(value: str) -> bool:
     )
 
 
-_ISSUER_FIELDS = ("iss", "jwks_url", "jku", "tenants")
+def _http_url(value: str) -> str:
+    if not _is_http_url(value):
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+_Url = Annotated[str, AfterValidator(_http_url)]
+_Text = Annotated[str, AfterValidator(_non_blank)]
+
+
+class IssuerEntry(BaseModel):
+    """One entry of the trusted-issuers file, as written (keys absent: ``None``, profile defaults apply)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    iss: _Text
+    jwks_url: _Url | None = None
+    jku: list[_Url] | None = None
+    tenants: list[_Text] | None = None
+    profile: Literal["generic", "epic", "oracle", "sandbox"] = "generic"
+    aud: list[_Text] | None = Field(default=None, min_length=1)
+    fhir_servers: list[_Url] | None = Field(default=None, min_length=1)
+    selection_behavior: SelectionBehavior | None = None
+    app_context: bool | None = None
+
+    def resolve(self) -> TrustedIssuer:
+        """The issuer with the profile's defaults filled in where the entry says nothing."""
+        defaults = PROFILE_DEFAULTS[self.profile]
+
+        def pick(name: str, fallback: Any) -> Any:
+            value = getattr(self, name)
+            if value is not None:
+                return tuple(value) if isinstance(value, list) else value
+            return defaults.get(name, fallback)
+
+        return TrustedIssuer(
+            iss=self.iss,
+            jwks_url=self.jwks_url,
+            jku=pick("jku", ()),
+            tenants=pick("tenants", ()),
+            profile=self.profile,
+            aud=pick("aud", ()),
+            fhir_servers=pick("fhir_servers", None),
+            selection_behavior=pick("selection_behavior", None),
+            app_context=pick("app_context", True),
+        )
+
+
+_ISSUER_FIELDS = tuple(IssuerEntry.model_fields)
+
+
+def _pydantic_problem(err: Any) -> str:
+    kind = err.get("type")
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return f"unknown field (allowed: {', '.join(_ISSUER_FIELDS)})"
+    if kind == "literal_error":
+        return f"must be one of {err.get('ctx', {}).get('expected', '?')}"
+    if kind == "too_short":
+        return "must not be empty (leave the key out for the default)"
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
 
 
 def load_trusted_issuers(path: str | os.PathLike[str]) -> tuple[TrustedIssuer, ...]:
-    """Read ``{"issuers": [{"iss", "jwks_url", "jku", "tenants"}, ...]}`` (SPEC §4).
+    """Read ``{"issuers": [{"iss", "jwks_url", "jku", "tenants", "profile", "aud", "fhir_servers",
+    "selection_behavior", "app_context"}, ...]}`` (SPEC §4, issue 11; only ``iss`` and a key source are
+    required).
 
-    Raises ``ValueError`` naming the file and the offending field on any
-    problem (unreadable file, bad JSON, wrong type, unknown field, an issuer
-    with neither ``jwks_url`` nor ``jku``, duplicate ``iss``).
+    Raises ``ValueError`` naming the file, the issuer (index and ``iss``) and the offending key on any
+    problem (unreadable file, bad JSON, wrong type, unknown key, an unknown profile, an issuer with
+    neither ``jwks_url`` nor ``jku`` once its profile's defaults apply, duplicate ``iss``).
     """
     name = os.fspath(path)
     where = f"trusted issuers file {name}"
@@ -143,8 +235,9 @@ def load_trusted_issuers(path: str | os.PathLike[str]) -> tuple[TrustedIssuer, .
             f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
 
-    def fail(field: str, problem: str) -> ValueError:
-        return ValueError(f"{where}: {field}: {problem}")
+    def fail(field: str, problem: str, iss: Any = None) -> ValueError:
+        who = f" (iss {iss!r})" if isinstance(iss, str) and iss.strip() else ""
+        return ValueError(f"{where}: {field}{who}: {problem}")
 
     if not isinstance(data, dict):
         raise fail("(top level)", 'must be a JSON object {"issuers": [...]}')
@@ -157,45 +250,26 @@ def load_trusted_issuers(path: str | os.PathLike[str]) -> tuple[TrustedIssuer, .
     if not entries:
         raise fail("issuers", "must list at least one trusted issuer")
 
-    def url_list(field: str, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise fail(field, "must be a list of http(s) URLs")
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not _is_http_url(item):
-                raise fail(f"{field}[{i}]", "must be an absolute http(s) URL")
-        return tuple(value)
-
     issuers: list[TrustedIssuer] = []
     seen: set[str] = set()
     for n, entry in enumerate(entries):
         at = f"issuers[{n}]"
         if not isinstance(entry, dict):
             raise fail(at, "must be an object")
-        unknown = sorted(set(entry) - set(_ISSUER_FIELDS))
-        if unknown:
-            raise fail(f"{at}.{unknown[0]}", f"unknown field (allowed: {', '.join(_ISSUER_FIELDS)})")
         iss = entry.get("iss")
-        if not isinstance(iss, str) or not iss.strip():
-            raise fail(f"{at}.iss", "required, must be a non-empty string")
-        if iss in seen:
-            raise fail(f"{at}.iss", f"duplicate issuer {iss!r}")
-        seen.add(iss)
-        jwks_url = entry.get("jwks_url")
-        if jwks_url is not None and (not isinstance(jwks_url, str) or not _is_http_url(jwks_url)):
-            raise fail(f"{at}.jwks_url", "must be an absolute http(s) URL")
-        jku = url_list(f"{at}.jku", entry["jku"]) if "jku" in entry else ()
-        if jwks_url is None and not jku:
-            raise fail(f"{at}.jwks_url", "required unless a non-empty jku allow-list is given")
-        tenants: tuple[str, ...] = ()
-        if "tenants" in entry:
-            value = entry["tenants"]
-            if not isinstance(value, list):
-                raise fail(f"{at}.tenants", "must be a list of strings")
-            for i, item in enumerate(value):
-                if not isinstance(item, str) or not item:
-                    raise fail(f"{at}.tenants[{i}]", "must be a non-empty string")
-            tenants = tuple(value)
-        issuers.append(TrustedIssuer(iss=iss, jwks_url=jwks_url, jku=jku, tenants=tenants))
+        try:
+            parsed = IssuerEntry.model_validate(entry)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+            raise fail(f"{at}{loc}", _pydantic_problem(first), iss) from None
+        if parsed.iss in seen:
+            raise fail(f"{at}.iss", f"duplicate issuer {parsed.iss!r}")
+        seen.add(parsed.iss)
+        issuer = parsed.resolve()
+        if issuer.jwks_url is None and not issuer.jku:
+            raise fail(f"{at}.jwks_url", "required unless a non-empty jku allow-list is given", iss)
+        issuers.append(issuer)
     return tuple(issuers)
 
 
@@ -550,6 +624,10 @@ class JwtVerifier:
     def issuers(self) -> tuple[TrustedIssuer, ...]:
         return tuple(self._issuers.values())
 
+    def issuer(self, iss: Any) -> TrustedIssuer | None:
+        """The trusted issuer ``iss`` (the ``iss`` claim of a verified token), or None."""
+        return self._issuers.get(iss) if isinstance(iss, str) else None
+
     def close(self) -> None:
         self._jwks.close()
 
@@ -557,7 +635,9 @@ class JwtVerifier:
         """Return the verified claims of the bearer JWT, or raise AuthenticationError.
 
         ``audience`` is the URL the EHR called, built from the configured
-        public base URL (not from the Host header).
+        public base URL (not from the Host header). It is the accepted ``aud``
+        unless the issuer lists its own ``aud`` values (Epic: set by hand),
+        which then replace it.
         """
         ctx: dict[str, Any] = {}
         try:
@@ -653,7 +733,7 @@ class JwtVerifier:
                     token,
                     key=candidate.key,
                     algorithms=[alg],
-                    audience=audience,
+                    audience=list(issuer.aud) if issuer.aud else audience,
                     issuer=issuer.iss,
                     options={
                         "require": _REQUIRED_CLAIMS,

@@ -87,9 +87,10 @@ def template_values(
     for name in PLACEHOLDERS:
         values[name] = unknown
 
-    onset = facts.onset
-    if onset is not None:
-        values["onset_date"] = onset.isoformat()
+    condition = facts.onset_condition
+    onset = condition.onset if condition is not None else None
+    if condition is not None and onset is not None:
+        values["onset_date"] = condition.onset_text or onset.isoformat()  # as written: 2026-06 stays 2026-06
     if a.onset_days_ago is not None:
         values["onset_days_ago"] = render_number(a.onset_days_ago)
     elif onset is not None:
@@ -102,8 +103,12 @@ def template_values(
             values["exercise_name"] = ladder.rung(exercise).display
     if session is not None:
         values["session_date"] = session.date.isoformat()
-        if session.reps:
-            values["reps"] = REPS_SEPARATOR.join(render_number(r) for r in session.reps)
+        values["session_days_ago"] = render_number((evaluation.evaluation_date - session.date).days)
+        used = a.rounds_used if a.session_recorded else len(session.reps)
+        if session.reps[:used]:
+            values["reps"] = REPS_SEPARATOR.join(render_number(r) for r in session.reps[:used])
+        if session.reps[used:]:
+            values["extra_reps"] = REPS_SEPARATOR.join(render_number(r) for r in session.reps[used:])
     max_pain = session.max_pain if session is not None else a.max_pain
     if max_pain is None:
         max_pain = a.max_pain
@@ -114,6 +119,14 @@ def template_values(
     if a.max_reps is not None:
         values["max_reps"] = render_number(a.max_reps)
     values["rounds_recorded"] = render_number(len(session.reps) if session is not None else a.rounds_recorded)
+    values["rounds_used"] = render_number(a.rounds_used)
+    values["extra_rounds"] = render_number(a.extra_rounds)
+    values["skipped_in_session"] = render_number(a.skipped_in_session)
+    if a.skipped_pain_max is not None:
+        values["skipped_pain_max"] = render_number(a.skipped_pain_max)
+    listed = _skipped_list(facts, ruleset)
+    if listed:
+        values["skipped_list"] = listed
 
     separator = doc.texts.list_separator
     for prefix, found in (("red_flag", facts.red_flags), ("red_flag_risk", facts.risk_factors)):
@@ -126,6 +139,30 @@ def template_values(
         values["recommended"] = rung.code
         values["recommended_name"] = rung.display
     return values
+
+
+def _skipped_list(facts: PatientFacts, ruleset: RuleSet) -> str:
+    """The unusable pain scores and rounds that could have mattered, one markdown list item each,
+    worded by ``texts.skipped``: those that could have belonged to the latest session, and the pain
+    scores with the highest readable value among the unusable ones. Empty without ``texts.skipped``."""
+    texts = ruleset.document.texts
+    words = texts.skipped
+    if words is None:
+        return ""
+    unusable = [s for s in facts.skipped if s.invalid and s.kind is not None]
+    highest = max((s.value for s in unusable if s.kind == "pain" and s.value is not None), default=None)
+    lines = []
+    for s in unusable:
+        if not (s.in_session or (s.kind == "pain" and highest is not None and s.value == highest)):
+            continue
+        reason = getattr(words.reasons, s.reason_key or "invalid", words.reasons.invalid)
+        item = fill(words.pain if s.kind == "pain" else words.round, {
+            "value": render_number(s.value) if s.value is not None else texts.not_recorded,
+            "date": s.date_text or texts.not_recorded,
+            "reason": reason.strip(),
+        })
+        lines.append(f"- {' '.join(item.split())}")
+    return "\n".join(lines)
 
 
 def text_values(values: dict[str, str], fired: FiredRule, evaluation: Evaluation, ruleset: RuleSet) -> dict[str, str]:
@@ -286,8 +323,11 @@ def _extension(fired: FiredRule, facts: PatientFacts, evaluation: Evaluation) ->
         max_pain = a.max_pain
     if max_pain is not None:
         fact_values["maxPain"] = _json_number(max_pain)
-    if facts.onset is not None:
-        fact_values["onsetDate"] = facts.onset.isoformat()
+    onset = facts.onset_condition
+    if onset is not None and onset.onset is not None:
+        fact_values["onsetDate"] = onset.onset.isoformat()  # the first possible day of the onset
+        if onset.onset_precision not in (None, "day"):
+            fact_values["onsetPrecision"] = onset.onset_precision  # "month" or "year": written only to that
     if facts.red_flags:
         fact_values["redFlags"] = list(dict.fromkeys(f.category for f in facts.red_flags))
     if facts.risk_factors:
@@ -357,7 +397,7 @@ def build_card(
             Suggestion(
                 label=fill(doc.texts.suggestion_label, texts).strip(),
                 uuid=uuid_factory(),
-                is_recommended=True,
+                is_recommended=not any(ruleset.note(n).suggestion == "not-recommended" for n in fired.notes),
                 actions=[Action(type="create", description=description, resource=resource)],
             )
         )

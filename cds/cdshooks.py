@@ -68,6 +68,12 @@ FHIR_ID_SEGMENT_PATTERN = r"^(?:[A-Za-z0-9\-.]{3,64}|[A-Za-z0-9\-][A-Za-z0-9\-.]
 #: CDS Hooks: ``hookInstance`` is "a universally unique identifier (UUID) for this particular hook call"
 UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 
+#: Epic's request extension naming the CDS rule (criteria record) that fired the hook
+EPIC_CRITERIA_ID = "com.epic.cdshooks.request.criteria-id"
+#: the longest criteria id the audit keeps; it must also be a plain token (no PHI can hide in one)
+CRITERIA_ID_MAX_CHARS = 64
+_CRITERIA_ID = re.compile(rf"^[A-Za-z0-9._:\-]{{1,{CRITERIA_ID_MAX_CHARS}}}$")
+
 
 # ------------------------------------------------------------------------------------------------
 # Serialisation
@@ -192,7 +198,10 @@ class FhirAuthorization(_Request):
 
 
 class PatientViewContext(_Request):
-    """``context`` of the ``patient-view`` hook."""
+    """``context`` of the ``patient-view`` hook.
+
+    ``userId`` is any non-empty string: CDS Hooks 2.0 asks for ``Practitioner/123``-style references,
+    Epic sends ``Practitioner/<id>`` and other EHRs other shapes; it is never used for a decision."""
 
     user_id: str = Field(alias="userId", min_length=1)
     patient_id: str = Field(alias="patientId", pattern=FHIR_ID_SEGMENT_PATTERN)
@@ -242,6 +251,23 @@ class HookRequest(_Request):
     fhir_authorization: FhirAuthorization | None = Field(default=None, alias="fhirAuthorization")
     context: dict[str, Any]
     prefetch: dict[str, Any | None] | None = Field(default=None, repr=False)
+    #: CDS Hooks ``extension`` (Epic: ``com.epic.cdshooks.request.criteria-id``,
+    #: ``...cds-hooks-specification-version``...): accepted whatever it holds, read only through
+    #: :attr:`criteria_id`; never logged
+    extension: Any = Field(default=None, repr=False)
+
+    @property
+    def criteria_id(self) -> str | None:
+        """Epic's criteria id, when the request carries one that is a plain token of at most
+        :data:`CRITERIA_ID_MAX_CHARS` characters (a number or a string); anything else is None."""
+        if not isinstance(self.extension, dict):
+            return None
+        value = self.extension.get(EPIC_CRITERIA_ID)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and _CRITERIA_ID.match(value):
+            return value
+        return None
 
     @field_validator("fhir_server")
     @classmethod

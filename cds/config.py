@@ -142,8 +142,10 @@ class Settings(BaseSettings):
     audit_shutdown_timeout: float = Field(default=10.0, ge=0)
     cors_origins: tuple[str, ...] = ("*",)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    fetch_connect_timeout: float = Field(default=0.1, gt=0)
-    fetch_total_timeout: float = Field(default=0.4, gt=0)
+    # Fetching absent prefetch keys from fhirServer (docs/operations.md, "Fetching from fhirServer"):
+    # 0.5 s per TCP/TLS connect, 2.5 s for the whole fetch (real FHIR searches take 0.3-0.7 s).
+    fetch_connect_timeout: float = Field(default=0.5, gt=0)
+    fetch_total_timeout: float = Field(default=2.5, gt=0)
     fetch_max_pages: int = Field(default=10, ge=1)
     audit_key: str = ""  # secret for the keyed hash of patient ids; required outside development
     audit_retention_days: int = Field(default=365, ge=1)
@@ -228,6 +230,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
+        if self.fetch_connect_timeout > self.fetch_total_timeout:
+            raise ValueError(
+                f"CDS_FETCH_CONNECT_TIMEOUT: {self.fetch_connect_timeout} s is longer than the whole fetch "
+                f"budget CDS_FETCH_TOTAL_TIMEOUT ({self.fetch_total_timeout} s)"
+            )
         if self.jti_store == "database" and not self.database_url:
             raise ValueError("CDS_JTI_STORE: 'database' needs CDS_DATABASE_URL, which is empty")
         if self.database_url and not self.audit_key and not self.development and _LOAD.get().serving:

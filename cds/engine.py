@@ -269,7 +269,9 @@ class RuleEngine:
 
     def _record_note(self, stage: str, note_id: str) -> None:
         assert self._run is not None
-        self._run.notes.setdefault(stage, []).append(note_id)
+        notes = self._run.notes.setdefault(stage, [])
+        if note_id not in notes:  # a condition with 'or' matches once per alternative that holds
+            notes.append(note_id)
 
     # -- evaluation ----------------------------------------------------------------------------
     def run_facts(self, facts: Iterable[Mapping[str, Any]]) -> _Run:

@@ -6,30 +6,37 @@ Two stages, so the cost follows what the rules need rather than the length of th
    (``system|code`` against ``codes``; a Condition is a red flag, a risk factor, LBP or skipped),
    subject, status and, for Observations, the presence of a date. Resources rejected here for
    status, subject or code are *skipped* with a reason.
-2. Only the resources that can change the decision are validated with the ``fhir.resources`` R4B
-   models (about 0.15 ms each) and turned into facts:
+2. Every resource that passed the filter is validated with the ``fhir.resources`` R4B models
+   (about 0.15 ms each the first time; the validation cache of ``cds.fhir_validation`` makes a
+   resource seen before cost one digest) and turned into a fact, so every invalid or unusable
+   resource is logged and counted, whether or not it could change the decision:
 
-   - every LBP Condition that passed the filter (the most recent onset counts), and every Condition
-     in a red-flag or risk-factor category of the rule files (``codes.red_flags``,
-     ``codes.red_flag_risks``; codes matched exactly or by ``match: prefix``, see :class:`CodeList`);
-   - exercise rounds: raw candidates are grouped by the date part of the raw date string and the
-     newest group is validated; a group without a usable round (all invalid, unknown exercise, ...)
-     falls back to the next date;
-   - pain scores: only those that can belong to the latest session, i.e. those referencing one of
-     its rounds in ``derivedFrom``, and those without an Observation ``derivedFrom`` on its date.
+   - every LBP Condition (the most recent onset counts: the latest *latest possible day*, since an
+     onset may be written to the year or month), and every Condition in a red-flag or risk-factor
+     category of the rule files (``codes.red_flags``, ``codes.red_flag_risks``; codes matched exactly
+     or by ``match: prefix``, see :class:`CodeList`);
+   - every exercise round; the latest session is the most recent date with a usable round;
+   - every pain score; those of the latest session are the ones referencing one of its rounds in
+     ``derivedFrom``, and those without an Observation ``derivedFrom`` on its date.
 
-   Older history that cannot matter is neither validated nor reported as skipped.
-
-A resource that fails validation is skipped with ``invalid=True``. Logs and skip reasons name the
-resource type and id only: never a patient id, a subject reference or a clinical value.
+A resource whose data cannot be used -- it fails validation, its effective date is missing or not
+precise to the day, a value is missing or out of range, the exercise is missing or unknown -- is
+skipped with ``invalid=True`` (counted on the card). Such a skip also carries, for the card only,
+what it was meant to be, its date as written and a readable value, and whether it could have
+belonged to the latest session. Logs and skip reasons name the resource type and id only: never a
+patient id, a subject reference or a clinical value.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import marshal
 import re
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -73,6 +80,24 @@ R_PAIN_RANGE = "pain score outside the 0-10 scale"
 R_INVALID = "failed FHIR R4 validation"
 R_UNEXPECTED = "unexpected structure"
 
+#: the key of each data-level skip reason: the rule files word it (``texts.skipped.reasons``)
+REASON_KEYS: dict[str, str] = {
+    R_INVALID: "invalid",
+    R_NO_DATE: "no_date",
+    R_PARTIAL_DATE: "partial_date",
+    R_NO_REPS: "no_value",
+    R_NO_PAIN: "no_value",
+    R_NEGATIVE_REPS: "value_out_of_range",
+    R_REPS_TOO_LARGE: "value_out_of_range",
+    R_PAIN_RANGE: "value_out_of_range",
+    R_NO_EXERCISE: "no_exercise",
+    R_UNKNOWN_EXERCISE: "unknown_exercise",
+}
+
+#: a date as written that may be shown on a card: digits and the dateTime punctuation only
+_DATE_TEXT = re.compile(r"[0-9][0-9T:+\-.Z]{0,34}")
+_PARTIAL = re.compile(r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?")
+
 
 _PLAIN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _LOC_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}|[0-9]{1,6}")
@@ -108,6 +133,7 @@ class _Candidate:
     rid: str
     date_key: str = ""  # first 10 characters of the raw date string
     obs_refs: frozenset[str] = frozenset()  # ids of Observations referenced in derivedFrom
+    kind: str | None = None  # "pain" | "round" once the raw filter has classified it
 
 
 # --- raw JSON helpers (no validation; raise _Malformed on a wrong JSON type) ----------------------
@@ -186,6 +212,63 @@ def _raw_observation_refs(raw: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(ids)
 
 
+def _raw_date_text(raw: Mapping[str, Any]) -> str | None:
+    """The effective date as written, when it is a date-like string (safe to show); else None."""
+    value = raw.get("effectiveDateTime")
+    if value is None:
+        period = raw.get("effectivePeriod")
+        value = period.get("start") if isinstance(period, dict) else None
+    return value if isinstance(value, str) and _DATE_TEXT.fullmatch(value) else None
+
+
+def date_bounds(text: str | None) -> tuple[dt.date, dt.date, str] | None:
+    """(earliest, latest possible day, precision) of a date as written: ``YYYY``, ``YYYY-MM``,
+    ``YYYY-MM-DD`` or a dateTime (its date part, as written). None when it is no such date."""
+    if text is None:
+        return None
+    m = _PARTIAL.match(text)
+    if m is None or (len(text) > 10 and m.group(3) is None) or (m.group(3) is None and m.end() != len(text)):
+        return None
+    year, month, day = int(m.group(1)), m.group(2), m.group(3)
+    try:
+        if month is None:
+            return dt.date(year, 1, 1), dt.date(year, 12, 31), "year"
+        if day is None:
+            first = dt.date(year, int(month), 1)
+            following = dt.date(year + (first.month == 12), first.month % 12 + 1, 1)
+            return first, following - dt.timedelta(days=1), "month"
+        d = dt.date(year, int(month), int(day))
+        return d, d, "day"
+    except ValueError:
+        return None
+
+
+def _raw_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    f = float(value)
+    return round(f, 2) if f == f and abs(f) < 1e15 else None
+
+
+def _raw_value(raw: Mapping[str, Any], answers_system: str, answers: Mapping[str, int]) -> float | None:
+    """A readable value of a raw Observation (for the card's list of unusable data), or None."""
+    quantity = raw.get("valueQuantity")
+    if isinstance(quantity, dict):
+        number = _raw_number(quantity.get("value"))
+        if number is not None:
+            return number
+    number = _raw_number(raw.get("valueInteger"))
+    if number is not None:
+        return number
+    concept = raw.get("valueCodeableConcept")
+    coding = concept.get("coding") if isinstance(concept, dict) else None
+    for c in coding if isinstance(coding, list) else ():
+        if isinstance(c, dict) and c.get("system") == answers_system and isinstance(c.get("code"), str):
+            if c["code"] in answers:
+                return float(answers[c["code"]])
+    return None
+
+
 # --- validated-model helpers -----------------------------------------------------------------------
 
 
@@ -195,6 +278,21 @@ def _calendar_date(value: Any) -> dt.date | None:
         return value.date()  # keeps the written offset: no timezone conversion
     if isinstance(value, dt.date):
         return value
+    return None
+
+
+def _onset(value: Any) -> tuple[dt.date, dt.date, str, str] | None:
+    """(earliest, latest possible day, precision, text as written) of a validated onset.
+
+    fhir.resources gives a full date as ``date``, a dateTime as ``datetime`` (in its written offset)
+    and a year or year-month as the string written (``"2026"``, ``"2026-06"``)."""
+    day = _calendar_date(value)
+    if day is not None:
+        return day, day, "day", day.isoformat()
+    if isinstance(value, str):
+        bounds = date_bounds(value)
+        if bounds is not None:
+            return bounds[0], bounds[1], bounds[2], value
     return None
 
 
@@ -249,6 +347,76 @@ def _has(cc: Any, pair: tuple[str, str]) -> bool:
     return cc is not None and any((c.system, c.code) == pair for c in cc.coding or ())
 
 
+#: marshal format 2: no back-references. Later formats mark objects referenced elsewhere, so equal
+#: JSON would serialise differently depending on how its strings are shared (every lookup a miss).
+#: Either way equal bytes mean equal values: a key can miss, never hit wrongly.
+_MARSHAL_VERSION = 2
+
+
+#: what turning one Observation into a fact gave: the fact, or the skip record (with its card details)
+_Outcome = ExerciseRound | PainScore | SkippedResource | None
+
+
+class _FactMemo:
+    """Observation -> fact outcomes, memoised by a digest of the resource's JSON, per rule-set codes.
+
+    Every hook call turns every candidate Observation of the history into a fact (so every unusable
+    one is counted); an EHR sends the same history at each chart opening, so the outcome of a
+    resource seen before is reused: one ``marshal.dumps`` and a lookup instead of reading the
+    validated model again. An outcome depends only on the resource's JSON and the rule set's
+    ``codes`` and ``ladder``: one bounded LRU per (codes, ladder) pair, which the entry holds so
+    their ids stay unique. Keys are digests (no resource text is kept as a key); skips are
+    replayed, so each call still logs and counts them.
+    """
+
+    def __init__(self, maxsize: int = 4096, configs: int = 4) -> None:
+        self.maxsize = maxsize
+        self.configs = configs
+        self._lock = threading.Lock()
+        self._by_config: OrderedDict[tuple[int, int], tuple[Codes, Ladder, OrderedDict[tuple[str, bytes], _Outcome]]]
+        self._by_config = OrderedDict()
+
+    def table(self, codes: Codes, ladder: Ladder) -> OrderedDict[tuple[str, bytes], _Outcome]:
+        key = (id(codes), id(ladder))
+        with self._lock:
+            entry = self._by_config.get(key)
+            if entry is None or entry[0] is not codes or entry[1] is not ladder:
+                entry = (codes, ladder, OrderedDict())
+                self._by_config[key] = entry
+                while len(self._by_config) > self.configs:
+                    self._by_config.popitem(last=False)
+            self._by_config.move_to_end(key)
+            return entry[2]
+
+    def get_or_compute(
+        self, table: OrderedDict[tuple[str, bytes], _Outcome], kind: str, raw: dict[str, Any],
+        compute: Callable[[], _Outcome],
+    ) -> tuple[_Outcome, bool]:
+        """(outcome, cached): a cached outcome for identical JSON, else ``compute()`` stored."""
+        try:
+            key = (kind, hashlib.blake2b(marshal.dumps(raw, _MARSHAL_VERSION), digest_size=20).digest())
+        except (TypeError, ValueError, RecursionError):
+            return compute(), False
+        with self._lock:
+            if key in table:
+                table.move_to_end(key)
+                return table[key], True
+        outcome = compute()
+        with self._lock:
+            table[key] = outcome
+            if len(table) > self.maxsize:
+                table.popitem(last=False)
+        return outcome, False
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_config.clear()
+
+
+#: the process-wide memo of Observation outcomes (tests clear it with ``fact_memo.clear()``)
+fact_memo = _FactMemo()
+
+
 class _Extractor:
     def __init__(self, patient_id: str, codes: Codes, ladder: Ladder) -> None:
         self.codes = codes
@@ -275,12 +443,34 @@ class _Extractor:
         self.rounds: list[_Candidate] = []
         self.pains: list[_Candidate] = []
         self.seen: set[tuple[str, str]] = set()
+        #: (index in ``skipped``, candidate) of the pain scores and rounds skipped as unusable
+        self.data_skips: list[tuple[int, _Candidate]] = []
+        self.memo = fact_memo.table(codes, ladder)
 
     # -- bookkeeping
 
     def skip(self, rtype: str, rid: str | None, reason: str, *, invalid: bool = False) -> None:
         log.info("skipped %s %s: %s", _printable(rtype), "(no id)" if rid is None else _printable(rid), reason)
         self.skipped.append(SkippedResource(resource_type=rtype, resource_id=rid, reason=reason, invalid=invalid))
+
+    def skip_data(self, c: _Candidate, reason: str, *, detail: str = "") -> None:
+        """Skip a candidate whose data is unusable (counted as invalid), with what the card may show."""
+        log.info("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), reason + detail)
+        kind = c.kind if c.kind in ("pain", "round") else None
+        self.skipped.append(
+            SkippedResource(
+                resource_type=c.rtype,
+                resource_id=c.rid,
+                reason=reason + detail,
+                invalid=True,
+                reason_key=REASON_KEYS.get(reason),
+                kind=kind,
+                date_text=_raw_date_text(c.raw) if kind else None,
+                value=_raw_value(c.raw, self.answers_system, self.answers) if kind else None,
+            )
+        )
+        if kind:
+            self.data_skips.append((len(self.skipped) - 1, c))
 
     def validate(self, model: type[Observation] | type[Condition], c: _Candidate) -> Any:
         """The validated model, or None (skipped as invalid). The error text is never logged: it quotes values."""
@@ -294,7 +484,7 @@ class _Extractor:
                 locs = sorted({".".join(_safe_loc(e.get("loc", ()))) for e in errors()})
                 if locs:
                     where = " at " + ", ".join(locs[:3]) + (", ..." if len(locs) > 3 else "")
-            self.skip(c.rtype, c.rid, R_INVALID + where, invalid=True)
+            self.skip_data(c, R_INVALID, detail=where)
             return None
 
     def is_subject(self, raw: Mapping[str, Any]) -> bool:
@@ -352,9 +542,9 @@ class _Extractor:
         raw = c.raw
         pairs = _codings(raw.get("code"))
         if self.reps in pairs:
-            bucket = self.rounds
+            bucket, c.kind = self.rounds, "round"
         elif self.pain in pairs:
-            bucket = self.pains
+            bucket, c.kind = self.pains, "pain"
         else:
             return R_OBS_CODE
         if not self.is_subject(raw):
@@ -366,7 +556,9 @@ class _Extractor:
             return R_OBS_STATUS
         date_key = _raw_date_key(raw)
         if date_key is None:
-            return R_NO_DATE
+            if self.validate(Observation, c) is not None:  # an invalid one is reported as invalid
+                self.skip_data(c, R_NO_DATE)
+            return None
         c.date_key = date_key
         if bucket is self.pains:
             c.obs_refs = _raw_observation_refs(raw)
@@ -404,7 +596,18 @@ class _Extractor:
             onset = cond.onsetDateTime
             if onset is None and cond.onsetPeriod is not None:
                 onset = cond.onsetPeriod.start
-            out.append(LbpCondition(resource_id=c.rid, onset=_calendar_date(onset)))
+            parsed = _onset(onset)
+            if parsed is None:
+                out.append(LbpCondition(resource_id=c.rid))
+                continue
+            earliest, latest, precision, text = parsed
+            out.append(
+                LbpCondition(
+                    resource_id=c.rid, onset=earliest, onset_latest=latest,
+                    onset_precision=precision,
+                    onset_text=text,
+                )
+            )
         return out
 
     def flagged_conditions(self) -> tuple[list[FlaggedCondition], list[FlaggedCondition]]:
@@ -435,11 +638,11 @@ class _Extractor:
         if value is None and obs.effectivePeriod is not None:
             value = obs.effectivePeriod.start
         if value is None:
-            self.skip(c.rtype, c.rid, R_NO_DATE)
+            self.skip_data(c, R_NO_DATE)
             return None
         day = _calendar_date(value)
         if day is None:
-            self.skip(c.rtype, c.rid, R_PARTIAL_DATE)
+            self.skip_data(c, R_PARTIAL_DATE)
         return day
 
     def dated_observation(self, c: _Candidate) -> tuple[Observation, dt.date] | None:
@@ -457,18 +660,18 @@ class _Extractor:
         obs, day = dated
         reps = _numeric_value(obs)
         if reps is None:
-            self.skip(c.rtype, c.rid, R_NO_REPS)
+            self.skip_data(c, R_NO_REPS)
             return None
         if reps < 0:
-            self.skip(c.rtype, c.rid, R_NEGATIVE_REPS)
+            self.skip_data(c, R_NEGATIVE_REPS)
             return None
         if reps > MAX_ENGINE_NUMBER:
-            self.skip(c.rtype, c.rid, R_REPS_TOO_LARGE)
+            self.skip_data(c, R_REPS_TOO_LARGE)
             return None
         components = obs.component or ()
         exercise_components = [comp for comp in components if _has(comp.code, self.exercise_comp)]
         if not exercise_components:
-            self.skip(c.rtype, c.rid, R_NO_EXERCISE)
+            self.skip_data(c, R_NO_EXERCISE)
             return None
         exercise = next(
             (
@@ -481,7 +684,7 @@ class _Extractor:
             None,
         )
         if exercise is None:
-            self.skip(c.rtype, c.rid, R_UNKNOWN_EXERCISE)
+            self.skip_data(c, R_UNKNOWN_EXERCISE)
             return None
         round_number = next(
             (
@@ -491,24 +694,53 @@ class _Extractor:
             ),
             None,
         )
-        return ExerciseRound(resource_id=c.rid, exercise=exercise, reps=reps, date=day, round_number=round_number)
+        value = obs.effectiveDateTime
+        if value is None and obs.effectivePeriod is not None:
+            value = obs.effectivePeriod.start
+        time = value if isinstance(value, dt.datetime) else None
+        return ExerciseRound(
+            resource_id=c.rid, exercise=exercise, reps=reps, date=day, round_number=round_number, recorded_at=time
+        )
+
+    def memoised(self, c: _Candidate, convert: Callable[[_Candidate], Any]) -> Any:
+        """``convert(c)`` (a fact, or None after skipping ``c``), memoised by the resource's content:
+        a cached skip is replayed (logged, counted, and described for the card again)."""
+        before = len(self.skipped)
+
+        def compute() -> _Outcome:
+            fact = convert(c)
+            if fact is not None:
+                return fact
+            # the skip ``convert`` recorded, if it was a single data-level one; else do not memoise
+            if len(self.skipped) == before + 1 and self.data_skips and self.data_skips[-1][0] == before:
+                return self.skipped[before]
+            return None
+
+        outcome, cached = fact_memo.get_or_compute(self.memo, c.kind or "", c.raw, compute)
+        if not cached:
+            return outcome if not isinstance(outcome, SkippedResource) else None
+        if outcome is None:  # never stored (see compute), but keep the contract: convert afresh
+            return convert(c)
+        if isinstance(outcome, SkippedResource):
+            log.info("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), outcome.reason)
+            self.skipped.append(outcome)
+            self.data_skips.append((len(self.skipped) - 1, c))
+            return None
+        return outcome
 
     def latest_rounds(self) -> tuple[list[ExerciseRound], dict[str, int]]:
-        """Usable rounds of the most recent date that has any, newest raw date group first."""
-        groups: dict[str, list[_Candidate]] = {}
+        """Usable rounds of the most recent date that has any. Every round is turned into a fact
+        (validated: the caches make a known one cheap), so every unusable one is reported."""
+        usable: list[tuple[ExerciseRound, int]] = []
         for c in self.rounds:
-            groups.setdefault(c.date_key, []).append(c)
-        for key in sorted(groups, reverse=True):
-            used: list[ExerciseRound] = []
-            order: dict[str, int] = {}
-            for c in groups[key]:
-                r = self.exercise_round(c)
-                if r is not None:
-                    used.append(r)
-                    order[r.resource_id] = c.order
-            if used:
-                return used, order
-        return [], {}
+            r = self.memoised(c, self.exercise_round)
+            if r is not None:
+                usable.append((r, c.order))
+        if not usable:
+            return [], {}
+        latest = max(r.date for r, _ in usable)
+        on_latest = [(r, order) for r, order in usable if r.date == latest]
+        return [r for r, _ in on_latest], {r.resource_id: order for r, order in on_latest}
 
     def pain_score(self, c: _Candidate) -> PainScore | None:
         dated = self.dated_observation(c)
@@ -526,34 +758,57 @@ class _Extractor:
                 None,
             )
         if score is None:
-            self.skip(c.rtype, c.rid, R_NO_PAIN)
+            self.skip_data(c, R_NO_PAIN)
             return None
         if not 0 <= score <= 10:
-            self.skip(c.rtype, c.rid, R_PAIN_RANGE)
+            self.skip_data(c, R_PAIN_RANGE)
             return None
         refs = (_observation_id(ref.reference) for ref in obs.derivedFrom or () if ref.reference)
         derived = tuple(dict.fromkeys(r for r in refs if r))
         return PainScore(resource_id=c.rid, score=score, date=day, derived_from=derived)
 
-    def session_pains(self, rounds: list[ExerciseRound]) -> list[PainScore]:
+    def all_pains(self) -> list[PainScore]:
+        """Every usable pain score (each one validated, so every unusable one is reported)."""
+        return [p for p in (self.memoised(c, self.pain_score) for c in self.pains) if p is not None]
+
+    @staticmethod
+    def session_pains(pains: list[PainScore], rounds: list[ExerciseRound]) -> list[PainScore]:
         """Pain scores of the latest session: linked by derivedFrom to its rounds, else on its date."""
         round_ids = {r.resource_id for r in rounds}
         session_date = rounds[0].date
-        day = session_date.isoformat()
-        out = []
-        for c in self.pains:
-            if c.obs_refs:
-                if not c.obs_refs & round_ids:
-                    continue  # belongs to another session: history, not skipped
-            elif c.date_key != day:
-                continue
-            p = self.pain_score(c)
-            if p is None:
-                continue
-            belongs = bool(set(p.derived_from) & round_ids) if p.derived_from else p.date == session_date
-            if belongs:
-                out.append(p)
-        return out
+        return [
+            p for p in pains
+            if (bool(set(p.derived_from) & round_ids) if p.derived_from else p.date == session_date)
+        ]
+
+    def mark_in_session(self, session: Session | None) -> None:
+        """Flag the unusable pain scores and rounds that could have belonged to the latest session:
+        undated (or an unreadable date), dated on or after its date, or linked to its rounds; with no
+        usable session, every unusable round (it could have been the session)."""
+        round_ids = {r.resource_id for r in session.rounds} if session is not None else set()
+        for index, c in self.data_skips:
+            bounds = date_bounds(_raw_date_text(c.raw))
+            if session is None:
+                could = c.kind == "round"
+            elif c.kind == "pain" and c.obs_refs:
+                could = bool(c.obs_refs & round_ids)
+            else:
+                could = bounds is None or bounds[1] >= session.date
+            if could:
+                self.skipped[index] = self.skipped[index].model_copy(update={"in_session": True})
+
+
+_NO_TIME = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+def _round_order(r: ExerciseRound, positions: Mapping[str, int]) -> tuple[Any, ...]:
+    """Rounds in order: by the ``round`` component, else by time (``effectiveDateTime``), else by
+    resource order; numbered rounds before unnumbered ones, timed before untimed."""
+    return (
+        r.round_number is None, r.round_number or 0,
+        r.recorded_at is None, r.recorded_at or _NO_TIME,
+        positions[r.resource_id],
+    )
 
 
 def _unwrap(key: str, value: Any) -> list[tuple[Any, bool]]:
@@ -597,18 +852,17 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
     conditions = ex.lbp_conditions()
     red_flags, risk_factors = ex.flagged_conditions()
     rounds, positions = ex.latest_rounds()
+    all_pains = ex.all_pains()
     session: Session | None = None
     pains: list[PainScore] = []
     if rounds:
         exercise = max((r.exercise for r in rounds), key=ex.rung.__getitem__)
-        session_rounds = sorted(
-            (r for r in rounds if r.exercise == exercise),
-            key=lambda r: (r.round_number is None, r.round_number or 0, positions[r.resource_id]),
-        )
-        pains = ex.session_pains(session_rounds)
+        session_rounds = sorted((r for r in rounds if r.exercise == exercise), key=lambda r: _round_order(r, positions))
+        pains = ex.session_pains(all_pains, session_rounds)
         session = Session(
             exercise=exercise, date=session_rounds[0].date, rounds=tuple(session_rounds), pain_scores=tuple(pains)
         )
+    ex.mark_in_session(session)
     return PatientFacts(
         patient_id=patient_id,
         conditions=tuple(conditions),

@@ -7,8 +7,12 @@ Data flows one way: FHIR JSON -> :class:`PatientFacts` (``cds.extract``) -> :cla
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: how precisely a date was written: ``YYYY``, ``YYYY-MM``, or a day (``YYYY-MM-DD`` or a dateTime)
+Precision = Literal["day", "month", "year"]
 
 
 class _Fact(BaseModel):
@@ -16,10 +20,28 @@ class _Fact(BaseModel):
 
 
 class LbpCondition(_Fact):
-    """An active, non-refuted low back pain Condition with its onset (if documented)."""
+    """An active, non-refuted low back pain Condition with its onset (if documented).
+
+    An onset written to the year or month (``2026``, ``2026-06``: valid FHIR) spans a period:
+    ``onset`` is its earliest possible day, ``onset_latest`` its latest; for a day they are equal.
+    ``onset_text`` is the onset as written (for the card; a dateTime is cut to its date part).
+    """
 
     resource_id: str
-    onset: dt.date | None = None
+    onset: dt.date | None = None  # earliest possible day
+    onset_latest: dt.date | None = None  # latest possible day
+    onset_precision: Precision | None = None
+    onset_text: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_day_by_default(cls, data: Any) -> Any:
+        """An onset given without its latest day or precision is a day (``onset`` alone)."""
+        if isinstance(data, dict) and data.get("onset") is not None:
+            data = dict(data)
+            data.setdefault("onset_latest", data["onset"])
+            data.setdefault("onset_precision", "day")
+        return data
 
 
 class FlaggedCondition(_Fact):
@@ -52,10 +74,15 @@ class ExerciseRound(_Fact):
     reps: float = Field(ge=0)
     date: dt.date
     round_number: int | None = None
+    recorded_at: dt.datetime | None = None  # effective dateTime (with its offset), when it has a time
 
 
 class Session(_Fact):
-    """The rounds of one exercise on one calendar date, with the pain scores that belong to it."""
+    """The rounds of one exercise on one calendar date, with the pain scores that belong to it.
+
+    ``rounds`` holds every round recorded, in round order; how many of them decide (the rule set's
+    ``rounds`` parameter) is the assessment's business (``cds.assessment``).
+    """
 
     exercise: str
     date: dt.date
@@ -72,13 +99,32 @@ class Session(_Fact):
         return max((p.score for p in self.pain_scores), default=None)
 
 
+#: what a skipped resource was meant to be, for the card's list of unusable data
+SkippedKind = Literal["pain", "round"]
+
+
 class SkippedResource(_Fact):
-    """A resource that was not used, and why. Never carries clinical values or patient ids."""
+    """A resource that was not used, and why.
+
+    ``resource_type``, ``resource_id`` and ``reason`` (a fixed technical text) are what logs may show.
+    The other fields are for the card only, never for logs: what the resource was meant to be
+    (``kind``), its date as written, a readable value, and ``reason_key`` (the key of the rule files'
+    wording for the reason, ``texts.skipped.reasons``).
+    """
 
     resource_type: str
     resource_id: str | None
     reason: str
-    invalid: bool = False  # True when it failed FHIR R4 validation (counted on the card)
+    #: True when the data itself is unusable: failed FHIR R4 validation, or valid FHIR that cannot
+    #: be used (date not precise to the day, pain outside 0-10, unknown exercise...). Counted on the card.
+    invalid: bool = False
+    reason_key: str | None = None
+    kind: SkippedKind | None = None
+    date_text: str | None = None  # the date as written (checked to be date-like), if any
+    value: float | None = None  # a readable pain score or reps value, if any
+    #: could have belonged to the latest session: dated on or after its date, undated, or linked to
+    #: its rounds by ``derivedFrom`` (with no usable session: every skipped round)
+    in_session: bool = False
 
 
 class PatientFacts(_Fact):
@@ -94,9 +140,17 @@ class PatientFacts(_Fact):
     skipped: tuple[SkippedResource, ...] = ()
 
     @property
+    def onset_condition(self) -> LbpCondition | None:
+        """The condition with the most recent documented onset: the latest *latest possible day*
+        (``2026-06`` is more recent than ``2026-06-20``); on a tie, the later earliest day."""
+        dated = [c for c in self.conditions if c.onset is not None and c.onset_latest is not None]
+        return max(dated, key=lambda c: (c.onset_latest, c.onset), default=None)
+
+    @property
     def onset(self) -> dt.date | None:
-        """The most recent documented onset among matching conditions."""
-        return max((c.onset for c in self.conditions if c.onset), default=None)
+        """The earliest possible day of the most recent documented onset (see ``onset_condition``)."""
+        c = self.onset_condition
+        return c.onset if c is not None else None
 
     @property
     def skipped_invalid(self) -> int:

@@ -3,6 +3,18 @@
 Pure module: no Flask, no database. The HTTP layer calls :func:`parse_feedback` on the decoded JSON body and
 maps :class:`FeedbackError` to a 400 whose message is ``str(exc)`` (it names the field, e.g.
 ``feedback[0].acceptedSuggestions: required when outcome is 'accepted'``).
+
+Liberal where CDS Hooks lets clients vary (issue 11), strict where safety needs it:
+
+* a key this service does not know (at any level: Epic's fields beyond CDS Hooks 2.0, a newer
+  specification's) is ignored, never a 400; :attr:`FeedbackRequest.ignored_fields` lists the names (for a
+  metric and a log line carrying names only, never values);
+* ``overrideReasons`` (Epic: a list of reasons, each an ``{reason, userComment}`` object or a bare Coding)
+  is accepted; when ``overrideReason`` is absent the first entry stands in for it;
+* a reason Coding without ``display`` (the CDS Hooks sandbox) is accepted;
+* what storage and reporting rely on stays strict: ``card`` and suggestion ids are UUIDs, ``outcome`` is
+  ``accepted``/``overridden``, ``acceptedSuggestions`` is required when accepted, ``outcomeTimestamp`` is
+  an ISO 8601 date-time.
 """
 
 from __future__ import annotations
@@ -13,7 +25,16 @@ import json
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from .db_text import DbText, StoredCoding
@@ -29,6 +50,7 @@ __all__ = [
     "OverrideReason",
     "format_loc",
     "parse_feedback",
+    "strip_unknown_fields",
 ]
 
 
@@ -42,9 +64,11 @@ def _uuid_str(value: Any) -> str:
 
 
 class _Model(BaseModel):
-    """Unknown keys are rejected; CDS Hooks' ``extension`` member is allowed where the spec allows it."""
+    """Unknown keys are ignored (:func:`parse_feedback` removes them first and reports their names), so the
+    OpenAPI document does not claim ``additionalProperties: false``. CDS Hooks' ``extension`` member is
+    kept where the spec allows it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
 
 
 class _Extensible(_Model):
@@ -75,7 +99,22 @@ class FeedbackItem(_Extensible):
     # Declared after `outcome` so its validator can see it; validated even when absent.
     acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, validate_default=True)
     overrideReason: OverrideReason | None = None
+    #: Epic: the reasons as a list (each an OverrideReason object or a bare Coding)
+    overrideReasons: list[OverrideReason] | None = None
     outcomeTimestamp: dt.datetime
+
+    @field_validator("overrideReasons", mode="before")
+    @classmethod
+    def _codings_are_reasons(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"reason": r} if isinstance(r, dict) and "code" in r and "reason" not in r else r for r in v]
+        return v
+
+    @model_validator(mode="after")
+    def _first_reason_stands_in(self) -> FeedbackItem:
+        if self.overrideReason is None and self.overrideReasons:
+            object.__setattr__(self, "overrideReason", self.overrideReasons[0])
+        return self
 
     @field_validator("card", mode="before")
     @classmethod
@@ -127,7 +166,7 @@ class FeedbackItem(_Extensible):
         """Identity of a report: the same service, card, outcome, timestamp, suggestions and reason give
         the same hash (so a repeated report is stored once); anything different gives a new one."""
         reason = self.overrideReason
-        key = {
+        key: dict[str, Any] = {
             "service": service_id,
             "card": self.card,
             "outcome": self.outcome,
@@ -140,12 +179,23 @@ class FeedbackItem(_Extensible):
                 "comment": reason.userComment,
             },
         }
+        if self.overrideReasons:  # only then, so hashes of CDS Hooks 2.0 reports stay what they were
+            key["reasons"] = [
+                {"coding": None if r.reason is None else r.reason.model_dump(mode="json"), "comment": r.userComment}
+                for r in self.overrideReasons
+            ]
         blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 class FeedbackRequest(_Extensible):
     feedback: list[FeedbackItem] = Field(json_schema_extra={"minItems": 1})
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def ignored_fields(self) -> tuple[str, ...]:
+        """Names of the unknown keys :func:`parse_feedback` ignored (sorted, each once)."""
+        return self._ignored
 
     @field_validator("feedback", mode="before")
     @classmethod
@@ -209,12 +259,66 @@ def _message(err: ErrorDetails) -> str:
     return msg
 
 
+def _schema() -> dict[type[BaseModel], dict[str, type[BaseModel] | None]]:
+    """model -> {key: the model its value (or each list item) is read with; None for a leaf value}."""
+    return {
+        FeedbackRequest: {"feedback": FeedbackItem, "extension": None},
+        FeedbackItem: {
+            "card": None, "outcome": None, "acceptedSuggestions": AcceptedSuggestion,
+            "overrideReason": OverrideReason, "overrideReasons": OverrideReason, "outcomeTimestamp": None,
+            "extension": None,
+        },
+        AcceptedSuggestion: {"id": None, "extension": None},
+        OverrideReason: {"reason": Coding, "userComment": None, "extension": None},
+        Coding: {name: None for name in Coding.model_fields},
+    }
+
+
+_SCHEMA = _schema()
+
+
+def strip_unknown_fields(data: Any, model: type[BaseModel] = FeedbackRequest) -> tuple[Any, set[str]]:
+    """``data`` without the keys ``model`` (and the models below it) does not know, and their names.
+
+    Values that are not objects/arrays where one is expected are left for validation to report. A bare
+    Coding in ``overrideReasons`` is read as a Coding. ``extension`` values are never looked into.
+    """
+    unknown: set[str] = set()
+
+    def walk(value: Any, current: type[BaseModel]) -> Any:
+        if not isinstance(value, dict):
+            return value
+        if current is OverrideReason and "code" in value and "reason" not in value:
+            current = Coding  # Epic's overrideReasons may list bare Codings
+        known = _SCHEMA[current]
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in known:
+                unknown.add(key)
+                continue
+            child = known[key]
+            if child is None:
+                out[key] = item
+            elif isinstance(item, list):
+                out[key] = [walk(i, child) for i in item]
+            else:
+                out[key] = walk(item, child)
+        return out
+
+    return walk(data, model), unknown
+
+
 def parse_feedback(data: Any) -> FeedbackRequest:
-    """Validate a decoded JSON feedback body. Raises :class:`FeedbackError` naming the field."""
+    """Validate a decoded JSON feedback body. Raises :class:`FeedbackError` naming the field.
+
+    Unknown keys are ignored; their names are on the result's :attr:`~FeedbackRequest.ignored_fields`."""
     if not isinstance(data, dict):
         raise FeedbackError([("(body)", "must be a JSON object with a 'feedback' array")])
+    data, unknown = strip_unknown_fields(data)
     try:
-        return FeedbackRequest.model_validate(data)
+        parsed = FeedbackRequest.model_validate(data)
+        parsed._ignored = tuple(sorted(unknown))
+        return parsed
     except ValidationError as exc:
         errors = []
         for err in exc.errors(include_url=False):

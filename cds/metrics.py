@@ -1,15 +1,36 @@
-"""Prometheus metrics of one app instance (its own registry, so test apps never collide)."""
+"""Prometheus metrics of one app instance (its own registry, so test apps never collide).
+
+Two modes, chosen by the environment like prometheus-client itself chooses its value store:
+
+- single process (``cds run``, ``cds run --dev``, the tests' ``create_app``): an ordinary registry,
+  rendered as is;
+- multiprocess (``PROMETHEUS_MULTIPROC_DIR`` set, as the production entry point does for its gunicorn
+  workers, :mod:`cds.gunicorn_conf`): every worker writes its values to files in that folder and
+  ``/metrics``, whichever worker answers it, renders the sum over all of them through a
+  ``MultiProcessCollector``; counters of workers that exited still count, the master removes their
+  live gauges (``mark_process_dead`` in gunicorn's ``child_exit``).
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess folder when that mode is on (the variable prometheus-client reads at import)."""
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = multiprocess_dir() is not None
         self.requests = Counter(
             "cds_requests_total", "HTTP requests by endpoint, service and status", ["endpoint", "service", "status"],
             registry=self.registry,
@@ -27,22 +48,37 @@ class Metrics:
             registry=self.registry,
         )
         self.feedback = Counter("cds_feedback_total", "Feedback items stored", ["outcome"], registry=self.registry)
+        # multiprocess: each worker's own count, summed over every worker since the container started
         self.audit_failures = Gauge(
             "cds_audit_failures", "Audit records that could not be written (failed or dropped) since start",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="sum",
         )
+        self._audit = None
 
     def watch_audit(self, audit) -> None:
-        self.audit_failures.set_function(lambda: audit.failures)
+        self._audit = audit
+        if not self.multiprocess:
+            self.audit_failures.set_function(lambda: audit.failures)
+        # multiprocess: a callback is not shared between processes; _sync_audit copies the count
+
+    def _sync_audit(self) -> None:
+        if self.multiprocess and self._audit is not None:
+            self.audit_failures.set(self._audit.failures)
 
     # observer interface (AppState.observers)
     def after_evaluation(self, hook_request, service_id, outcome) -> None:
         version = outcome.evaluation.ruleset.version
         for fired in outcome.evaluation.fired:
             self.decisions.labels(fired.rule_id, fired.decision, version).inc()
+        self._sync_audit()  # the previous requests' audit writes (the writer runs in the background)
 
     def fetch_error(self, key: str | None) -> None:
         self.fetch_errors.labels(key or "(none)").inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self._sync_audit()
+        registry = CollectorRegistry()  # per scrape, as prometheus-client's multiprocess mode requires
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -122,7 +122,7 @@ def evaluate(
     facts = extract(prefetch, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder)
     t1 = time.perf_counter()
     today = clock.today()
-    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today), today)
+    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today, doc.parameters), today)
     if stages is not None:
         evaluation = evaluation.model_copy(update={"fired": tuple(f for f in evaluation.fired if f.stage in stages)})
     t2 = time.perf_counter()

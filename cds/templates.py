@@ -43,14 +43,16 @@ __all__ = [
 #: the fact placeholders a card template may use, besides the rule set's parameter names
 PLACEHOLDERS: frozenset[str] = frozenset(
     {
-        "onset_date",  # most recent documented onset, YYYY-MM-DD
-        "onset_days_ago",  # days from onset to the evaluation date
+        "onset_date",  # most recent documented onset as written: YYYY-MM-DD, YYYY-MM or YYYY
+        "onset_days_ago",  # days from the onset's earliest possible day to the evaluation date
         "session_date",  # date of the latest session, YYYY-MM-DD
+        "session_days_ago",  # days from the latest session to the evaluation date
         "exercise",  # ladder code of the latest session's exercise
         "exercise_name",  # its ladder display name
         "recommended",  # ladder code of the recommended exercise
         "recommended_name",  # its ladder display name
-        "reps",  # reps per round of the latest session, e.g. "28, 27"
+        "reps",  # reps per round used of the latest session (the first `rounds`), e.g. "28, 27"
+        "extra_reps",  # reps of the rounds beyond the first `rounds` (shown, not used), e.g. "14"
         "max_pain",  # highest pain (0-10) associated with the latest session
         "min_reps",  # fewest reps in a round of the latest session
         "max_reps",  # most reps in a round of the latest session
@@ -59,6 +61,11 @@ PLACEHOLDERS: frozenset[str] = frozenset(
         "red_flag_condition",  # the red-flag conditions as the record names them, joined likewise
         "red_flag_risk_category",  # the risk-factor categories found
         "red_flag_risk_condition",  # the risk-factor conditions as the record names them
+        "rounds_used",  # rounds that decide (the first `rounds`)
+        "extra_rounds",  # rounds beyond the first `rounds`
+        "skipped_in_session",  # unusable pain scores and rounds that could have belonged to the latest session
+        "skipped_pain_max",  # highest readable value of an unusable pain score
+        "skipped_list",  # markdown list of the unusable data that could have mattered (texts.skipped)
     }
 )
 
@@ -91,14 +98,21 @@ REPS_NUMBER_CHARS = 3
 REPS_SEPARATOR = ", "
 
 DATE_FIELDS = frozenset({"onset_date", "session_date"})
-NUMBER_FIELDS = frozenset({"onset_days_ago", "max_pain", "min_reps", "max_reps", "rounds_recorded"})
+NUMBER_FIELDS = frozenset({
+    "onset_days_ago", "session_days_ago", "max_pain", "min_reps", "max_reps", "rounds_recorded", "rounds_used",
+    "extra_rounds", "skipped_in_session", "skipped_pain_max",
+})
 CODE_FIELDS = frozenset({"exercise", "recommended"})
 NAME_FIELDS = frozenset({"exercise_name", "recommended_name"})
 #: category placeholder -> the ``codes`` list its categories come from
 CATEGORY_FIELDS = {"red_flag_category": "red_flags", "red_flag_risk_category": "red_flag_risks"}
 CONDITION_FIELDS = frozenset({"red_flag_condition", "red_flag_risk_condition"})
-assert DATE_FIELDS | NUMBER_FIELDS | CODE_FIELDS | NAME_FIELDS | set(CATEGORY_FIELDS) | CONDITION_FIELDS | {
-    "reps"} == PLACEHOLDERS
+REPS_FIELDS = frozenset({"reps", "extra_reps"})
+#: multi-line lists: bounded so high that a summary using one is refused by the rule checker
+LIST_FIELDS = frozenset({"skipped_list"})
+LIST_CHARS = 10_000
+assert (DATE_FIELDS | NUMBER_FIELDS | CODE_FIELDS | NAME_FIELDS | set(CATEGORY_FIELDS) | CONDITION_FIELDS
+        | REPS_FIELDS | LIST_FIELDS) == PLACEHOLDERS
 
 _formatter = string.Formatter()
 
@@ -201,7 +215,9 @@ def placeholder_bound(name: str, ruleset: RuleSet) -> int:
         return max(min(joined, LIST_TEXT_CHARS), unknown)
     if name in CONDITION_FIELDS:
         return max(LIST_TEXT_CHARS, unknown)
-    if name == "reps":
+    if name in LIST_FIELDS:
+        return LIST_CHARS
+    if name in REPS_FIELDS:
         reps = REPS_MAX_ROUNDS * REPS_NUMBER_CHARS + (REPS_MAX_ROUNDS - 1) * len(REPS_SEPARATOR)
         return max(reps, unknown)
     if name in doc.parameters:

@@ -23,6 +23,9 @@ except ConfigError as e:
 _REFUSED = 4 if "gunicorn" in sys.modules else 1
 try:
     app = create_app(settings)
+except ConfigError as e:  # e.g. a trusted-issuers file that does not validate
+    print(f"configuration error: {e}", file=sys.stderr, flush=True)
+    raise SystemExit(_REFUSED) from None
 except RuleSetError as e:
     print(f"refusing to start: the rule files in {settings.rules_dir} are invalid:\n{e}", file=sys.stderr, flush=True)
     raise SystemExit(_REFUSED) from None

@@ -59,6 +59,13 @@ DELIBERATELY_INVALID_TAG = {
     "code": "deliberately-invalid",
     "display": "Deliberately invalid example resource: the service must skip it",
 }
+#: a valid FHIR resource the service cannot use (e.g. an effective date written only to the month):
+#: skipped and counted like an invalid one
+DELIBERATELY_UNUSABLE_TAG = {
+    "system": "https://lbp-cds.org/fhir/CodeSystem/example-tag",
+    "code": "deliberately-unusable",
+    "display": "Valid FHIR the service cannot use on purpose: it must skip and count it",
+}
 
 LBP_CODES = {
     "279039007": ("http://snomed.info/sct", "Low back pain"),
@@ -95,6 +102,7 @@ class Condition:
     clinical: str | None = "active"
     verification: str = "confirmed"
     subject: str | None = None  # another patient's id; default: the scenario's patient
+    onset_text: str | None = None  # an onset written literally (e.g. the month "2026-10"), instead of ``onset``
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,7 @@ class Pain:
     label: str = ""
     effective: str | None = None  # a literal effectiveDateTime, used to break the resource on purpose
     invalid: bool = False  # deliberately fails FHIR validation; never validated here
+    unusable: bool = False  # valid FHIR the service cannot use (tagged DELIBERATELY_UNUSABLE_TAG)
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,11 @@ class Scenario:
     def deliberately_invalid(self) -> int:
         """How many resources of the request are broken on purpose (and must be skipped as invalid)."""
         return sum(p.invalid for p in self.pains)
+
+    @property
+    def deliberately_unusable(self) -> int:
+        """How many resources are valid FHIR the service cannot use, on purpose (skipped and counted)."""
+        return sum(p.unusable for p in self.pains)
 
 
 def older(exercise: str, linked: bool = False, pain: int | None = 1) -> tuple[Session, ...]:
@@ -250,6 +264,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("order-one-rung-too-high",
              sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)),
              drafts=(Draft(SL),)),
+    Scenario("order-red-flag",
+             conditions=(Condition(-300), Condition(-20, code="S32.010A")),
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)),
+             drafts=(Draft(BD),)),
     Scenario("pain-derived-from",
              sessions=(Session(-16, BD, (19, 18), pain=1, linked=True), Session(-9, BD, (20, 18)),
                        Session(L, BD, (28, 27))),
@@ -299,6 +317,31 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("boundary-onset-42-days",
              conditions=(Condition(-42),),
              sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
+    # imprecise and impossible dates, sessions as prescribed (anchor 2026-11-20, new_onset_days 42)
+    Scenario("onset-month-new",
+             conditions=(Condition(None, onset_text="2026-11"),),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("onset-month-straddling",
+             conditions=(Condition(None, onset_text="2026-10"),),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("onset-month-old",
+             conditions=(Condition(None, onset_text="2026-06"),),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("onset-month-beside-old-condition",
+             conditions=(Condition(-300, code="278860009"), Condition(None, code="M54.50", onset_text="2026-10")),
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
+    Scenario("onset-future",
+             conditions=(Condition(16),),
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1))),
+    Scenario("extra-round-28-27-14",
+             sessions=(*older(BD), Session(L, BD, (28, 27, 14), pain=1, linked=True))),
+    Scenario("single-round-28",
+             sessions=(*older(BD), Session(L, BD, (28,), pain=1))),
+    Scenario("stale-session",
+             sessions=(Session(-40, HA, (20, 19), pain=1), Session(-31, BD, (28, 27), pain=1))),
+    Scenario("pain-9-partial-date",
+             sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)),
+             pains=(Pain(L, 9, label="month", effective="2026-11", unusable=True),)),
 )
 
 
@@ -358,8 +401,8 @@ class _Request:
         res["category"] = [concept(CONDITION_CATEGORY, "problem-list-item", "Problem List Item")]
         res["code"] = {"coding": [coding(system, c.code, display)], "text": display}
         res["subject"] = self.subject(c.subject)
-        if c.onset is not None:
-            onset = self.date(c.onset).isoformat()
+        if c.onset is not None or c.onset_text is not None:
+            onset = c.onset_text if c.onset_text is not None else self.date(c.onset or 0).isoformat()
             if c.period:
                 res["onsetPeriod"] = {"start": onset}
             else:
@@ -394,6 +437,8 @@ class _Request:
         res: dict[str, Any] = {"resourceType": "Observation", "id": self.ids.new("pain", p.label, f"{day:%Y%m%d}")}
         if p.invalid:
             res["meta"] = {"tag": [DELIBERATELY_INVALID_TAG]}
+        elif p.unusable:
+            res["meta"] = {"tag": [DELIBERATELY_UNUSABLE_TAG]}
         res.update({
             "status": p.status,
             "category": [concept(OBSERVATION_CATEGORY, "survey", "Survey")],
@@ -413,9 +458,11 @@ class _Request:
 
 
 def _newest_first(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Order like ``_sort=-date``; a resource with an unparseable date goes last."""
+    """Order like ``_sort=-date``; a resource with an unparseable or partial date goes last."""
     def key(res: dict[str, Any]) -> tuple[int, dt.datetime]:
         try:
+            if len(res["effectiveDateTime"]) < 10:
+                raise ValueError("a partial date")
             return 1, dt.datetime.fromisoformat(res["effectiveDateTime"]).astimezone(dt.timezone.utc)
         except ValueError:
             return 0, dt.datetime.min.replace(tzinfo=dt.timezone.utc)
@@ -481,6 +528,10 @@ def build_request(s: Scenario, anchor: dt.date) -> dict[str, Any]:
 
 def is_deliberately_invalid(resource: dict[str, Any]) -> bool:
     return DELIBERATELY_INVALID_TAG in resource.get("meta", {}).get("tag", [])
+
+
+def is_deliberately_unusable(resource: dict[str, Any]) -> bool:
+    return DELIBERATELY_UNUSABLE_TAG in resource.get("meta", {}).get("tag", [])
 
 
 def request_resources(request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -633,7 +684,9 @@ their session's rounds, others rely on being on the session's date.
 
 Every resource is valid FHIR R4 (checked with the `fhir.resources` R4B models by the generator and by
 `tests/test_examples_data.py`) except the one a scenario breaks on purpose; it carries the `meta.tag`
-`https://lbp-cds.org/fhir/CodeSystem/example-tag|deliberately-invalid`.
+`https://lbp-cds.org/fhir/CodeSystem/example-tag|deliberately-invalid`. A resource that is valid FHIR but
+that the service cannot use on purpose (a pain score dated only to the month) carries
+`https://lbp-cds.org/fhir/CodeSystem/example-tag|deliberately-unusable`; both are skipped and counted.
 
 ## Regenerate
 

@@ -218,6 +218,8 @@ def _recommendation(ext: Any, card: dict, path: str, problems: list[str]) -> Non
     for key in ("sessionDate", "onsetDate"):
         if key in facts:
             _date(facts[key], f"{fpath}.{key}", problems)
+    if "onsetPrecision" in facts and (facts["onsetPrecision"] not in ("month", "year") or "onsetDate" not in facts):
+        problems.append(f"{fpath}.onsetPrecision: 'month' or 'year' beside onsetDate, got {_fmt(facts['onsetPrecision'])}")
     if "reps" in facts:
         reps = facts["reps"]
         if not isinstance(reps, list) or not all(_is_number(r) and r >= 0 for r in reps):

@@ -104,6 +104,42 @@ def make_settings(**overrides: Any):
     return load_settings({}, development=True, **values)
 
 
+def error_issue(body_or_response: Any) -> dict[str, Any]:
+    """The single issue of an error body, checked to be a FHIR OperationOutcome (``cds.http.errors``).
+
+    Takes the decoded body or a response (Flask test response or httpx response)."""
+    body = body_or_response
+    if hasattr(body, "get_json"):
+        body = body.get_json()
+    elif hasattr(body, "json") and callable(body.json):
+        body = body.json()
+    assert isinstance(body, dict) and set(body) == {"resourceType", "issue"}, body
+    assert body["resourceType"] == "OperationOutcome", body
+    assert isinstance(body["issue"], list) and len(body["issue"]) == 1, body
+    issue = body["issue"][0]
+    assert issue["severity"] == "error", issue
+    assert isinstance(issue["code"], str) and issue["code"], issue
+    assert isinstance(issue["diagnostics"], str) and issue["diagnostics"], issue
+    return issue
+
+
+def error_message(body_or_response: Any) -> str:
+    """What an error body says is wrong: its OperationOutcome issue's ``diagnostics``."""
+    return error_issue(body_or_response)["diagnostics"]
+
+
+def error_expression(body_or_response: Any) -> list[str] | None:
+    """The field path(s) an error body names: its OperationOutcome issue's ``expression`` (None if absent)."""
+    return error_issue(body_or_response).get("expression")
+
+
+#: the whole body of every 401 (no detail on why)
+UNAUTHORIZED_BODY = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "security", "diagnostics": "unauthorized"}],
+}
+
+
 @pytest.fixture(scope="session")
 def evaluation_date() -> dt.date:
     return EVALUATION_DATE

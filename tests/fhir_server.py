@@ -1,8 +1,20 @@
 """A small, real FHIR R4 HTTP server for tests (loopback only, stdlib ``http.server``).
 
 It serves resources by type with the search parameters the service's prefetch templates use
-(``patient``, ``code`` as ``system|code`` comma lists, ``_sort=-date``, ``_count``, paging through a
-``_offset`` parameter in ``next`` links) and ``Type/{id}`` reads. Its data usually comes from the prefetch
+(``patient``, ``code`` as ``system|code`` comma lists, ``_sort=-date``, ``_count``) and ``Type/{id}``
+reads, and behaves like the real servers the service meets (HAPI FHIR on Tomcat):
+
+* **strict like Tomcat** (``strict``, on by default): a request target with a character RFC 3986 does not
+  allow (a raw ``|``, space, ``"``, ``{``, ``[``, non-ASCII, a ``%`` that starts no escape) is answered
+  400 before anything else, as Tomcat does on its default settings;
+* **HAPI-style paging** (``paging="hapi"``, the default): ``next`` links are
+  ``[base]?_getpages=<id>&_getpagesoffset=N&_count=N&_bundletype=searchset``, on the base path itself,
+  served from the stored search; ``paging="offset"`` writes ``[base]/Type?...&_offset=N`` links instead;
+* **slow** (``search_delay``: seconds before answering each type-level search, e.g. 0.6);
+* **closing idle keep-alive connections** (``idle_timeout``: seconds, e.g. 1.0): the socket is really
+  closed, so a client's pooled connection goes stale; ``drop_next`` closes the connection of the next N
+  requests without answering (by default only on reused connections: the race a real server's idle close
+  causes), to test the one retry. Its data usually comes from the prefetch
 Bundles of a hook request file (``fhir_examples/requests/*.json``)::
 
     with FhirTestServer(FhirData.from_hook_request(path)) as server:
@@ -19,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterable, Mapping
@@ -34,6 +47,9 @@ except ImportError:  # pragma: no cover
     from tests.loopback import LoopbackServer
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
+
+#: what RFC 3986 does not allow in a request target (path and query): Tomcat answers 400 to it
+_DISALLOWED = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,6 +174,8 @@ class SeenRequest:
     query: dict[str, list[str]]
     authorization: str | None
     accept: str | None
+    raw: str = ""  # the request target exactly as received (percent-encoding intact)
+    answered: bool = True  # False: refused as malformed (400) or dropped without an answer
 
 
 @dataclass
@@ -193,7 +211,16 @@ class FhirTestServer(LoopbackServer):
         self.next_base: str | None = None  # base URL for next links (default: this server)
         self.default_count: int | None = None  # page size when the request has no _count
         self.max_count: int | None = None  # cap on _count (servers may page smaller than asked)
+        self.strict = True  # 400 on characters RFC 3986 does not allow in the request target (Tomcat)
+        self.paging = "hapi"  # "hapi": [base]?_getpages=... next links; "offset": [base]/Type?..&_offset=N
+        self.search_delay = 0.0  # seconds before answering each type-level search
+        self.getpages_delay = 0.0  # seconds before answering each _getpages page
+        self.idle_timeout: float | None = None  # close keep-alive connections idle this long (seconds)
+        self.drop_next = 0  # close the connection of the next N requests without answering
+        self.drop_reused_only = True  # ... only requests on a reused (keep-alive) connection
+        self.connections = 0  # TCP connections accepted
         self.requests: list[SeenRequest] = []
+        self._searches: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -230,10 +257,34 @@ class FhirTestServer(LoopbackServer):
         self.next_base = None
         self.default_count = None
         self.max_count = None
+        self.strict = True
+        self.paging = "hapi"
+        self.search_delay = 0.0
+        self.getpages_delay = 0.0
+        self.idle_timeout = None
+        self.drop_next = 0
+        self.drop_reused_only = True
 
     def record(self, seen: SeenRequest) -> None:
         with self._lock:
             self.requests.append(seen)
+
+    def store_search(self, rtype: str, results: list[dict[str, Any]]) -> str:
+        with self._lock:
+            search_id = f"s{len(self._searches) + 1:06d}"
+            self._searches[search_id] = (rtype, results)
+        return search_id
+
+    def stored_search(self, search_id: str) -> tuple[str, list[dict[str, Any]]] | None:
+        with self._lock:
+            return self._searches.get(search_id)
+
+    def take_drop(self, reused: bool) -> bool:
+        with self._lock:
+            if self.drop_next > 0 and (reused or not self.drop_reused_only):
+                self.drop_next -= 1
+                return True
+            return False
 
     def sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
@@ -281,6 +332,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self) -> None:
+        # StreamRequestHandler.setup applies self.timeout to the socket: an idle keep-alive connection
+        # then times out in handle_one_request, which closes it (a real close, like a server's idle timer)
+        self.timeout = self.owner.idle_timeout
+        self.served = 0
+        with self.owner._lock:
+            self.owner.connections += 1
         super().setup()
         # Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -316,17 +373,33 @@ class _Handler(BaseHTTPRequestHandler):
     # -- GET ---------------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         owner = self.owner
+        self.served += 1
         parts = urlsplit(self.path)
         query = parse_qs(parts.query, keep_blank_values=True)
+        malformed = owner.strict and _DISALLOWED.search(self.path) is not None
+        dropped = not malformed and owner.take_drop(reused=self.served > 1)
         owner.record(SeenRequest(
             "GET", parts.path, query, self.headers.get("Authorization"), self.headers.get("Accept"),
+            raw=self.path, answered=not (malformed or dropped),
         ))
+        if dropped:  # as if the server had closed this idle connection just as the request came in
+            self.close_connection = True
+            return
+        if malformed:  # Tomcat: "Invalid character found in the request target", HTML, and close
+            self.close_connection = True
+            return self._send(400, b"<html><body>HTTP Status 400 - Bad Request</body></html>", "text/html")
         path = parts.path
         if owner.base_path:
             if not (path == owner.base_path or path.startswith(owner.base_path + "/")):
                 return self._outcome(404, "not-found", "unknown base")
             path = path[len(owner.base_path):]
         segments = [s for s in path.split("/") if s]
+        stored = None
+        if not segments and "_getpages" in query:  # a HAPI page: [base]?_getpages=<id>&...
+            stored = owner.stored_search(query["_getpages"][-1])
+            if stored is None:
+                return self._outcome(410, "not-found", "search id unknown or expired")
+            segments = [stored[0]]
         if not segments:
             return self._outcome(404, "not-found", "no resource type")
         rtype = segments[0]
@@ -353,6 +426,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, resource, override.trickle)
         if len(segments) != 1:
             return self._outcome(400, "not-supported", "unsupported path")
+        if stored is not None:
+            return self._getpages(query, stored, override)
+        if owner.search_delay:
+            owner.sleep(owner.search_delay)
+            if owner._stop.is_set():
+                return
         results = owner.search(rtype, query)
         count_values = query.get("_count") or ([str(owner.default_count)] if owner.default_count else [])
         try:
@@ -362,12 +441,34 @@ class _Handler(BaseHTTPRequestHandler):
             offset = max(0, int(query.get("_offset", ["0"])[-1]))
         except ValueError:
             return self._outcome(400, "invalid", "bad _count or _offset")
+        self._page(rtype, path, parts.query, results, offset, count, override)
+
+    def _getpages(self, query: Mapping[str, list[str]], stored: tuple[str, list[dict[str, Any]]],
+                  override: Override) -> None:
+        """HAPI FHIR's paging: the page of a stored search."""
+        owner = self.owner
+        rtype, results = stored
+        if owner.getpages_delay:
+            owner.sleep(owner.getpages_delay)
+            if owner._stop.is_set():
+                return
+        try:
+            offset = max(0, int(query.get("_getpagesoffset", ["0"])[-1]))
+            count = max(1, int(query.get("_count", ["0"])[-1]))
+        except ValueError:
+            return self._outcome(400, "invalid", "bad _getpagesoffset or _count")
+        self._page(rtype, "", urlsplit(self.path).query, results, offset, count, override)
+
+    def _page(self, rtype: str, path: str, raw_query: str, results: list[dict[str, Any]], offset: int,
+              count: int, override: Override) -> None:
+        owner = self.owner
+        query = parse_qs(raw_query, keep_blank_values=True)
         page = results[offset : offset + count]
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
             "type": "searchset",
             "total": len(results),
-            "link": [{"relation": "self", "url": owner.base_url + path + ("?" + parts.query if parts.query else "")}],
+            "link": [{"relation": "self", "url": owner.base_url + path + ("?" + raw_query if raw_query else "")}],
             "entry": [
                 {"fullUrl": f"{owner.base_url}/{r['resourceType']}/{r.get('id', '')}", "resource": r,
                  "search": {"mode": "match"}}
@@ -375,13 +476,17 @@ class _Handler(BaseHTTPRequestHandler):
             ],
         }
         if offset + count < len(results):
-            next_query = {k: v for k, v in query.items() if k != "_offset"}
-            next_query["_offset"] = [str(offset + count)]
-            next_query["_count"] = [str(count)]
             base = owner.next_base or owner.base_url
-            bundle["link"].append({
-                "relation": "next", "url": f"{base}{path}?{urlencode(next_query, doseq=True)}",
-            })
+            if owner.paging == "hapi":
+                search_id = query["_getpages"][-1] if "_getpages" in query else owner.store_search(rtype, results)
+                next_url = (f"{base}?_getpages={search_id}&_getpagesoffset={offset + count}&_count={count}"
+                            "&_bundletype=searchset")
+            else:
+                next_query = {k: v for k, v in query.items() if k != "_offset"}
+                next_query["_offset"] = [str(offset + count)]
+                next_query["_count"] = [str(count)]
+                next_url = f"{base}/{rtype}?{urlencode(next_query, doseq=True)}"
+            bundle["link"].append({"relation": "next", "url": next_url})
         if owner.operation_outcome:
             bundle["entry"].append({
                 "resource": {"resourceType": "OperationOutcome", "issue": [

@@ -21,8 +21,8 @@ from typing import Any
 
 from openapi_schema_validator import OAS31Validator, oas31_format_checker
 
-#: the component schema of every error body (cds.http.errors.ErrorResponse)
-ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
+#: the component schema of every error body (cds.http.errors.OperationOutcome)
+ERROR_SCHEMA = {"$ref": "#/components/schemas/OperationOutcome"}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from cdshooks_conformance import assert_conformant_response, empty_values
-from conftest import REQUESTS_DIR, SERVICE_URL
+from conftest import REQUESTS_DIR, SERVICE_URL, error_expression, error_issue
 
 BASE = json.loads((REQUESTS_DIR / "bird-dog-20-18.json").read_text())
 
@@ -37,12 +37,11 @@ def request_with(change) -> dict[str, Any]:
 
 
 def assert_error(response, status: int, *words: str) -> dict[str, Any]:
-    """A JSON error body ``{"error": {"status", "message"}}`` with ``status``, mentioning every word."""
+    """A JSON OperationOutcome error body with ``status``, whose diagnostics mention every word."""
     assert response.status_code == status, (response.status_code, response.get_data(as_text=True)[:500])
     assert response.mimetype == "application/json"
     body = response.get_json()
-    assert body["error"]["status"] == status
-    message = body["error"]["message"]
+    message = error_issue(body)["diagnostics"]
     assert isinstance(message, str) and message
     for word in words:
         assert word in message, f"{word!r} not named in {message!r}"
@@ -179,7 +178,8 @@ def test_a_body_that_is_not_an_object_is_400(client, body):
 @pytest.mark.parametrize("field", ["hook", "hookInstance", "context"])
 def test_a_missing_required_field_is_400_naming_it(client, field):
     body = assert_error(post(client, request_with(lambda b: b.pop(field))), 400, field, "required")
-    assert body["error"]["message"].startswith(field)
+    assert error_issue(body)["diagnostics"].startswith(field)
+    assert error_expression(body) == [field]
 
 
 @pytest.mark.parametrize("field", ["patientId", "userId"])
@@ -273,12 +273,13 @@ def test_get_on_the_service_is_405(client):
 def test_a_required_prefetch_key_absent_without_fhir_server_is_412_naming_it(client, key):
     body = request_with(lambda b: b["prefetch"].pop(key))
     error = assert_error(post(client, body), 412, key, "fhirServer")
-    assert error["error"]["key"] == key
+    assert error_expression(error) == [f"prefetch.{key}"]
+    assert error_issue(error)["code"] == "incomplete"
 
 
 def test_no_prefetch_at_all_without_fhir_server_is_412(client):
     error = assert_error(post(client, request_with(lambda b: b.pop("prefetch"))), 412, "patient")
-    assert error["error"]["key"] == "patient"
+    assert error_expression(error) == ["prefetch.patient"]
 
 
 # ------------------------------------------------------------------------------------------------

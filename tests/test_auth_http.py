@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import REQUESTS_DIR, RULES_DIR, SERVICE_URL
+from conftest import REQUESTS_DIR, RULES_DIR, SERVICE_URL, UNAUTHORIZED_BODY
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 try:
@@ -115,7 +115,7 @@ def feedback_request() -> dict[str, Any]:
 def assert_refused(response) -> None:
     assert response.status_code == 401, response.get_data(as_text=True)[:300]
     assert response.headers.get("WWW-Authenticate", "").startswith("Bearer")
-    assert response.get_json() == {"error": {"status": 401, "message": "unauthorized"}}
+    assert response.get_json() == UNAUTHORIZED_BODY
 
 
 # ---- accepted ------------------------------------------------------------------------------------

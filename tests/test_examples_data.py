@@ -51,8 +51,13 @@ def entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def day(value: str) -> dt.date:
-    """The date part of a FHIR date/dateTime as written."""
-    return dt.date.fromisoformat(value[:10])
+    """The date part of a FHIR date/dateTime as written (a year or year-month: its first day)."""
+    value = value[:10]
+    return dt.date.fromisoformat(value + "-01-01"[len(value) - 4:] if len(value) < 10 else value)
+
+
+#: scenarios whose onset is after the evaluation date on purpose (a data-entry error the service flags)
+FUTURE_ONSET = {"onset-future"}
 
 
 def offset(value: str) -> int:
@@ -142,7 +147,7 @@ def test_bundles_are_searchsets_newest_first(name):
             assert e["search"] == {"mode": "match"}
         if key != "conditions":
             stamps = [dt.datetime.fromisoformat(r["effectiveDateTime"]) for r in entries(bundle)
-                      if not gen.is_deliberately_invalid(r)]
+                      if not gen.is_deliberately_invalid(r) and not gen.is_deliberately_unusable(r)]
             assert stamps == sorted(stamps, reverse=True)
     assert {r["resourceType"] for r in entries(prefetch["conditions"])} <= {"Condition"}
     ids = [r["id"] for r in gen.request_resources(load(name))]
@@ -188,7 +193,7 @@ def test_observations_follow_the_profile(name):
         for ref in r.get("derivedFrom", []):
             assert ref["reference"].removeprefix("Observation/") in round_ids
     for r in gen.request_resources(req)[1:]:
-        if not gen.is_deliberately_invalid(r):
+        if not gen.is_deliberately_invalid(r) and not (name in FUTURE_ONSET and r["resourceType"] == "Condition"):
             assert offset(r.get("effectiveDateTime") or r.get("onsetDateTime") or r.get("onsetPeriod", {}).get(
                 "start", ANCHOR.isoformat())) <= 0, "no data after the evaluation date"
         assert r["subject"]["reference"] in {f"Patient/{pid}", "Patient/someone-else"}

@@ -19,12 +19,14 @@ import httpx
 import pytest
 import yaml
 from cdshooks_conformance import assert_conformant_response
-from conftest import EVALUATION_DATE, EXAMPLE_NAMES, RULES_DIR, SERVICE_URL, build_app, example_requests
+from conftest import EVALUATION_DATE, EXAMPLE_NAMES, RULES_DIR, SERVICE_URL, build_app, error_message, example_requests
 from werkzeug.serving import make_server
 
 EXAMPLES = dict(example_requests())
 EXT = "org.lbp-cds.recommendation"
 DELIBERATELY_INVALID = {"system": "https://lbp-cds.org/fhir/CodeSystem/example-tag", "code": "deliberately-invalid"}
+#: valid FHIR the service cannot use on purpose (e.g. a date written only to the month): counted too
+DELIBERATELY_UNUSABLE = {"system": "https://lbp-cds.org/fhir/CodeSystem/example-tag", "code": "deliberately-unusable"}
 RULES_FILE = yaml.safe_load((RULES_DIR / "progression.yaml").read_text())
 RULES = {r["id"]: r for r in RULES_FILE["rules"]}
 
@@ -34,13 +36,13 @@ def test_there_are_examples():
 
 
 def deliberately_invalid(request: dict[str, Any]) -> int:
-    """How many resources of the request carry the example tag of a resource broken on purpose."""
+    """How many resources of the request carry the example tag of a resource broken (or unusable) on purpose."""
     count = 0
     for value in request["prefetch"].values():
         for resource in [e["resource"] for e in value.get("entry", [])] if value["resourceType"] == "Bundle" else [value]:
             tags = resource.get("meta", {}).get("tag", [])
-            count += any(t.get("system") == DELIBERATELY_INVALID["system"] and t.get("code") == DELIBERATELY_INVALID["code"]
-                         for t in tags)
+            count += any(t.get("system") == tag["system"] and t.get("code") == tag["code"]
+                         for t in tags for tag in (DELIBERATELY_INVALID, DELIBERATELY_UNUSABLE))
     return count
 
 
@@ -177,6 +179,6 @@ def test_errors_over_a_real_http_server(server_url):
     with httpx.Client(base_url=server_url, timeout=10) as http:
         response = http.post(SERVICE_URL, content=b"{not json", headers={"Content-Type": "application/json"})
         assert response.status_code == 400
-        assert "JSON" in response.json()["error"]["message"]
+        assert "JSON" in error_message(response.json())
         response = http.post("/cds-services/unknown", json={})
         assert response.status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -221,7 +222,7 @@ def test_loinc_answer_mapping_matches_spec() -> None:
     }  # fmt: skip
 
 
-def test_unknown_answer_code_or_no_value_skipped_not_invalid() -> None:
+def test_unknown_answer_code_or_no_value_skipped_and_counted() -> None:
     wrong_system = pain_obs("p-sys", score="LA6111-4", value="answer")
     wrong_system["valueCodeableConcept"]["coding"][0]["system"] = "http://example.org"
     facts = run(
@@ -232,7 +233,11 @@ def test_unknown_answer_code_or_no_value_skipped_not_invalid() -> None:
     reasons = skipped_ids(facts)
     assert set(reasons) == {"p-code", "p-sys", "p-none"}
     assert all("no usable pain value" in r for r in reasons.values())
-    assert facts.skipped_invalid == 0
+    assert facts.skipped_invalid == 3  # unusable data is counted on the card
+    assert {s.reason_key for s in facts.skipped} == {"no_value"}
+    assert all(s.kind == "pain" and s.in_session and s.date_text == DAY for s in facts.skipped)
+    # the answer code of another system is not read as a score, even for the card
+    assert {s.resource_id: s.value for s in facts.skipped} == {"p-code": None, "p-sys": None, "p-none": None}
 
 
 @pytest.mark.parametrize("score", [11, -1, 10.5])
@@ -240,7 +245,9 @@ def test_out_of_range_pain_skipped(score: float) -> None:
     facts = run(rounds=[round_obs("r1")], pains=[pain_obs("p-bad", score=score), pain_obs("p-ok", score=10)])
     assert [p.resource_id for p in facts.pain_scores] == ["p-ok"]
     assert skipped_ids(facts) == {"p-bad": "pain score outside the 0-10 scale"}
-    assert facts.skipped_invalid == 0
+    assert facts.skipped_invalid == 1
+    (bad,) = facts.skipped
+    assert (bad.kind, bad.value, bad.reason_key, bad.in_session) == ("pain", score, "value_out_of_range", True)
 
 
 # --- status and subject -------------------------------------------------------------------------------
@@ -407,7 +414,15 @@ def test_unusable_rounds_skipped_with_reason() -> None:
         "r-nodate": "no effectiveDateTime or effectivePeriod.start",
         "r-partial": "effective date is not a full calendar date",
     }
-    assert facts.skipped_invalid == 0
+    assert facts.skipped_invalid == 8  # every one of them is unusable data, counted on the card
+    keys = {s.resource_id: s.reason_key for s in facts.skipped}
+    assert keys == {
+        "r-neg": "value_out_of_range", "r-huge": "value_out_of_range", "r-unknown": "unknown_exercise",
+        "r-system": "unknown_exercise", "r-noex": "no_exercise", "r-noreps": "no_value", "r-nodate": "no_date",
+        "r-partial": "partial_date",
+    }
+    # all dated on or after the session (or undated): each could have belonged to it
+    assert all(s.in_session for s in facts.skipped)
 
 
 def test_values_rounded_to_two_decimals_so_the_engine_can_read_them() -> None:
@@ -559,7 +574,10 @@ def test_date_is_taken_as_written_in_its_own_offset() -> None:
     assert [p.resource_id for p in s.pain_scores] == ["p-21"]
 
 
-def test_long_history_latest_session_and_little_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_history_every_resource_validated_once_then_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cds.fhir_validation import validation_cache
+
+    validation_cache.clear()
     start = dt.date(2025, 1, 1)
     rounds, pains = [], []
     for day in range(200):
@@ -567,7 +585,8 @@ def test_long_history_latest_session_and_little_validation(monkeypatch: pytest.M
         exercise = LADDER.codes[min(day // 60, 3)]
         rounds += [round_obs(f"r{day}-{n}", f"{date}T09:0{n}:00+01:00", exercise, 10 + n, n) for n in (1, 2)]
         pains.append(pain_obs(f"p{day}", f"{date}T09:05:00+01:00", day % 3))
-    rounds[5]["effectiveDateTime"] = "2025-01-02T99:00:00Z"  # invalid, but old: never validated
+    rounds[5]["effectiveDateTime"] = "2025-01-02T99:00:00Z"  # invalid and old: still validated and counted
+    pains[7]["valueQuantity"]["value"] = 12  # out of range and old: counted too
     rounds.reverse()  # history order must not matter
     pains.reverse()
     assert len(rounds) == 400 and len(pains) == 200
@@ -588,8 +607,17 @@ def test_long_history_latest_session_and_little_validation(monkeypatch: pytest.M
     assert s is not None and s.date == last and s.exercise == "reverse-hyper"
     assert [r.resource_id for r in s.rounds] == ["r199-1", "r199-2"] and s.reps == [11.0, 12.0]
     assert [p.resource_id for p in s.pain_scores] == ["p199"] and s.max_pain == 199 % 3
-    assert validated == 3  # two rounds and one pain score, not the history
-    assert facts.skipped == ()
+    assert validated == 600  # every round and pain score, once
+    assert {(x.resource_id, x.reason_key) for x in facts.skipped} == {("r2-2", "invalid"), ("p7", "value_out_of_range")}
+    assert facts.skipped_invalid == 2
+    assert not any(x.in_session for x in facts.skipped)  # old history: could not have been the session
+    (pain,) = [x for x in facts.skipped if x.kind == "pain"]
+    assert pain.value == 12 and pain.date_text == "2025-01-08T09:05:00+01:00"
+
+    validated = 0
+    # the EHR sends the same history at the next chart opening (JSON parsed afresh)
+    again = run(rounds=json.loads(json.dumps(rounds)), pains=json.loads(json.dumps(pains)))
+    assert validated == 0 and again == facts
 
 
 # --- prefetch shape -------------------------------------------------------------------------------------
@@ -673,3 +701,123 @@ def test_log_lines_cannot_be_forged_and_missing_ids_skipped(caplog: pytest.LogCa
     ]
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3 and all("\n" not in m for m in messages)
+
+
+# --- dates written to the year or month; what a skipped resource carries for the card ---------------------
+
+
+def test_onset_precision_bounds_and_text_as_written() -> None:
+    facts = run(
+        conditions=[
+            condition("c-year", "2025"),
+            condition("c-month", "2024-02"),  # a leap February: its latest day is the 29th
+            condition("c-dec", "2023-12", period=True),
+            condition("c-day", "2026-03-04"),
+            condition("c-time", "2026-04-15T23:30:00-07:00"),  # the date as written, not UTC's 16th
+        ]
+    )
+    got = {c.resource_id: (c.onset, c.onset_latest, c.onset_precision, c.onset_text) for c in facts.conditions}
+    assert got == {
+        "c-year": (dt.date(2025, 1, 1), dt.date(2025, 12, 31), "year", "2025"),
+        "c-month": (dt.date(2024, 2, 1), dt.date(2024, 2, 29), "month", "2024-02"),
+        "c-dec": (dt.date(2023, 12, 1), dt.date(2023, 12, 31), "month", "2023-12"),
+        "c-day": (dt.date(2026, 3, 4), dt.date(2026, 3, 4), "day", "2026-03-04"),
+        "c-time": (dt.date(2026, 4, 15), dt.date(2026, 4, 15), "day", "2026-04-15"),
+    }
+
+
+def test_most_recent_onset_is_the_latest_possible_day() -> None:
+    # 2026-06 may be as late as 06-30: more recent than 2026-06-20, though it may also be earlier
+    facts = run(conditions=[condition("c-day", "2026-06-20"), condition("c-month", "2026-06"), condition("c-old", "2025")])
+    assert facts.onset_condition is not None and facts.onset_condition.resource_id == "c-month"
+    assert facts.onset == dt.date(2026, 6, 1)
+    # on a tie of the latest day, the later earliest day (the more precise one) wins
+    facts = run(conditions=[condition("c-month", "2026-06"), condition("c-last", "2026-06-30")])
+    assert facts.onset_condition is not None and facts.onset_condition.resource_id == "c-last"
+
+
+def test_partial_effective_date_is_skipped_counted_and_described() -> None:
+    facts = run(
+        rounds=[round_obs("r-ok", "2026-11-18", reps=20, round_no=1), round_obs("r-month", "2026-11", reps=9)],
+        pains=[pain_obs("p-year", "2026", 7)],
+    )
+    s = facts.latest_session
+    assert s is not None and [r.resource_id for r in s.rounds] == ["r-ok"]
+    got = {x.resource_id: (x.reason_key, x.kind, x.date_text, x.value, x.in_session, x.invalid) for x in facts.skipped}
+    assert got == {
+        "r-month": ("partial_date", "round", "2026-11", 9, True, True),  # November may include the 18th
+        "p-year": ("partial_date", "pain", "2026", 7, True, True),
+    }
+
+
+def test_could_have_belonged_to_the_latest_session() -> None:
+    session = [round_obs("r1", "2026-11-18T10:00:00-05:00", reps=20, round_no=1),
+               round_obs("r2", "2026-11-18T10:10:00-05:00", reps=20, round_no=2)]
+    facts = run(
+        rounds=[*session, round_obs("r-old", "2026-11-01", reps=-3), round_obs("r-later", "2026-11-19", exercise="plank")],
+        pains=[
+            pain_obs("p-linked", "2026-02-30T10:00:00Z", 9, derived=("r1",)),  # invalid date, linked: could matter
+            pain_obs("p-other", "2026-11-19", 11, derived=("r-old",)),  # linked to another session: not
+            pain_obs("p-before", "2026-11-17", 12),  # before the session: not
+            pain_obs("p-undated", None, 5),  # no date: could be the session's
+            pain_obs("p-bad-date", "2026-11-31", 4),  # an unreadable date: could be the session's
+        ],
+    )
+    flags = {x.resource_id: x.in_session for x in facts.skipped}
+    assert flags == {
+        "r-old": False, "r-later": True, "p-linked": True, "p-other": False, "p-before": False, "p-undated": True,
+        "p-bad-date": True,
+    }
+    described = {x.resource_id: (x.date_text, x.value) for x in facts.skipped}
+    assert described["p-linked"] == ("2026-02-30T10:00:00Z", 9)
+    assert described["p-undated"] == (None, 5)
+
+
+def test_without_a_usable_session_every_unusable_round_could_have_been_it() -> None:
+    facts = run(rounds=[round_obs("r-noex", "2025-01-01", exercise=None)], pains=[pain_obs("p-bad", "2025-01-01", 12)])
+    assert facts.latest_session is None
+    assert {x.resource_id: x.in_session for x in facts.skipped} == {"r-noex": True, "p-bad": False}
+
+
+def test_date_shown_only_when_it_looks_like_a_date() -> None:
+    sneaky = pain_obs("p-sneaky", "2026-11-18", 1)
+    sneaky["effectiveDateTime"] = "<img src=x> **bold**"
+    facts = run(pains=[sneaky])
+    (skip,) = facts.skipped
+    assert skip.invalid and skip.date_text is None  # not valid FHIR; the text never reaches a card
+
+
+def test_round_order_round_number_then_time_then_resource_order() -> None:
+    facts = run(
+        rounds=[
+            round_obs("t-late", "2026-11-20T10:30:00-05:00", reps=1),
+            round_obs("n2", "2026-11-20T09:00:00-05:00", reps=2, round_no=2),
+            round_obs("t-early-east", "2026-11-20T20:00:00+09:00", reps=3),  # 11:00 UTC = 06:00-05:00
+            round_obs("d-a", "2026-11-20", reps=4),
+            round_obs("n1", "2026-11-20T11:00:00-05:00", reps=5, round_no=1),
+            round_obs("d-b", "2026-11-20", reps=6),
+        ]
+    )
+    s = facts.latest_session
+    assert s is not None
+    assert [r.resource_id for r in s.rounds] == ["n1", "n2", "t-early-east", "t-late", "d-a", "d-b"]
+
+
+def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.LogCaptureFixture) -> None:
+    extract_module.fact_memo.clear()
+    rounds = [round_obs("r-ok", reps=20, round_no=1), round_obs("r-plank", exercise="plank")]
+    first = run(rounds=rounds)
+    caplog.set_level(logging.INFO, logger="cds.extract")
+    again = run(rounds=json.loads(json.dumps(rounds)))  # the same JSON again: every outcome from the memo
+    assert again == first and again.skipped_invalid == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "cds.extract"] == [
+        "skipped Observation r-plank: exercise is not a known ladder code"
+    ]
+    # another rule set (here: plank on the ladder) is another memo: nothing is reused across them
+    doc = dict(_DOC["ladder"])
+    doc["rungs"] = [*doc["rungs"], {"code": "plank", "display": "Plank", "about": "A plank."}]
+    ladder = Ladder.model_validate(doc)
+    prefetch = {"exerciseRounds": bundle(*rounds)}
+    other = extract(prefetch, patient_id=PID, codes=CODES, ladder=ladder)
+    assert other.latest_session is not None and other.latest_session.exercise == "plank"
+    assert other.skipped == ()

@@ -87,7 +87,8 @@ def test_extension_allowed():
         (lambda i: i.update(outcomeTimestamp="yesterday"), "feedback[0].outcomeTimestamp"),
         (lambda i: i.update(outcomeTimestamp="2025-03-01"), "feedback[0].outcomeTimestamp"),
         (lambda i: i.update(outcomeTimestamp=1740830400), "feedback[0].outcomeTimestamp"),
-        (lambda i: i.update(surprise=1), "feedback[0].surprise"),
+        (lambda i: i.update(overrideReasons=[{"reason": {"code": "x"}}]), "feedback[0].overrideReasons[0].reason.system"),
+        (lambda i: i.update(overrideReasons="x"), "feedback[0].overrideReasons"),
     ],
 )
 def test_errors_name_the_field(mutate, field):
@@ -111,8 +112,8 @@ def test_override_reason_errors():
     del item["overrideReason"]["reason"]["code"]
     assert error_of(body(item)).field == "feedback[0].overrideReason.reason.code"
     item = copy.deepcopy(OVERRIDDEN)
-    item["overrideReason"]["note"] = "x"
-    assert error_of(body(item)).field == "feedback[0].overrideReason.note"
+    item["overrideReason"]["reason"]["system"] = ""
+    assert error_of(body(item)).field == "feedback[0].overrideReason.reason.system"
 
 
 @pytest.mark.parametrize(
@@ -122,7 +123,7 @@ def test_override_reason_errors():
         ({"feedback": []}, "feedback"),
         ({"feedback": "x"}, "feedback"),
         ({"feedback": [None]}, "feedback[0]"),
-        ({"feedback": [ACCEPTED], "other": 1}, "other"),
+        ({"feedback": [ACCEPTED, "x"]}, "feedback[1]"),
         ([ACCEPTED], "(body)"),
         (None, "(body)"),
     ],
@@ -155,3 +156,61 @@ def test_content_hash_identity():
 def test_format_loc():
     assert format_loc(("feedback", 0, "acceptedSuggestions", 1, "id")) == "feedback[0].acceptedSuggestions[1].id"
     assert format_loc(()) == "(body)"
+
+
+# ---- liberal where clients vary (issue 11) ---------------------------------------------------------
+
+
+def test_unknown_fields_at_every_level_are_ignored_and_named():
+    item = copy.deepcopy(OVERRIDDEN)
+    item["surprise"] = {"deep": 1}
+    item["overrideReason"]["note"] = "x"
+    item["overrideReason"]["reason"]["version"] = "1"
+    req = parse_feedback({**body(item), "other": 1})
+    assert req.ignored_fields == ("note", "other", "surprise", "version")
+    parsed = req.feedback[0]
+    assert parsed.overrideReason.reason.code == "not-relevant"
+    assert "surprise" not in parsed.canonical() and "note" not in parsed.canonical()["overrideReason"]
+    # ignoring them does not change the report's identity
+    assert parsed.content_hash("svc") == FeedbackItem.model_validate(OVERRIDDEN).content_hash("svc")
+
+
+def test_a_known_report_ignores_nothing():
+    assert parse_feedback(body(ACCEPTED, OVERRIDDEN)).ignored_fields == ()
+
+
+def test_extension_contents_are_never_looked_into():
+    item = dict(ACCEPTED, extension={"com.epic.cdshooks.feedback.anything": {"surprise": 1}})
+    req = parse_feedback(body(item))
+    assert req.ignored_fields == ()
+    assert req.feedback[0].extension == {"com.epic.cdshooks.feedback.anything": {"surprise": 1}}
+
+
+def test_epic_override_reasons_list_of_reasons_or_codings():
+    coding = {"system": "http://example.org/override", "code": "not-relevant", "display": "Not relevant"}
+    other = {"system": "http://example.org/override", "code": "patient-declined"}
+    for reasons in ([{"reason": coding, "userComment": "c"}, {"reason": other}], [coding, other]):
+        item = {"card": CARD, "outcome": "overridden", "outcomeTimestamp": "2025-03-01T12:00:00Z",
+                "overrideReasons": reasons}
+        parsed = parse_feedback(body(item)).feedback[0]
+        assert parsed.overrideReason is not None and parsed.overrideReason.reason.code == "not-relevant"
+        assert [r.reason.code for r in parsed.overrideReasons] == ["not-relevant", "patient-declined"]
+        assert [r["reason"]["code"] for r in parsed.canonical()["overrideReasons"]] == ["not-relevant", "patient-declined"]
+    # the list takes part in the identity: a different second reason is a different report
+    one = {"card": CARD, "outcome": "overridden", "outcomeTimestamp": "2025-03-01T12:00:00Z", "overrideReasons": [coding]}
+    two = dict(one, overrideReasons=[coding, other])
+    a, b = (parse_feedback(body(x)).feedback[0] for x in (one, two))
+    assert a.content_hash("svc") != b.content_hash("svc")
+
+
+def test_an_explicit_override_reason_wins_over_the_list():
+    item = copy.deepcopy(OVERRIDDEN)
+    item["overrideReasons"] = [{"system": "http://example.org/override", "code": "other"}]
+    assert parse_feedback(body(item)).feedback[0].overrideReason.reason.code == "not-relevant"
+
+
+def test_sandbox_reason_without_display():
+    item = {"card": CARD, "outcome": "overridden", "outcomeTimestamp": "2025-03-01T12:00:00Z",
+            "overrideReason": {"reason": {"system": "http://example.org/override", "code": "not-relevant"}}}
+    reason = parse_feedback(body(item)).feedback[0].overrideReason.reason
+    assert reason.code == "not-relevant" and reason.display is None

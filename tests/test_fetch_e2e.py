@@ -1,6 +1,10 @@
 """End to end through the Flask app: every fhir_examples request gives the same cards whether its data is
 prefetched, partly prefetched, or all fetched from a real FHIR server on loopback (tests/fhir_server.py);
 and the fetch failures give a 412 naming the key, within the time budget, without leaking the token.
+The loopback server behaves like HAPI FHIR on Tomcat (strict RFC 3986 request targets, ``_getpages``
+paging); one test also makes it slow (0.6 s per search) and close idle connections after 1 s, on the
+service's DEFAULT fetch configuration. The prefetch keys and the service come from the app's discovery
+document and the request files, never from a list here.
 Mechanics only, on the fixture rule set (tests/fixtures/rules): the cards are compared with each other,
 never with what the shipped rules should answer (that is rules/tests' job).
 """
@@ -25,10 +29,8 @@ except ImportError:  # pragma: no cover - run as a package
 from conftest import REQUESTS_DIR, RULES_DIR
 
 REQUESTS = sorted(REQUESTS_DIR.glob("*.json"))
-SERVICE_URL = "/cds-services/lbp-exercise-progression"
-KEYS = ["patient", "conditions", "painScores", "exerciseRounds"]
 TOKEN = "e2e-tok-7Hq2-SECRET-do-not-log"
-BUDGET = 0.4  # the app's default fetch_total_timeout, used by the failure tests
+BUDGET = 2.5  # the app's default fetch_total_timeout (CDS_FETCH_TOTAL_TIMEOUT)
 SLACK = 0.35  # Flask test client + evaluation on top of the fetch budget (generous: CI machines are busy)
 
 try:
@@ -44,13 +46,16 @@ pytestmark = [
     pytest.mark.skipif(not REQUESTS, reason="no fhir_examples/requests/*.json"),
 ]
 
-# Ways of splitting the prefetch: which keys the EHR sends (the rest is fetched).
-VARIANTS = {
-    "all-fetched": [],
-    "patient+conditions-prefetched": ["patient", "conditions"],
-    "observations-prefetched": ["painScores", "exerciseRounds"],
-    "only-rounds-fetched": ["patient", "conditions", "painScores"],
-}
+
+def variants(keys: list[str]) -> dict[str, list[str]]:
+    """Ways of splitting the prefetch: which keys the EHR sends (the rest is fetched)."""
+    half = len(keys) // 2
+    return {
+        "all-fetched": [],
+        "first-half-prefetched": keys[:half],
+        "second-half-prefetched": keys[half:],
+        "only-the-last-fetched": keys[:-1],
+    }
 
 
 def _app(**overrides: Any):
@@ -61,8 +66,31 @@ def _app(**overrides: Any):
 
 @pytest.fixture(scope="module")
 def client():
-    """Default fetch budget (0.4 s): for the failure cases, which must answer 412 within it."""
+    """The default fetch configuration (0.5 s connect, 2.5 s total): what a deployment gets."""
     return _app()
+
+
+@pytest.fixture(scope="module")
+def discovery(client) -> dict[str, Any]:
+    """The service as the app describes it: its id, hook and prefetch templates."""
+    services = client.get("/cds-services").get_json()["services"]
+    assert len(services) == 1, "these tests drive the one service of the fixture rule set"
+    return services[0]
+
+
+@pytest.fixture(scope="module")
+def service_url(discovery) -> str:
+    return f"/cds-services/{discovery['id']}"
+
+
+@pytest.fixture(scope="module")
+def keys(discovery) -> list[str]:
+    return list(discovery["prefetch"])
+
+
+@pytest.fixture(scope="module")
+def conditions_key(discovery) -> str:
+    return next(k for k, t in discovery["prefetch"].items() if t.startswith("Condition"))
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +135,9 @@ def _strip_uuids(value: Any) -> Any:
     return value
 
 
-def _post(client, body: dict[str, Any]):
+def _post(client, url: str, body: dict[str, Any]):
     started = time.monotonic()
-    response = client.post(SERVICE_URL, json=body)
+    response = client.post(url, json=body)
     return response, time.monotonic() - started
 
 
@@ -119,7 +147,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _with_server(request: dict[str, Any], server: FhirTestServer, keep: list[str]) -> dict[str, Any]:
     body = copy.deepcopy(request)
-    body["prefetch"] = {k: v for k, v in request["prefetch"].items() if k in keep}
+    body["prefetch"] = {k: v for k, v in request.get("prefetch", {}).items() if k in keep}
     if not body["prefetch"]:
         del body["prefetch"]
     body["fhirServer"] = server.base_url
@@ -131,53 +159,114 @@ def _with_server(request: dict[str, Any], server: FhirTestServer, keep: list[str
     return body
 
 
+def _reference(client, url: str, request: dict[str, Any], server: FhirTestServer) -> Any:
+    """The cards for the request as sent (fully prefetched): what every fetched variant must give."""
+    response, _ = _post(client, url, request)
+    assert response.status_code == 200, response.get_json()
+    assert server.requests == [], "a fully prefetched request must not call the FHIR server"
+    return _strip_uuids(response.get_json())
+
+
 @pytest.mark.parametrize("path", REQUESTS, ids=[p.stem for p in REQUESTS])
-def test_same_cards_prefetched_partly_prefetched_or_fetched(roomy_client, server, path: Path) -> None:
+def test_every_example_decided_identically_through_a_realistic_server_on_the_default_configuration(
+    client, discovery, service_url, keys, server, path: Path
+) -> None:
+    """Issue 11: the loopback server answers each search after 0.6 s, closes idle keep-alive connections
+    after 1 s, pages HAPI-style (at most 4 resources a page: the larger examples take several pages) and
+    answers 400 to a raw '|' like Tomcat. With the prefetch removed, the app on its default configuration fetches every
+    key through it and decides exactly as with the prefetch."""
+    request = _load(path)
+    assert request["hook"] == discovery["hook"]
+    assert set(request["prefetch"]) <= set(keys), "the example sends keys the service does not declare"
+    server.data = FhirData.from_prefetch(request["prefetch"])
+    server.search_delay, server.idle_timeout, server.max_count = 0.6, 1.0, 4
+    expected = _reference(client, service_url, request, server)
+
+    response, elapsed = _post(client, service_url, _with_server(request, server, []))
+    assert response.status_code == 200, response.get_json()
+    assert _strip_uuids(response.get_json()) == expected
+    answered = [s for s in server.requests if s.answered]
+    assert len(answered) >= len(keys)  # one request per key, more if the server paged
+    assert all("|" not in s.raw for s in server.requests)  # nothing a strict server refuses
+    assert all(s.authorization == f"Bearer {TOKEN}" for s in server.requests)
+    assert elapsed < BUDGET, f"{elapsed:.3f}s"
+
+
+@pytest.mark.parametrize("path", REQUESTS, ids=[p.stem for p in REQUESTS])
+def test_same_cards_prefetched_partly_prefetched_or_fetched(roomy_client, service_url, keys, server, path: Path) -> None:
     client = roomy_client
     request = _load(path)
-    assert set(request["prefetch"]) == set(KEYS)
     server.data = FhirData.from_prefetch(request["prefetch"])
+    expected = _reference(client, service_url, request, server)
 
-    reference, _ = _post(client, request)
-    assert reference.status_code == 200, reference.get_json()
-    expected = _strip_uuids(reference.get_json())
-    assert server.requests == [], "a fully prefetched request must not call the FHIR server"
-
-    for name, keep in VARIANTS.items():
+    for name, keep in variants(keys).items():
         server.requests.clear()
-        response, _ = _post(client, _with_server(request, server, keep))
+        response, _ = _post(client, service_url, _with_server(request, server, keep))
         assert response.status_code == 200, (name, response.get_json())
         assert _strip_uuids(response.get_json()) == expected, name
-        fetched = len(KEYS) - len(keep)
+        fetched = len(keys) - len(keep)
         assert len(server.requests) == fetched, name
         assert all(s.authorization == f"Bearer {TOKEN}" for s in server.requests)
 
 
 @pytest.mark.parametrize("path", REQUESTS[:3], ids=[p.stem for p in REQUESTS[:3]])
-def test_same_cards_when_the_server_pages_its_results(roomy_client, server, path: Path) -> None:
+def test_same_cards_when_the_server_pages_its_results(roomy_client, service_url, keys, server, path: Path) -> None:
+    """The FHIR server caps pages at 1 resource: HAPI-style next links ([base]?_getpages=...) are
+    followed and the cards do not change."""
     client = roomy_client
-    """The FHIR server caps pages at 1 resource: next links are followed and the cards do not change."""
     request = _load(path)
     server.data = FhirData.from_prefetch(request["prefetch"])
-    expected = _strip_uuids(client.post(SERVICE_URL, json=request).get_json())
+    expected = _reference(client, service_url, request, server)
     server.max_count = 1
-    pages = max(len(request["prefetch"][k].get("entry", [])) for k in KEYS[1:])
+    bundles = [v for v in request["prefetch"].values() if isinstance(v, dict) and v.get("resourceType") == "Bundle"]
+    pages = max(len(b.get("entry", [])) for b in bundles)
     assert pages <= 10, "example too large for the default page limit with page size 1"
-    response, _ = _post(client, _with_server(request, server, []))
+    response, _ = _post(client, service_url, _with_server(request, server, []))
     assert response.status_code == 200, response.get_json()
     assert _strip_uuids(response.get_json()) == expected
-    assert any(s.query.get("_offset") for s in server.requests) == (pages > 1)
+    assert any(s.query.get("_getpages") for s in server.requests) == (pages > 1)
 
 
-def test_null_prefetch_means_no_data_and_is_not_fetched(roomy_client, server) -> None:
-    client = roomy_client
+def test_null_prefetch_means_no_data_and_is_not_fetched(roomy_client, service_url, keys, conditions_key, server) -> None:
     request = _load(REQUESTS[0])
     server.data = FhirData.from_prefetch(request["prefetch"])
-    body = _with_server(request, server, KEYS)
-    body["prefetch"]["conditions"] = None
-    response, _ = _post(client, body)
+    body = _with_server(request, server, keys)
+    body["prefetch"][conditions_key] = None
+    response, _ = _post(roomy_client, service_url, body)
     assert response.status_code == 200, response.get_json()
     assert server.requests == []
+
+
+def test_calls_after_the_server_closed_its_idle_connections_still_succeed(client, service_url, server) -> None:
+    """Idle connections closed by the server after 1 s, and one request dropped on a reused connection
+    (the race of an idle close): the app's pooled client retries once and the cards do not change."""
+    request = _load(REQUESTS[0])
+    server.data = FhirData.from_prefetch(request["prefetch"])
+    expected = _reference(client, service_url, request, server)
+    server.idle_timeout, server.max_count = 1.0, 2
+    first, _ = _post(client, service_url, _with_server(request, server, []))
+    assert first.status_code == 200 and _strip_uuids(first.get_json()) == expected
+    time.sleep(1.3)
+    opened = server.connections
+    second, _ = _post(client, service_url, _with_server(request, server, []))
+    assert second.status_code == 200 and _strip_uuids(second.get_json()) == expected
+    assert server.connections > opened
+    server.drop_next = 1
+    third, _ = _post(client, service_url, _with_server(request, server, []))
+    assert third.status_code == 200 and _strip_uuids(third.get_json()) == expected
+    assert server.drop_next == 0 and sum(not s.answered for s in server.requests) == 1
+
+
+def test_a_next_link_leaving_the_base_path_is_412_and_the_token_stays_inside(client, service_url, keys, server) -> None:
+    request = _load(REQUESTS[0])
+    server.data = FhirData.from_prefetch(request["prefetch"])
+    server.max_count = 1
+    server.next_base = server.base_url + "/../other"
+    response, elapsed = _post(client, service_url, _with_server(request, server, []))
+    _assert_412(response, elapsed)
+    assert "outside fhirServer" in response.get_data(as_text=True)
+    assert server.requests and all(s.path.startswith(server.base_path + "/") for s in server.requests)
+    assert not any(s.query.get("_getpages") for s in server.requests)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,56 +284,70 @@ def _assert_412(response, elapsed: float, key: str | None = None) -> dict[str, A
     return body
 
 
-def _split_request(server: FhirTestServer) -> tuple[dict[str, Any], dict[str, Any]]:
+@pytest.fixture
+def split(server, keys, conditions_key) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An example, and the same request with only the conditions key left to fetch."""
     request = _load(REQUESTS[0])
     server.data = FhirData.from_prefetch(request["prefetch"])
-    return request, _with_server(request, server, ["patient", "painScores", "exerciseRounds"])
+    return request, _with_server(request, server, [k for k in keys if k != conditions_key])
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 500, 503])
-def test_fhir_server_error_status_gives_412(client, server, status: int) -> None:
-    _, body = _split_request(server)
+def test_fhir_server_error_status_gives_412(client, service_url, conditions_key, server, split, status: int) -> None:
+    _, body = split
     server.overrides["Condition"] = Override(status=status)
-    response, elapsed = _post(client, body)
-    _assert_412(response, elapsed, "conditions")
+    response, elapsed = _post(client, service_url, body)
+    _assert_412(response, elapsed, conditions_key)
     assert f"HTTP {status}" in response.get_data(as_text=True)
 
 
-def test_slow_fhir_server_gives_412_within_budget(client, server) -> None:
-    _, body = _split_request(server)
-    server.overrides["Condition"] = Override(delay=3.0)
-    response, elapsed = _post(client, body)
-    _assert_412(response, elapsed, "conditions")
+def test_slow_fhir_server_gives_412_within_the_default_budget(client, service_url, conditions_key, server, split) -> None:
+    _, body = split
+    server.overrides["Condition"] = Override(delay=BUDGET + 1.0)
+    response, elapsed = _post(client, service_url, body)
+    _assert_412(response, elapsed, conditions_key)
+    assert elapsed >= BUDGET - 0.05  # it waited for the whole budget, not less
 
 
 @pytest.mark.parametrize("override", [
     Override(raw=b"not json at all", content_type="text/plain"),
     Override(json_body={"resourceType": "Patient", "id": "x"}),
 ], ids=["not-json", "not-a-bundle"])
-def test_garbled_fhir_server_gives_412(client, server, override: Override) -> None:
-    _, body = _split_request(server)
+def test_garbled_fhir_server_gives_412(client, service_url, conditions_key, server, split, override: Override) -> None:
+    _, body = split
     server.overrides["Condition"] = override
-    response, elapsed = _post(client, body)
-    _assert_412(response, elapsed, "conditions")
+    response, elapsed = _post(client, service_url, body)
+    _assert_412(response, elapsed, conditions_key)
 
 
-def test_wrong_patient_resources_from_the_server_are_dropped(roomy_client, server) -> None:
-    client = roomy_client
-    request, body = _split_request(server)
-    expected = _strip_uuids(client.post(SERVICE_URL, json=request).get_json())
+def test_wrong_patient_resources_from_the_server_are_dropped(roomy_client, service_url, server, split) -> None:
+    request, _ = split
+    expected = _strip_uuids(roomy_client.post(service_url, json=request).get_json())
     server.foreign_patient = "someone-else"
     server.operation_outcome = True
-    response, _ = _post(client, _with_server(request, server, []))
+    response, _ = _post(roomy_client, service_url, _with_server(request, server, []))
     assert response.status_code == 200
     assert _strip_uuids(response.get_json()) == expected
 
 
-def test_missing_token_or_server_gives_412(client, server) -> None:
-    request, body = _split_request(server)
+def test_missing_token_or_server_gives_412(client, service_url, conditions_key, server, split) -> None:
+    _, body = split
     no_auth = {k: v for k, v in body.items() if k != "fhirAuthorization"}
-    response, elapsed = _post(client, no_auth)
-    _assert_412(response, elapsed, "conditions")
+    response, elapsed = _post(client, service_url, no_auth)
+    _assert_412(response, elapsed, conditions_key)
     no_server = {k: v for k, v in body.items() if k not in ("fhirAuthorization", "fhirServer")}
-    response, elapsed = _post(client, no_server)
-    _assert_412(response, elapsed, "conditions")
+    response, elapsed = _post(client, service_url, no_server)
+    _assert_412(response, elapsed, conditions_key)
     assert server.requests == []
+
+
+def test_a_fetch_failure_is_logged_once_with_key_host_and_reason(client, service_url, conditions_key, server, split,
+                                                                  caplog) -> None:
+    _, body = split
+    server.overrides["Condition"] = Override(status=503)
+    response, elapsed = _post(client, service_url, body)
+    _assert_412(response, elapsed, conditions_key)
+    lines = [r.getMessage() for r in caplog.records if r.name == "cds.fhir_client" and r.levelno >= logging.WARNING]
+    assert len(lines) == 1, lines
+    assert conditions_key in lines[0] and f"127.0.0.1:{server.port}" in lines[0] and "HTTP 503" in lines[0]
+    assert _load(REQUESTS[0])["context"]["patientId"] not in caplog.text

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cds import fhir_client
@@ -40,7 +41,9 @@ TEMPLATES = {  # SPEC section 2.1
 }
 SEARCH_KEYS = ["conditions", "painScores", "exerciseRounds"]
 
-DEV = FetchSettings(allow_http=True)
+# A tight budget for the failure tests (they must 412 quickly); DEFAULT is what a deployment gets.
+DEV = FetchSettings(allow_http=True, total_timeout=0.4, connect_timeout=0.1)
+DEFAULT = FetchSettings(allow_http=True)
 SLACK = 0.3  # seconds allowed past total_timeout (generous: CI machines are busy)
 
 
@@ -310,8 +313,18 @@ def test_paging_follows_next_links_and_merges(hook_request, server) -> None:
     assert "link" not in bundle
     pages = -(-len(expected) // 2)
     assert len(server.requests) == pages
-    assert [s.query.get("_offset") for s in server.requests] == [None] + [[str(2 * i)] for i in range(1, pages)]
+    # HAPI-style next links, on the base path itself: [base]?_getpages=<id>&_getpagesoffset=N&...
+    assert [s.path for s in server.requests] == ["/fhir/Observation"] + ["/fhir"] * (pages - 1)
+    assert [s.query.get("_getpagesoffset") for s in server.requests] == [None] + [[str(2 * i)] for i in range(1, pages)]
     assert all(s.authorization == f"Bearer {TOKEN}" for s in server.requests)
+    assert all(s.answered for s in server.requests)
+
+
+def test_offset_style_next_links_under_the_base_path_are_followed_too(hook_request, server) -> None:
+    server.paging = "offset"
+    out = call(hook_request, server, templates=_paged(2))
+    assert ids(out["exerciseRounds"]) == ids(hook_request["prefetch"]["exerciseRounds"])
+    assert [s.query.get("_offset") for s in server.requests][1:] == [["2"], ["4"]][: len(server.requests) - 1]
 
 
 def test_more_pages_than_the_limit_is_412(hook_request, server, all_logs) -> None:
@@ -393,20 +406,8 @@ def test_connection_refused_is_412(hook_request) -> None:
 
 
 def test_slow_page_after_the_first_is_412_within_budget(hook_request, server) -> None:
-    first = {"done": False}
-    original_search = server.search
-
-    def search_then_slow(rtype, query):  # the first page is quick, later pages are slow
-        if first["done"]:
-            server.sleep(2.0)
-        first["done"] = True
-        return original_search(rtype, query)
-
-    server.search = search_then_slow  # type: ignore[method-assign]
-    try:
-        exc = fails(hook_request, server, templates=_paged(2))
-    finally:
-        del server.search
+    server.getpages_delay = 2.0  # the first page is quick, later pages are slow
+    exc = fails(hook_request, server, templates=_paged(2))
     assert exc.key == "exerciseRounds" and "timed out" in exc.reason
     assert len(server.requests) == 2
 
@@ -584,3 +585,196 @@ def test_exception_str_and_repr_never_carry_the_token(hook_request, server) -> N
     for text in (str(exc), repr(exc), str(exc.args), exc.reason, str(exc.__cause__), str(exc.__context__)):
         assert TOKEN not in text
     assert exc.__cause__ is None and exc.__suppress_context__
+
+
+# --------------------------------------------------------------------------------------------------
+# Real servers (issue 11): strict query encoding, HAPI paging, where the token may go, stale pooled
+# connections, the default budget, failure logs.
+
+
+def test_the_test_server_is_strict_like_tomcat(server) -> None:
+    """The double must be able to fail the fetch tests: a raw '|' gets 400, its encoded form does not."""
+    server.required_token = None
+    raw = httpx.get(server.base_url + "/Observation?code=http://loinc.org|72514-3")
+    assert raw.status_code == 400 and not server.requests[-1].answered
+    encoded = httpx.get(server.base_url + "/Observation?code=http%3A%2F%2Floinc.org%7C72514-3")
+    assert encoded.status_code == 200 and server.requests[-1].answered
+
+
+def test_query_values_are_percent_encoded_on_the_wire(hook_request, server) -> None:
+    call(hook_request, server)
+    searches = [s for s in server.requests if s.path != f"/fhir/Patient/{pid_of(hook_request)}"]
+    assert len(searches) == 3 and all(s.answered for s in searches)
+    for seen in searches:
+        assert "|" not in seen.raw and "," not in seen.raw, seen.raw
+        if seen.path == "/fhir/Observation":
+            assert "%7C" in seen.raw, seen.raw  # system|code
+    condition = next(s for s in searches if s.path == "/fhir/Condition")
+    assert "%2C" in condition.raw
+    assert condition.query["clinical-status"] == ["active,recurrence,relapse"]  # decoded: the same OR list
+
+
+def test_context_values_with_reserved_characters_stay_one_value(hook_request, server) -> None:
+    templates = {"odd": "Observation?patient={{context.patientId}}&code=http://loinc.org|72514-3"}
+    context = {**hook_request["context"], "patientId": "a&b=c|d e+f"}
+    complete_prefetch(templates=templates, prefetch=None, context=context, patient_id="a&b=c|d e+f",
+                      fhir_server=server.base_url, access_token=TOKEN, settings=DEV)
+    assert server.requests[-1].query["patient"] == ["a&b=c|d e+f"]
+    assert server.requests[-1].answered
+
+
+def test_dot_segment_context_value_is_a_template_error() -> None:
+    with pytest.raises(TemplateError, match="dot segment"):
+        render_template("Patient/{{context.patientId}}", {"patientId": ".."})
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/a/b/c/./../../g", "/a/g"), ("mid/content=5/../6", "mid/6"), ("/fhir/a/../../other", "/other"),
+    ("/fhir/..", "/"), ("/fhir/./Patient", "/fhir/Patient"), ("/fhir/", "/fhir/"), ("", ""),
+])
+def test_remove_dot_segments_follows_rfc_3986(path: str, expected: str) -> None:
+    assert fhir_client.remove_dot_segments(path) == expected
+
+
+@pytest.mark.parametrize("suffix", ["/../other", "/../../other", "/%2e%2e/other", "/%2E%2E/%2e%2e/x", "/a%2F..%2F..%2Fx",
+                                    "x", "/..", "/./../other"])
+def test_next_link_leaving_the_base_path_is_refused_and_gets_no_token(hook_request, server, suffix) -> None:
+    server.next_base = server.base_url + suffix
+    exc = fails(hook_request, server, templates=_paged(2))
+    assert exc.key == "exerciseRounds" and "outside fhirServer" in exc.reason
+    assert len(server.requests) == 1  # only the first page; nothing was sent to the refused link
+    assert all(s.path.startswith("/fhir/") or s.path == "/fhir" for s in server.requests)
+
+
+def test_next_link_with_dot_segments_resolving_into_the_base_is_followed_as_normalised(hook_request, server) -> None:
+    server.next_base = server.base_url + "/../fhir/./"  # resolves to [base]/ : on the base path
+    out = call(hook_request, server, templates=_paged(2))
+    assert ids(out["exerciseRounds"]) == ids(hook_request["prefetch"]["exerciseRounds"])
+    assert [s.path for s in server.requests][1:] == ["/fhir/"] * (len(server.requests) - 1)
+    assert all(".." not in s.raw for s in server.requests)
+
+
+def test_stale_pooled_connection_is_retried_once_and_succeeds(hook_request, server, all_logs) -> None:
+    client = fhir_client.make_client()
+    try:
+        first = complete_prefetch(templates=TEMPLATES, prefetch=None, context=hook_request["context"],
+                                  patient_id=pid_of(hook_request), fhir_server=server.base_url,
+                                  access_token=TOKEN, settings=DEV, client=client)
+        server.requests.clear()
+        server.drop_next = 1  # the next request on a kept-alive connection: closed without an answer
+        again = complete_prefetch(templates=TEMPLATES, prefetch=None, context=hook_request["context"],
+                                  patient_id=pid_of(hook_request), fhir_server=server.base_url,
+                                  access_token=TOKEN, settings=DEV, client=client)
+    finally:
+        client.close()
+    assert again == first
+    assert len(server.requests) == 5 and sum(not s.answered for s in server.requests) == 1
+    dropped = next(s for s in server.requests if not s.answered)
+    assert sum(s.raw == dropped.raw for s in server.requests) == 2  # the same GET, sent again
+    assert sum("retrying once" in r.getMessage() for r in all_logs.records) == 1
+
+
+def test_a_connection_closed_without_an_answer_is_retried_only_once(hook_request, server) -> None:
+    server.drop_next, server.drop_reused_only = 5, False
+    exc = fails(hook_request, server, prefetch=partial(hook_request["prefetch"], SEARCH_KEYS))
+    assert exc.key == "patient" and "could not be reached (RemoteProtocolError)" in exc.reason
+    assert len(server.requests) == 2
+
+
+def test_an_error_status_is_not_retried(hook_request, server) -> None:
+    server.overrides["Patient"] = Override(status=503)
+    fails(hook_request, server, prefetch=partial(hook_request["prefetch"], SEARCH_KEYS))
+    assert len(server.requests) == 1
+
+
+def test_server_closing_idle_connections_after_1s_does_not_break_the_next_call(hook_request, server) -> None:
+    server.idle_timeout = 1.0
+    client = fhir_client.make_client()
+    try:
+        kwargs = dict(templates=TEMPLATES, prefetch=None, context=hook_request["context"],
+                      patient_id=pid_of(hook_request), fhir_server=server.base_url, access_token=TOKEN,
+                      settings=DEFAULT, client=client)
+        first = complete_prefetch(**kwargs)  # type: ignore[arg-type]
+        opened = server.connections
+        time.sleep(1.3)  # the server closes the pooled connections
+        assert complete_prefetch(**kwargs) == first  # type: ignore[arg-type]
+    finally:
+        client.close()
+    assert server.connections > opened  # new connections were made: the old ones really were closed
+
+
+def test_default_budget_copes_with_a_realistic_server(hook_request, server) -> None:
+    """0.6 s per search, strict, HAPI paging, idle close after 1 s: the defaults fetch it, concurrently."""
+    assert (DEFAULT.connect_timeout, DEFAULT.total_timeout) == (0.5, 2.5)
+    server.search_delay, server.idle_timeout = 0.6, 1.0
+    started = time.monotonic()
+    out = call(hook_request, server, settings=DEFAULT)
+    elapsed = time.monotonic() - started
+    for key in SEARCH_KEYS:
+        assert ids(out[key]) == ids(hook_request["prefetch"][key])
+    assert elapsed < 1.5, f"{elapsed:.3f}s: three 0.6 s searches were not fetched concurrently"
+
+
+def test_concurrent_fetch_gives_the_same_result_as_one_key_at_a_time(hook_request, server) -> None:
+    together = call(hook_request, server, templates={**TEMPLATES, **_paged(2)})
+    for key in TEMPLATES:
+        alone = call(hook_request, server, templates={**TEMPLATES, **_paged(2)},
+                     prefetch={k: v for k, v in together.items() if k != key})
+        assert alone == together, key
+
+
+def test_the_service_configuration_defaults_match_the_fetch_defaults() -> None:
+    from cds.config import load_settings
+
+    settings = load_settings({}, serving=False)
+    assert (settings.fetch_connect_timeout, settings.fetch_total_timeout) == (0.5, 2.5)
+    assert (FetchSettings().connect_timeout, FetchSettings().total_timeout) == (0.5, 2.5)
+    tuned = load_settings({"CDS_FETCH_TOTAL_TIMEOUT": "4", "CDS_FETCH_CONNECT_TIMEOUT": "1"}, serving=False)
+    assert (tuned.fetch_connect_timeout, tuned.fetch_total_timeout) == (1.0, 4.0)
+
+
+def _failure_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "cds.fhir_client" and r.levelno >= logging.WARNING
+            and "failed" in r.getMessage()]
+
+
+@pytest.mark.parametrize("failure", ["status", "slow", "outside-link", "refused"])
+def test_every_fetch_failure_is_logged_once_with_key_host_and_reason(hook_request, server, all_logs, failure) -> None:
+    kwargs: dict[str, Any] = {"prefetch": partial(hook_request["prefetch"], ["patient", "conditions", "painScores"])}
+    host = f"127.0.0.1:{server.port}"
+    if failure == "status":
+        server.overrides["Observation"] = Override(status=503)
+        reason = "HTTP 503"
+    elif failure == "slow":
+        server.overrides["Observation"] = Override(delay=2.0)
+        reason = "timed out"
+    elif failure == "outside-link":
+        server.next_base = server.base_url + "/../other"
+        kwargs["templates"] = {**TEMPLATES, **_paged(2)}
+        reason = "outside fhirServer"
+    else:
+        with FhirTestServer() as gone:
+            kwargs["fhir_server"] = gone.base_url
+            host = f"127.0.0.1:{gone.port}"
+        reason = "could not be reached"
+    exc = fails(hook_request, server, **kwargs)
+    assert exc.key == "exerciseRounds"
+    logs = _failure_logs(all_logs)
+    assert len(logs) == 1, [r.getMessage() for r in logs]
+    message = logs[0].getMessage()
+    assert "exerciseRounds" in message and host in message and reason in message, message
+    assert getattr(logs[0], "key", None) == "exerciseRounds"
+    assert pid_of(hook_request) not in message and TOKEN not in message
+
+
+def test_failure_before_any_request_is_logged_too(hook_request, all_logs) -> None:
+    fails(hook_request, None, prefetch=partial(hook_request["prefetch"], ["patient", "conditions"]))
+    logs = _failure_logs(all_logs)
+    assert len(logs) == 1 and "painScores" in logs[0].getMessage() and "no fhirServer" in logs[0].getMessage()
+
+
+def test_a_connect_timeout_longer_than_the_budget_is_a_configuration_error() -> None:
+    from cds.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="CDS_FETCH_CONNECT_TIMEOUT"):
+        load_settings({"CDS_FETCH_CONNECT_TIMEOUT": "3", "CDS_FETCH_TOTAL_TIMEOUT": "2"}, serving=False)

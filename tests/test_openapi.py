@@ -99,7 +99,7 @@ def test_response_schemas_never_claim_null_and_request_schemas_accept_it(doc):
     responses = {ref for path in doc["paths"].values() for op in path.values() if isinstance(op, dict) and "responses" in op
                  for ref in _refs(op["responses"])}
     names = _reachable(doc, responses)
-    assert {"Card", "Source", "Suggestion", "Action", "ErrorDetail", "Readiness"} <= names
+    assert {"Card", "Source", "Suggestion", "Action", "OutcomeIssue", "Readiness"} <= names
     text = json.dumps({n: doc["components"]["schemas"][n] for n in names})
     assert '"null"' not in text and '"default": null' not in text
     request_text = json.dumps(doc["components"]["schemas"]["PatientViewRequest"])
@@ -140,7 +140,7 @@ def test_bearer_security_is_declared_and_required_when_auth_is_on(secured_doc, d
         operation = secured_doc["paths"][path][method]
         assert operation["security"] == [{"bearer": []}], path
         unauthorized = operation["responses"]["401"]
-        assert unauthorized["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+        assert unauthorized["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OperationOutcome"}
         assert "WWW-Authenticate" in unauthorized["headers"]
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         assert "security" not in secured_doc["paths"][path]["get"]
@@ -162,7 +162,7 @@ def test_every_error_status_is_declared_with_the_error_model(secured_doc):
         for code in codes - {"200"}:
             schema = paths[path][method]["responses"][code]["content"]["application/json"]["schema"]
             if path != "/readyz":
-                assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (path, code)
+                assert schema == {"$ref": "#/components/schemas/OperationOutcome"}, (path, code)
 
 
 def test_the_live_answers_of_each_declared_error_match_it(secured_app, app):
@@ -200,7 +200,7 @@ def test_the_checker_names_the_request_and_the_problem(doc):
         Exchange("GET", "/nowhere", 200, "application/json", b"{}"): "the path is not in the document",
         Exchange("DELETE", "/healthz", 200, "application/json", b"{}"): "must be 405",
         Exchange("POST", SERVICE_URL, 200, "application/json", b'{"cards": [{"uuid": "x"}]}'): "'summary' is a required property",
-        Exchange("POST", SERVICE_URL, 412, "application/json", b'{"error": {"status": 412}}'): "'message' is a required property",
+        Exchange("POST", SERVICE_URL, 412, "application/json", b'{"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "incomplete"}]}'): "'diagnostics' is a required property",
     }
     for exchange, expected in cases.items():
         problem = checker.problem(exchange)
@@ -209,7 +209,9 @@ def test_the_checker_names_the_request_and_the_problem(doc):
 
 def test_the_checker_accepts_what_the_document_cannot_describe_only_in_its_documented_form(doc):
     checker = DocumentChecker(doc)
-    error = json.dumps({"error": {"status": 404, "message": "not found"}}).encode()
+    error = json.dumps(
+        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found", "diagnostics": "not found"}]}
+    ).encode()
     assert checker.problem(Exchange("GET", "/nowhere", 404, "application/json", error)) is None
     assert checker.problem(Exchange("OPTIONS", SERVICE_URL, 200, "text/html", b"")) is None
     assert checker.problem(Exchange("HEAD", "/healthz", 200, "application/json", b"")) is None

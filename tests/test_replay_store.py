@@ -22,7 +22,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import make_settings, with_directory
+from conftest import UNAUTHORIZED_BODY, make_settings, with_directory
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, inspect, text
 
@@ -372,7 +372,7 @@ def test_replay_store_database_down_is_401_not_500(make_instance, tmp_path, ehr_
     with caplog.at_level(logging.WARNING, logger="cds.auth"):
         response = call(client, token(ehr_key))
     assert response.status_code == 401
-    assert response.get_json() == {"error": {"status": 401, "message": "unauthorized"}}
+    assert response.get_json() == UNAUTHORIZED_BODY
     assert any("replay store unavailable" in r.getMessage() for r in caplog.records)
 
 

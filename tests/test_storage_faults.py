@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SERVICE_URL, build_app, example_pairs, with_directory
 from sqlalchemy import exc as sa_exc, insert, text
-from test_feedback_http import AUDIT_KEY, FEEDBACK_URL, OUTCOME_AT, db_url  # noqa: F401 - fixture
+from test_feedback_http import AUDIT_KEY, FEEDBACK_URL, OUTCOME_AT, _error, db_url  # noqa: F401 - fixture
 
 from cds.db_text import StoredCoding
 from cds.feedback import FeedbackError, FeedbackItem, parse_feedback
@@ -72,9 +72,10 @@ def test_unstorable_text_is_a_400_naming_the_field(db_url, item, field):  # noqa
     client = app.test_client()
     response = client.post(FEEDBACK_URL, json={"feedback": [item]})
     assert response.status_code == 400, response.get_json()
-    error = response.get_json()["error"]
+    error = _error(response)
     assert error["field"] == field
     assert "\x00" not in error["message"] and "\ud800" not in error["message"]
+    assert response.get_json()["resourceType"] == "OperationOutcome"
     assert app.extensions["lbp_cds"].store.count("feedback") == 0
     app.extensions["lbp_cds"].store.close()
 
@@ -505,7 +506,8 @@ def _request(**changes):
 def test_hook_instance_must_be_a_uuid(client, value):
     response = client.post(SERVICE_URL, json=_request(hookInstance=value))
     assert response.status_code == 400
-    assert response.get_json()["error"]["message"].startswith("hookInstance:")
+    assert _error(response)["message"].startswith("hookInstance:")
+    assert _error(response)["field"] == "hookInstance"
 
 
 def test_hook_instance_uuid_in_either_case_is_accepted(client):
@@ -516,7 +518,8 @@ def test_hook_instance_uuid_in_either_case_is_accepted(client):
 def test_patient_id_dot_segments_are_refused(client, value):
     response = client.post(SERVICE_URL, json=_request(patientId=value))
     assert response.status_code == 400
-    assert response.get_json()["error"]["message"].startswith("context.patientId:")
+    assert _error(response)["message"].startswith("context.patientId:")
+    assert _error(response)["field"] == "context.patientId"
 
 
 def test_patient_ids_with_dots_are_still_ids(client):
@@ -546,7 +549,7 @@ def test_405_says_which_methods_are_allowed(client, method, url, allowed):
     response = getattr(client, method)(url)
     assert response.status_code == 405
     assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}
-    assert response.get_json() == {"error": {"status": 405, "message": "method not allowed"}}
+    assert _error(response) == {"message": "method not allowed", "code": "not-supported"}
 
 
 def _free_port() -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
+from prometheus_client import Counter
 from werkzeug.exceptions import MethodNotAllowed
 
 from ..audit import AuditObserver
@@ -45,6 +46,8 @@ class AppState:
     verifier: JwtVerifier | None = None
     fetch_settings: FetchSettings = field(default_factory=FetchSettings)
     observers: list[Any] = field(default_factory=list)
+    #: ``cds_feedback_unknown_fields_total{field}``: keys a feedback body sent that we ignored (cds.http.ehr)
+    feedback_unknown_fields: Counter | None = None
 
     def after_evaluation(self, hook_request, service_id, outcome) -> None:
         for observer in self.observers:
@@ -91,6 +94,10 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
         ),
     )
     state.observers.append(metrics)
+    state.feedback_unknown_fields = Counter(
+        "cds_feedback_unknown_fields_total", "Unknown feedback fields ignored, by name (bounded label set)", ["field"],
+        registry=metrics.registry,
+    )
     if store is not None:
         # outside development, Settings refuses a database without CDS_AUDIT_KEY (cds.config)
         key = settings.audit_key.encode() if settings.audit_key else None

@@ -81,13 +81,16 @@ def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, A
     return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
 
 
-#: what each error status means; the body is always :class:`~cds.http.errors.ErrorResponse`
+#: what each error status means; the body is always a FHIR OperationOutcome (:class:`~cds.http.errors.OperationOutcome`)
 _ERROR_TEXT = {
-    400: "Malformed JSON, a missing or wrongly typed field (the message names it), or a wrong hook.",
+    400: "Malformed JSON, a missing or wrongly typed field (the issue's diagnostics and expression name it), or a wrong hook.",
     401: "Missing or invalid bearer JWT (no detail is given).",
     404: "Unknown service.",
     405: "Method not allowed.",
-    412: "Required prefetch data was neither sent nor fetchable from fhirServer (error.key names it).",
+    412: (
+        "Required prefetch data was neither sent nor fetchable from fhirServer (the issue's expression names it: "
+        "`prefetch.<key>`), or fhirServer is not on the calling EHR's allow-list (expression `fhirServer`)."
+    ),
     413: "Request body too large.",
     415: "Content-Type is not application/json.",
     500: "The service could not evaluate the request (a fault of the service, never of the request).",

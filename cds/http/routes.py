@@ -27,6 +27,7 @@ from ..extract import PrefetchShapeError
 from ..feedback import FeedbackAck, FeedbackError, parse_feedback
 from ..fhir_client import PrefetchUnavailable, complete_prefetch
 from ..storage import StoreUnavailable
+from .ehr import check_fhir_server, note_ignored_feedback_fields, shape_for_ehr
 from .errors import ApiError
 
 log = logging.getLogger("cds.http")
@@ -96,6 +97,7 @@ def call_service(service_id: str):
         hook_request: PatientViewRequest | OrderSignRequest = model.model_validate(body)
     except ValidationError as e:
         raise ApiError(400, validation_message(e)) from None
+    check_fhir_server(hook_request.fhir_server)  # the calling EHR's allow-list: 412 before any fetch
     patient_id = hook_request.context.patient_id
     templates = service.prefetch_templates(active.ruleset)
     try:
@@ -127,7 +129,7 @@ def call_service(service_id: str):
         log.exception("rule engine failed")
         raise ApiError(500, "the rule engine could not evaluate this request") from None
     state.after_evaluation(hook_request, service_id, outcome)
-    return jsonify(to_json(CdsResponse(cards=outcome.cards)))
+    return jsonify(to_json(shape_for_ehr(CdsResponse(cards=outcome.cards))))  # the calling EHR's profile
 
 
 @bp.post("/cds-services/<service_id>/feedback")
@@ -138,6 +140,7 @@ def feedback(service_id: str):
         parsed = parse_feedback(body)
     except FeedbackError as e:
         raise ApiError(400, str(e), field=e.field) from None
+    note_ignored_feedback_fields(parsed.ignored_fields)  # liberal: unknown fields counted, never a 400
     state = _state()
     if state.store is None:
         raise ApiError(503, "feedback storage is not configured")

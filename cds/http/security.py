@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, current_app, g, request
 from flask_cors import CORS
 
 from ..auth import AuthenticationError, JtiStore, JwtVerifier, load_trusted_issuers
-from ..config import Settings
+from ..config import ConfigError, Settings
 from .errors import error_body
 
 log = logging.getLogger("cds.auth")
@@ -17,7 +17,10 @@ log = logging.getLogger("cds.auth")
 def build_verifier(settings: Settings) -> JwtVerifier | None:
     if not settings.auth:
         return None
-    issuers = load_trusted_issuers(settings.trusted_issuers) if settings.trusted_issuers else ()
+    try:
+        issuers = load_trusted_issuers(settings.trusted_issuers) if settings.trusted_issuers else ()
+    except ValueError as e:  # names the file, the issuer and the key: one line, no traceback
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {e}") from None
     if not issuers:
         log.warning("authentication is on but no trusted issuers are configured (CDS_TRUSTED_ISSUERS): every call gets 401")
     return JwtVerifier(issuers, jti_store=build_jti_store(settings))
@@ -54,12 +57,13 @@ def require_jwt(bp: Blueprint) -> None:
             return None
         audience = state.settings.public_base_url + request.path
         try:
-            state.verifier.verify(request.headers.get("Authorization"), audience=audience)
+            claims = state.verifier.verify(request.headers.get("Authorization"), audience=audience)
         except AuthenticationError:  # the verifier has logged the reason (never the token)
             log.info("answered 401", extra={"path": request.path})
             response = error_body(401, "unauthorized")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
+        g.cds_issuer = state.verifier.issuer(claims.get("iss"))  # its per-EHR settings (cds.http.ehr)
         return None
 
 

@@ -8,6 +8,7 @@ Models forbid unknown keys so a misspelt key is an error, never silently ignored
 from __future__ import annotations
 
 import re
+import string
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -181,6 +182,8 @@ class Note(_Doc):
     when: str = Field(min_length=1)
     text: str = Field(min_length=1)
     decisions: list[Decision] = []  # only on cards of rules with one of these decisions; empty = every card
+    #: ``not-recommended``: while this note is on a card, its suggestion is not marked ``isRecommended``
+    suggestion: Literal["recommended", "not-recommended"] = "recommended"
 
 
 #: a wording a rule author writes: never empty
@@ -235,6 +238,53 @@ class FactsLabels(_Doc):
     skipped_invalid: Text
 
 
+#: the placeholders of ``texts.skipped.pain`` and ``texts.skipped.round``
+SKIPPED_ITEM_PLACEHOLDERS = ("value", "date", "reason")
+
+
+def _item_template(v: str) -> str:
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(v) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"text does not parse: {e} (write {{{{ and }}}} for literal braces)") from None
+    for name, spec, conv in fields:
+        if name not in SKIPPED_ITEM_PLACEHOLDERS or spec or conv:
+            allowed = ", ".join(f"{{{n}}}" for n in SKIPPED_ITEM_PLACEHOLDERS)
+            raise ValueError(f"unknown placeholder '{{{name}}}' (this text may use {allowed})")
+    return v
+
+
+#: an item template of ``texts.skipped``: non-empty, placeholders {value}, {date}, {reason} only
+ItemText = Annotated[str, Field(min_length=1)]
+
+
+class SkippedReasons(_Doc):
+    """Why a pain score or round could not be used, in words (one per reason the extractor reports)."""
+
+    invalid: Text  # not valid FHIR R4 (an impossible date, a wrong type...)
+    no_date: Text  # no effective date
+    partial_date: Text  # an effective date not precise to the day
+    no_value: Text  # no reps or pain value
+    value_out_of_range: Text  # pain outside 0-10, negative or absurd reps
+    no_exercise: Text  # no exercise component
+    unknown_exercise: Text  # not a ladder exercise
+
+
+class SkippedTexts(_Doc):
+    """The card's list of unusable data that could have mattered (placeholder ``{skipped_list}``):
+    one line per resource, from ``pain`` or ``round`` with ``{value}``, ``{date}`` (as written; an
+    unknown one renders as ``not_recorded``) and ``{reason}`` (from ``reasons``)."""
+
+    pain: ItemText
+    round: ItemText
+    reasons: SkippedReasons
+
+    @field_validator("pain", "round")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        return _item_template(v)
+
+
 class Texts(_Doc):
     """The wording every card shares (templates; see ``cds/templates.py``)."""
 
@@ -253,6 +303,7 @@ class Texts(_Doc):
     action_description_adjusted: Text
     #: joins several items in one placeholder (e.g. two red-flag categories)
     list_separator: Text = ", "
+    skipped: SkippedTexts | None = None  # optional: without it, {skipped_list} renders as not_recorded
 
 
 class RuleFile(_Doc):

@@ -70,6 +70,7 @@ audit_evaluation = Table(
     Column("ruleset_version", String(64), nullable=False),
     Column("ruleset_sha256", String(64), nullable=False),
     Column("patient_hash", String(64), nullable=True),  # HMAC-SHA256 hex; never the raw id
+    Column("criteria_id", String(64), nullable=True),  # Epic's criteria-id extension (a plain token)
     Index("ix_audit_evaluation_evaluated_at", "evaluated_at"),
     Index("ix_audit_evaluation_hook_instance", "hook_instance"),
 )

@@ -52,6 +52,8 @@ class AuditRecord(BaseModel):
     ruleset_version: str
     ruleset_sha256: str
     patient_hash: str | None = None
+    #: the EHR's id of the rule that fired the hook (Epic's ``criteria-id`` extension): a plain token
+    criteria_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")
     cards: tuple[AuditCard, ...] = ()
 
     @field_validator("patient_hash")
@@ -241,6 +243,7 @@ class Store:
                     "ruleset_version": audit.ruleset_version,
                     "ruleset_sha256": audit.ruleset_sha256,
                     "patient_hash": audit.patient_hash,
+                    "criteria_id": audit.criteria_id,
                 },
             ).scalar_one()
             for pos, card in enumerate(audit.cards):

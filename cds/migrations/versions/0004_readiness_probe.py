@@ -1,7 +1,7 @@
 """Readiness probe: one row that ``/readyz`` rewrites, so readiness proves the database takes writes (issue 12).
 
-Revision ID: 0003_readiness_probe
-Revises: 0002_jwt_replay
+Revision ID: 0004_readiness_probe
+Revises: 0003_audit_criteria_id
 Create Date: 2026-12-04
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_readiness_probe"
-down_revision = "0002_jwt_replay"
+revision = "0004_readiness_probe"
+down_revision = "0003_audit_criteria_id"
 branch_labels = None
 depends_on = None
 
