@@ -300,12 +300,15 @@ def test_shutdown_waits_then_logs_and_counts_what_is_left(caplog):
     store = _SlowStore()
     observer = AuditObserver(store, b"k" * 32, shutdown_timeout=0.3)  # type: ignore[arg-type]
     writer = observer.writer
+    published = []
+    writer.after_shutdown = lambda: published.append(observer.failures)
     for i in range(100):
         assert writer.submit(_record(i))
     started = time.monotonic()
     assert writer.shutdown() == 100
     assert 0.3 <= time.monotonic() - started < 5
     assert writer.abandoned == 100 and observer.failures == 100  # the cds_audit_failures gauge
+    assert published == [100]  # multiprocess metrics: written to the gauge's file before the worker exits
     [line] = [r.getMessage() for r in caplog.records if r.name == "cds.audit"]
     assert line.startswith("shutdown: 100 audit record(s) not written after waiting 0.3 s")
     store.release.set()

@@ -105,6 +105,9 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
             log.warning("CDS_AUDIT_KEY not set: a random key per process (development only)")
         state.audit = AuditObserver(store, key, shutdown_timeout=settings.audit_shutdown_timeout)
         metrics.watch_audit(state.audit)
+        if metrics.multiprocess:  # the gauge's file outlives the worker: records lost at its exit still count
+            audit = state.audit
+            audit.writer.after_shutdown = lambda: metrics.audit_failures.set(audit.failures)
         state.observers.append(state.audit)
     app.extensions["lbp_cds"] = state
 

@@ -8,6 +8,7 @@ import os
 import queue
 import threading
 import weakref
+from collections.abc import Callable
 
 from .store import AuditRecord, Store
 from .transaction import StoreUnavailable
@@ -48,6 +49,8 @@ class AuditWriter:
         self.failed = 0
         self.dropped = 0
         self.abandoned = 0
+        #: called after :meth:`shutdown` counted abandoned records (e.g. to write a multiprocess metric)
+        self.after_shutdown: Callable[[], None] | None = None
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
@@ -123,6 +126,11 @@ class AuditWriter:
             "shutdown: %d audit record(s) not written after waiting %.1f s for the database; they are lost "
             "(counted in cds_audit_failures)", left, timeout,
         )
+        if self.after_shutdown is not None:
+            try:
+                self.after_shutdown()
+            except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise
+                log.error("shutdown: audit failure count not published (%s)", type(exc).__name__)
         return left
 
     def close(self, timeout: float = 5.0) -> None:
