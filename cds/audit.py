@@ -12,9 +12,9 @@ from .storage import AuditCard, AuditRecord, AuditWriter, Store, hash_patient_id
 class AuditObserver:
     """Turns each evaluation into an audit record and hands it to the background writer."""
 
-    def __init__(self, store: Store, key: bytes | None = None):
+    def __init__(self, store: Store, key: bytes | None = None, *, shutdown_timeout: float = 10.0):
         self.key = key or secrets.token_bytes(32)
-        self.writer = AuditWriter(store)
+        self.writer = AuditWriter(store, shutdown_timeout=shutdown_timeout)
 
     def after_evaluation(self, hook_request, service_id, outcome) -> None:
         ident = outcome.evaluation.ruleset
@@ -49,4 +49,5 @@ class AuditObserver:
 
     @property
     def failures(self) -> int:
-        return self.writer.failed + self.writer.dropped
+        """Records not written: failed, dropped (queue full), abandoned at shutdown (cds_audit_failures)."""
+        return self.writer.failed + self.writer.dropped + self.writer.abandoned

@@ -62,6 +62,11 @@ SUMMARY_MAX_CHARS = 139
 
 #: FHIR R4 ``id`` datatype: used for ids that end up in FHIR references and search URLs.
 FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
+#: a FHIR id that is also safe as a URL path segment: ``.`` and ``..`` are refused (``Patient/..`` would be
+#: resolved by an HTTP client or server as a step up the path)
+FHIR_ID_SEGMENT_PATTERN = r"^(?:[A-Za-z0-9\-.]{3,64}|[A-Za-z0-9\-][A-Za-z0-9\-.]?|\.[A-Za-z0-9\-])$"
+#: CDS Hooks: ``hookInstance`` is "a universally unique identifier (UUID) for this particular hook call"
+UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 
 #: Epic's request extension naming the CDS rule (criteria record) that fired the hook
 EPIC_CRITERIA_ID = "com.epic.cdshooks.request.criteria-id"
@@ -199,7 +204,7 @@ class PatientViewContext(_Request):
     Epic sends ``Practitioner/<id>`` and other EHRs other shapes; it is never used for a decision."""
 
     user_id: str = Field(alias="userId", min_length=1)
-    patient_id: str = Field(alias="patientId", pattern=FHIR_ID_PATTERN)
+    patient_id: str = Field(alias="patientId", pattern=FHIR_ID_SEGMENT_PATTERN)
     encounter_id: str | None = Field(default=None, alias="encounterId", pattern=FHIR_ID_PATTERN)
 
 
@@ -212,7 +217,7 @@ class OrderSignContext(_Request):
     """
 
     user_id: str = Field(alias="userId", min_length=1)
-    patient_id: str = Field(alias="patientId", pattern=FHIR_ID_PATTERN)
+    patient_id: str = Field(alias="patientId", pattern=FHIR_ID_SEGMENT_PATTERN)
     encounter_id: str | None = Field(default=None, alias="encounterId", pattern=FHIR_ID_PATTERN)
     draft_orders: dict[str, Any] = Field(alias="draftOrders", repr=False)
 
@@ -241,7 +246,7 @@ class HookRequest(_Request):
     """
 
     hook: str = Field(min_length=1)
-    hook_instance: str = Field(alias="hookInstance", min_length=1)
+    hook_instance: str = Field(alias="hookInstance", pattern=UUID_PATTERN)
     fhir_server: str | None = Field(default=None, alias="fhirServer")
     fhir_authorization: FhirAuthorization | None = Field(default=None, alias="fhirAuthorization")
     context: dict[str, Any]

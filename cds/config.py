@@ -47,6 +47,13 @@ ENV = {
     "CDS_ALLOW_HTTP_FHIR": "allow_http_fhir",
     "CDS_DATABASE_URL": "database_url",
     "CDS_JTI_STORE": "jti_store",
+    "CDS_DATABASE_CONNECT_TIMEOUT": "database_connect_timeout",
+    "CDS_DATABASE_STATEMENT_TIMEOUT": "database_statement_timeout",
+    "CDS_DATABASE_POOL_TIMEOUT": "database_pool_timeout",
+    "CDS_DATABASE_KEEPALIVES_IDLE": "database_keepalives_idle",
+    "CDS_DATABASE_KEEPALIVES_INTERVAL": "database_keepalives_interval",
+    "CDS_DATABASE_KEEPALIVES_COUNT": "database_keepalives_count",
+    "CDS_AUDIT_SHUTDOWN_TIMEOUT": "audit_shutdown_timeout",
     "CDS_CORS_ORIGINS": "cors_origins",
     "CDS_MAX_BODY_BYTES": "max_body_bytes",
     "CDS_FETCH_CONNECT_TIMEOUT": "fetch_connect_timeout",
@@ -124,6 +131,15 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{Path.cwd() / 'var' / 'lbp-cds.sqlite3'}"
     # JWT replay store: per process ("memory") or the database at database_url, shared by every instance
     jti_store: Literal["memory", "database"] = "memory"
+    # PostgreSQL (docs/operations.md "Database"): seconds; a statement timeout of 0 means none
+    database_connect_timeout: int = Field(default=5, ge=1)
+    database_statement_timeout: float = Field(default=5.0, ge=0)
+    database_pool_timeout: float = Field(default=5.0, gt=0)
+    database_keepalives_idle: int = Field(default=30, ge=1)
+    database_keepalives_interval: int = Field(default=10, ge=1)
+    database_keepalives_count: int = Field(default=3, ge=1)
+    # seconds the audit queue may take to drain at shutdown; what is left then is logged and counted
+    audit_shutdown_timeout: float = Field(default=10.0, ge=0)
     cors_origins: tuple[str, ...] = ("*",)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # Fetching absent prefetch keys from fhirServer (docs/operations.md, "Fetching from fhirServer"):

@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from .db_text import DbText, StoredCoding
 from .errors import CdsError
 from .ruleset.schema import Coding
 
@@ -75,8 +76,8 @@ class _Extensible(_Model):
 
 
 class OverrideReason(_Extensible):
-    reason: Coding | None = None
-    userComment: str | None = None
+    reason: StoredCoding | None = None
+    userComment: DbText | None = None
 
 
 #: what the before-validators below check, told to the JSON Schema (the OpenAPI document) as well

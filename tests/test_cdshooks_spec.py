@@ -175,14 +175,19 @@ def test_the_spec_example_request_shape_is_accepted(client):
     assert "some-opaque-fhir-access-token" not in response.get_data(as_text=True)
 
 
-def test_hook_instance_is_not_required_to_be_a_uuid(client):
-    """The spec calls hookInstance "A universally unique identifier (UUID)". Deliberate choice: any
-    non-empty string is accepted (clients in the wild send other ids; the service never relies on its
-    format), so a non-UUID hookInstance still gets cards. See docs/cds-hooks-conformance.md."""
-    for value in ("d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "D1577C69DFBE44ADBA6D3E05E953B2EA", "encounter-42#3"):
+def test_hook_instance_must_be_a_uuid(client):
+    """The spec: hookInstance is "A universally unique identifier (UUID)". Since issue 12 it must be one
+    (the hyphenated form, either case); anything else is a 400 naming it. See docs/cds-hooks-conformance.md."""
+    for value in ("d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "D1577C69-DFBE-44AD-BA6D-3E05E953B2EA"):
         body = copy.deepcopy(BASE)
         body["hookInstance"] = value
         assert _post(client, body).status_code == 200, value
+    for value in ("D1577C69DFBE44ADBA6D3E05E953B2EA", "encounter-42#3", "not-a-uuid"):
+        body = copy.deepcopy(BASE)
+        body["hookInstance"] = value
+        response = _post(client, body)
+        assert response.status_code == 400, value
+        assert error_expression(response) == ["hookInstance"]
 
 
 def test_prefetch_keys_the_service_did_not_ask_for_are_ignored(client):

@@ -69,7 +69,7 @@ def _fallback_request() -> dict[str, Any]:
         return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
     return {
-        "hook": "patient-view", "hookInstance": "x", "context": {"userId": "Practitioner/example", "patientId": pid},
+        "hook": "patient-view", "hookInstance": "0b9a6c3e-2f4d-4a51-9c7e-5d8f1e2a3b4c", "context": {"userId": "Practitioner/example", "patientId": pid},
         "prefetch": {
             "patient": {"resourceType": "Patient", "id": pid},
             "conditions": bundle([{"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{pid}"},

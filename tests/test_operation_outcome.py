@@ -39,7 +39,7 @@ def test_expression_names_the_field(message, kwargs, expected):
 
 
 def test_the_wire(client):
-    response = client.post(SERVICE_URL, json={"hook": "patient-view", "hookInstance": "x"})
+    response = client.post(SERVICE_URL, json={"hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"})
     assert response.status_code == 400 and response.mimetype == "application/json"
     issue = error_issue(response)
     assert issue["code"] == "invalid" and issue["expression"] == ["context"]

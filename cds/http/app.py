@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 from prometheus_client import Counter
+from werkzeug.exceptions import MethodNotAllowed
 
 from ..audit import AuditObserver
 from ..auth import JwtVerifier
@@ -20,12 +22,15 @@ from ..fhir_client import FetchSettings
 from ..live_rules import LiveRuleSet
 from ..logs import request_id
 from ..metrics import Metrics
-from ..storage import Store, upgrade
+from ..storage import Store, pg_settings, upgrade
 from . import openapi, ops, routes
-from .errors import register_error_handlers
+from .errors import error_body, register_error_handlers
 from .security import build_verifier, enable_cors, require_jwt
 
 log = logging.getLogger("cds.http")
+
+#: a client's X-Request-Id is kept only when it is 1-64 ASCII letters, digits and hyphens
+_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 @dataclass
@@ -62,7 +67,7 @@ def _open_store(settings: Settings) -> Store | None:
 
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         upgrade(settings.database_url)  # the embedded database migrates itself; servers run `cds db upgrade`
-    return Store(settings.database_url)
+    return Store(settings.database_url, pg_settings(settings))
 
 
 def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = None, clock: Clock | None = None) -> Flask:
@@ -98,8 +103,11 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
         key = settings.audit_key.encode() if settings.audit_key else None
         if key is None:
             log.warning("CDS_AUDIT_KEY not set: a random key per process (development only)")
-        state.audit = AuditObserver(store, key)
+        state.audit = AuditObserver(store, key, shutdown_timeout=settings.audit_shutdown_timeout)
         metrics.watch_audit(state.audit)
+        if metrics.multiprocess:  # the gauge's file outlives the worker: records lost at its exit still count
+            audit = state.audit
+            audit.writer.after_shutdown = lambda: metrics.audit_failures.set(audit.failures)
         state.observers.append(state.audit)
     app.extensions["lbp_cds"] = state
 
@@ -108,6 +116,7 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)
     register_error_handlers(app)
+    _allow_on_405(app)
     enable_cors(app, settings)
     _instrument(app, metrics)
     live.start_watching()
@@ -116,11 +125,23 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
     return app
 
 
+def _allow_on_405(app: Flask) -> None:
+    """A 405 says which methods the URL has (``Allow``, RFC 9110 §15.5.6), with the JSON error body."""
+
+    @app.errorhandler(MethodNotAllowed)
+    def _method_not_allowed(e: MethodNotAllowed):
+        response = error_body(405, "method not allowed")
+        for name, value in e.get_headers():
+            if name.lower() == "allow":
+                response.headers[name] = value
+        return response
+
+
 def _instrument(app: Flask, metrics: Metrics) -> None:
     @app.before_request
     def _start():
         rid = request.headers.get("X-Request-Id", "")
-        rid = rid if 0 < len(rid) <= 64 and rid.replace("-", "").isalnum() else uuid.uuid4().hex
+        rid = rid if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex  # anything else is never echoed
         g.request_id = rid
         g.token = request_id.set(rid)
         g.started = time.perf_counter()

@@ -32,7 +32,7 @@ class RuleSetCheck(_Body):
 
 class ReadinessChecks(_Body):
     rules: RuleSetCheck
-    #: True/False: the database answered a ping or not; "not configured": no CDS_DATABASE_URL
+    #: True/False: the database took a probe write or not; "not configured": no CDS_DATABASE_URL
     database: bool | Literal["not configured"]
 
 
@@ -43,6 +43,7 @@ class Readiness(_Body):
 
 @bp.get("/healthz")
 def healthz():
+    # liveness only: never the database or anything else that can wait (a hung database is /readyz's job)
     return jsonify(Health().model_dump(mode="json"))
 
 
@@ -55,7 +56,7 @@ def readyz():
         database = "not configured"
         ok = True
     else:
-        database = ok = state.store.ping()
+        database = ok = state.store.ready()  # a committed write, reused for a second (Store.ready)
     checks = ReadinessChecks(rules=RuleSetCheck(name=ident.name, version=ident.version, sha256=ident.sha256), database=database)
     body = Readiness(status="ready" if ok else "not ready", checks=checks)
     response = jsonify(body.model_dump(mode="json"))

@@ -13,6 +13,7 @@ Typical wiring::
 """
 
 from .background import AuditWriter
+from .engine import PgSettings, pg_settings
 from .hashing import hash_patient_id
 from .migrate import current_revision, downgrade, head_revision, upgrade
 from .replay import SqlJtiStore
@@ -26,22 +27,25 @@ from .store import (
     Store,
     retention_cutoff,
 )
-from .transaction import StoreUnavailable
+from .transaction import StoreRefused, StoreUnavailable
 
 __all__ = [
     "UNKNOWN",
     "AuditCard",
     "AuditRecord",
     "AuditWriter",
+    "PgSettings",
     "PurgeResult",
     "ReasonCount",
     "ReportRow",
     "SqlJtiStore",
     "Store",
+    "StoreRefused",
     "StoreUnavailable",
     "current_revision",
     "downgrade",
     "hash_patient_id",
+    "pg_settings",
     "head_revision",
     "retention_cutoff",
     "upgrade",

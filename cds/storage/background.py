@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
 import threading
+import weakref
+from collections.abc import Callable
 
 from .store import AuditRecord, Store
 from .transaction import StoreUnavailable
 
 log = logging.getLogger("cds.audit")
+
+#: writers with a thread in this process, flushed when the interpreter exits (gunicorn worker, cds run)
+_LIVE: weakref.WeakSet[AuditWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:  # pragma: no cover - runs at interpreter exit (tested in a subprocess)
+    for writer in list(_LIVE):
+        writer.shutdown()
 
 
 class AuditWriter:
@@ -20,10 +32,15 @@ class AuditWriter:
     (``dropped``); storage failures are logged (no PHI: only the hook instance and the error class) and
     counted (``failed``). The thread starts lazily in the calling process, so it is safe with pre-forking
     servers (gunicorn): build the writer before the fork, the thread starts in each worker.
+
+    At interpreter exit (a worker's SIGTERM, the end of ``cds run``) :meth:`shutdown` waits up to
+    ``shutdown_timeout`` seconds for the queue to drain; records still not written then are counted
+    (``abandoned``) and logged as one line with their number.
     """
 
-    def __init__(self, store: Store, maxsize: int = 1000):
+    def __init__(self, store: Store, maxsize: int = 1000, shutdown_timeout: float = 10.0):
         self.store = store
+        self.shutdown_timeout = shutdown_timeout
         self._queue: queue.Queue[AuditRecord | None] = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
@@ -31,6 +48,9 @@ class AuditWriter:
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        self.abandoned = 0
+        #: called after :meth:`shutdown` counted abandoned records (e.g. to write a multiprocess metric)
+        self.after_shutdown: Callable[[], None] | None = None
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
@@ -42,6 +62,7 @@ class AuditWriter:
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="cds-audit-writer", daemon=True)
                 self._thread.start()
+                _LIVE.add(self)
 
     def submit(self, record: AuditRecord) -> bool:
         self._ensure_thread()
@@ -84,6 +105,33 @@ class AuditWriter:
 
         threading.Thread(target=_wait, daemon=True).start()
         return done.wait(timeout)
+
+    def pending(self) -> int:
+        """Records submitted and not yet handled (queued or being written)."""
+        return self._queue.unfinished_tasks
+
+    def shutdown(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` (default ``shutdown_timeout``) seconds for the queue to drain; returns how
+        many records were still not written then, which are counted in ``abandoned`` and logged (the count
+        only). The writer keeps working for later submissions."""
+        if self._thread is None or self._pid != os.getpid():
+            return 0
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        if self.flush(timeout):
+            return 0
+        left = self.pending()
+        with self._lock:
+            self.abandoned += left
+        log.error(
+            "shutdown: %d audit record(s) not written after waiting %.1f s for the database; they are lost "
+            "(counted in cds_audit_failures)", left, timeout,
+        )
+        if self.after_shutdown is not None:
+            try:
+                self.after_shutdown()
+            except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise
+                log.error("shutdown: audit failure count not published (%s)", type(exc).__name__)
+        return left
 
     def close(self, timeout: float = 5.0) -> None:
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():

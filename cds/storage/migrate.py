@@ -10,13 +10,15 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from .engine import make_engine
+from .engine import PgSettings, make_engine
 from .transaction import transaction
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Arbitrary constant: PostgreSQL advisory lock taken while migrating, so instances starting together
 # do not race to create the same tables.
 _PG_LOCK_ID = 0x1B9CD5
+#: migrations may wait for another instance's lock and rebuild tables: no statement timeout
+_MIGRATION_PG = PgSettings(statement_timeout_s=0)
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -37,7 +39,7 @@ def head_revision() -> str:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` up to ``revision`` (idempotent). Raises StoreUnavailable if the
     database cannot be reached (as :func:`downgrade` does)."""
-    engine = make_engine(url)
+    engine = make_engine(url, _MIGRATION_PG)
     try:
         with transaction(engine, write=True) as conn:
             if conn.dialect.name == "postgresql":
@@ -50,7 +52,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def downgrade(url: str, revision: str = "base") -> None:
-    engine = make_engine(url)
+    engine = make_engine(url, _MIGRATION_PG)
     try:
         with transaction(engine, write=True) as conn:
             cfg = alembic_config(url)
@@ -61,7 +63,7 @@ def downgrade(url: str, revision: str = "base") -> None:
 
 
 def current_revision(url: str) -> str | None:
-    engine = make_engine(url)
+    engine = make_engine(url, _MIGRATION_PG)
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()

@@ -22,6 +22,8 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
+from ..db_text import OVERRIDE_CODE_LENGTH, OVERRIDE_DISPLAY_LENGTH, OVERRIDE_SYSTEM_LENGTH
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -111,9 +113,10 @@ feedback = Table(
     Column("outcome_timestamp", UTCDateTime(), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
     Column("accepted_suggestions", Text, nullable=True),  # JSON array of suggestion uuids
-    Column("override_system", String(512), nullable=True),
-    Column("override_code", String(256), nullable=True),
-    Column("override_display", String(512), nullable=True),
+    # lengths shared with the request types that fill them (cds.db_text.StoredCoding)
+    Column("override_system", String(OVERRIDE_SYSTEM_LENGTH), nullable=True),
+    Column("override_code", String(OVERRIDE_CODE_LENGTH), nullable=True),
+    Column("override_display", String(OVERRIDE_DISPLAY_LENGTH), nullable=True),
     Column("override_comment", Text, nullable=True),
     Column("payload", Text, nullable=False),  # the whole item, normalised JSON (nothing is discarded)
     Index("ix_feedback_card_uuid", "card_uuid"),
@@ -127,4 +130,12 @@ jwt_replay = Table(
     Column("key_hash", String(64), primary_key=True),
     Column("expires_at", UTCDateTime(), nullable=False),
     Index("ix_jwt_replay_expires_at", "expires_at"),
+)
+
+readiness_probe = Table(
+    "readiness_probe",
+    metadata,
+    # one row (id 1), rewritten by the readiness check: proof that the database takes writes
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("probed_at", UTCDateTime(), nullable=False),
 )

@@ -72,7 +72,8 @@ class SqlJtiStore:
         if purge_every < 1:
             raise ValueError("purge_every must be at least 1")
         self._owns_engine = isinstance(database, str)
-        self.engine: Engine = make_engine(database) if isinstance(database, str) else database
+        # must_exist: a deleted SQLite file is noticed, never silently replaced by an empty one
+        self.engine: Engine = make_engine(database, must_exist=True) if isinstance(database, str) else database
         self._clock = clock
         self._purge_every = purge_every
         self._lock = threading.Lock()

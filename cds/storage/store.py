@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import threading
+import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Connection, delete, func, insert, select, text
+from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from ..feedback import FeedbackItem
-from .engine import make_engine
-from .models import audit_card, audit_evaluation, audit_suggestion, feedback, jwt_replay
-from .transaction import conflict_insert, transaction
+from .engine import PgSettings, make_engine, sqlite_file
+from .models import audit_card, audit_evaluation, audit_suggestion, feedback, jwt_replay, readiness_probe
+from .transaction import StoreUnavailable, conflict_insert, transaction
 
 UNKNOWN = "(unknown)"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -151,25 +154,80 @@ class Store:
     """Thread-safe; one per process (engines hold a connection pool). Build it from a URL; run
     :func:`cds.storage.upgrade` first (the store never creates tables itself)."""
 
-    def __init__(self, url: str):
+    #: how long a readiness answer is reused (``/readyz`` may be polled often; the probe writes)
+    READY_CACHE_S = 1.0
+
+    def __init__(self, url: str, pg: PgSettings | None = None):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pg, must_exist=True)
+        self._file = sqlite_file(url)
+        self._ready_lock = threading.Lock()
+        self._ready: tuple[float, str | None] | None = None  # (monotonic time, problem or None)
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def _tx(self, write: bool) -> AbstractContextManager[Connection]:
-        return transaction(self.engine, write=write)
+    @contextmanager
+    def _tx(self, write: bool) -> Iterator[Connection]:
+        try:
+            with transaction(self.engine, write=write) as conn:
+                yield conn
+        except StoreUnavailable as exc:
+            self._ready = (time.monotonic(), str(exc))  # /readyz says so at once, not after its cache
+            raise
+        cached = self._ready
+        if cached is not None and cached[1] is not None:
+            self._ready = None  # it works again: the next /readyz probes instead of repeating the failure
 
     def ping(self) -> bool:
-        """True when the database answers and the schema is in place (for /readyz)."""
+        """True when the database takes a write now and the schema is in place (:meth:`problem`, not cached)."""
+        return self.problem() is None
+
+    def ready(self) -> bool:
+        """:meth:`ping` for ``/readyz``: the answer is reused for :attr:`READY_CACHE_S` seconds, and
+        callers arriving while a probe runs wait for it (they never start one of their own)."""
+        now = time.monotonic()
+        cached = self._ready
+        if cached is not None and now - cached[0] < self.READY_CACHE_S:
+            return cached[1] is None
+        with self._ready_lock:
+            cached = self._ready
+            if cached is None or time.monotonic() - cached[0] >= self.READY_CACHE_S:
+                cached = self._ready = (time.monotonic(), self.problem())
+        return cached[1] is None
+
+    def problem(self) -> str | None:
+        """Why the database cannot take the service's writes now, or None: the write probe.
+
+        A SQLite file must exist and be writable (with its folder, for the WAL files); then, on every
+        backend, one committed write to ``readiness_probe`` (so a read-only, deleted, full or locked
+        database, or one not migrated, is noticed, not only one that does not answer). A failure disposes
+        the pool (:func:`~cds.storage.transaction.transaction`). The message names no value."""
+        if self._file is not None:
+            if not os.path.exists(self._file):
+                return "database file missing"
+            if not (os.access(self._file, os.W_OK) and os.access(os.path.dirname(self._file), os.W_OK)):
+                self.engine.dispose()  # connections opened now would be read-only for ever
+                return "database file or its folder is read-only"
         try:
-            with self.engine.connect() as conn:
-                conn.execute(select(func.count()).select_from(feedback).where(feedback.c.id == -1))
-            return True
-        except Exception:  # noqa: BLE001 - readiness answers yes or no
-            return False
+            with self._tx(write=True) as conn:
+                now = dt.datetime.now(dt.timezone.utc)
+                ins = conflict_insert(conn, readiness_probe)
+                if ins is not None:
+                    conn.execute(
+                        ins.values(id=1, probed_at=now).on_conflict_do_update(
+                            index_elements=["id"], set_={"probed_at": now}
+                        )
+                    )
+                elif not conn.execute(update(readiness_probe).where(readiness_probe.c.id == 1).values(probed_at=now)).rowcount:
+                    conn.execute(insert(readiness_probe).values(id=1, probed_at=now))
+        except StoreUnavailable as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - readiness answers yes or no (the class names the problem)
+            self.engine.dispose()
+            return f"database write failed: {type(exc).__name__}"
+        return None
 
     # -- audit -------------------------------------------------------------------------------------
     def record_evaluation(self, audit: AuditRecord) -> int:

@@ -17,12 +17,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..errors import CdsError
 from .engine import write_options
 
-__all__ = ["StoreUnavailable", "conflict_insert", "first_line", "transaction"]
+__all__ = ["StoreRefused", "StoreUnavailable", "conflict_insert", "first_line", "transaction"]
 
 
 class StoreUnavailable(CdsError, RuntimeError):
     """The database cannot be reached or used right now (connection refused, file cannot be opened,
     locked past the busy timeout, schema missing). Feedback → 503; hook calls log it and carry on."""
+
+
+class StoreRefused(CdsError, RuntimeError):
+    """The database refused a statement (a constraint, a value it cannot hold): a bug, since requests are
+    validated first. The message names the error class and SQLSTATE only: the driver's text is not kept
+    (PostgreSQL's DETAIL quotes the row, values included, whatever ``hide_parameters`` says)."""
 
 
 #: errors that mean "not now" (not a bug in the statement): connection, driver interface, pool timeout
@@ -40,6 +46,8 @@ def transaction(engine: Engine, *, write: bool, what: str = "database") -> Itera
     """A connection inside one transaction, committed on success, rolled back on an exception.
 
     ``write=True`` takes SQLite's write lock at ``BEGIN`` (:func:`~cds.storage.engine.write_options`).
+    When the database cannot be used, the engine's pool is disposed (every pooled connection is
+    invalidated), so a database that recovers is used again at once.
     A database that cannot be used, or (PostgreSQL) a missing table, raises :class:`StoreUnavailable`
     whose message starts with ``what`` (``"database unavailable: ..."``, ``"database schema missing: ..."``).
     """
@@ -51,12 +59,25 @@ def transaction(engine: Engine, *, write: bool, what: str = "database") -> Itera
                 yield conn
     except UNAVAILABLE as exc:
         cause = getattr(exc, "orig", None) or exc  # a pool TimeoutError is no DBAPIError: it has no .orig
+        if not isinstance(exc, sa_exc.TimeoutError):
+            # The other pooled connections are likely broken the same way (SQLite opened read-only while the
+            # file was, a server restarted, a file deleted): drop them all, so the next request reconnects
+            # instead of failing until each one has been tried. Checked-out connections close on return.
+            engine.dispose()
         raise StoreUnavailable(f"{what} unavailable: {type(cause).__name__}: {first_line(exc)}") from exc
     except sa_exc.ProgrammingError as exc:
         # PostgreSQL: relation missing (not migrated) is an availability problem, not a client error.
         if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
             raise StoreUnavailable(f"{what} schema missing: {first_line(exc)}") from exc
-        raise
+        raise _refused(what, exc) from None
+    except sa_exc.DBAPIError as exc:
+        raise _refused(what, exc) from None
+
+
+def _refused(what: str, exc: sa_exc.DBAPIError) -> StoreRefused:
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)
+    return StoreRefused(f"{what} refused the statement: {type(orig).__name__}" + (f" (SQLSTATE {state})" if state else ""))
 
 
 def conflict_insert(conn: Connection, table: Table) -> Any | None:
