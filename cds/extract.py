@@ -578,9 +578,9 @@ class _Extractor:
         """The raw filter's findings on an Observation, apart from the subject (per patient). Raises
         _Malformed where :meth:`filter_observation_uncached` might; the caller then runs that one."""
         pairs = _codings(raw.get("code"))
-        if self.reps in pairs:
+        if not self.reps.isdisjoint(pairs):
             kind = "round"
-        elif self.pain in pairs:
+        elif not self.pain.isdisjoint(pairs):
             kind = "pain"
         else:
             return _Seen(None)
