@@ -208,6 +208,15 @@ class RuleEngine:
     def __init__(self, ruleset: RuleSet):
         self.ruleset = ruleset
         self._stages = list(ruleset.document.stages)
+        # Each stage's fact carries only the facts its rules and notes name: the C engine's cost grows
+        # with the properties of every fact asserted, and a fact no condition reads cannot change a match.
+        doc = ruleset.document
+        self._stage_facts: dict[str, frozenset[str]] = {}
+        for stage in self._stages:
+            ids = [r.id for r in doc.rules if r.stage == stage] + [f"{_NOTE_PREFIX}{n.id}" for n in doc.notes
+                                                                 if n.stage == stage]
+            self._stage_facts[stage] = frozenset().union(*(ruleset.conditions[i].facts for i in ids
+                                                           if i in ruleset.conditions))
         self._final = {r.id for r in ruleset.document.rules if r.final}
         self._name = f"lbp{next(_ruleset_counter)}"
         self._run: _Run | None = None
@@ -322,7 +331,8 @@ class RuleEngine:
         stage_of = {r.id: r.stage for r in rules.rules}
         facts: list[dict[str, Any]] = []
         for stage in self._stages:
-            facts.append({"kind": "assessment", "stage": stage, **values})
+            named = self._stage_facts[stage]
+            facts.append({"kind": "assessment", "stage": stage, **{k: v for k, v in values.items() if k in named}})
         run = self.run_facts(facts)
         fired = []
         for rule_id in run.fired:

@@ -310,6 +310,12 @@ class _Loader:
         """One problem per YAML position: a union (``int | float``) fails once per branch, and a
         misspelt required key is reported as the unknown key (with its "did you mean"), not twice."""
         paths = [self.yaml_path(doc, err) for err in errors]
+        # A union of shapes (one coding, or a list of codings) fails once per branch: the branch whose
+        # shape fits reports deeper errors; "expected a list" of the other branch would only confuse.
+        deeper = {tuple(p[:n]) for p in paths for n in range(len(p))}
+        kept = [(e, p) for e, p in zip(errors, paths, strict=True)
+                if not (e["type"] in ("list_type", "model_type", "dict_type") and tuple(p) in deeper)]
+        errors, paths = [e for e, _ in kept], [p for _, p in kept]
         misspelt = set()
         for err, path in zip(errors, paths, strict=True):
             if err["type"] == "extra_forbidden":
