@@ -35,7 +35,7 @@ import logging
 import marshal
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -49,7 +49,7 @@ from .facts import ExerciseRound, FlaggedCondition, LbpCondition, PainScore, Pat
 from .fhir_validation import validate
 from .ruleset.schema import Codes, ConditionCategory, ConditionCoding, Ladder
 
-__all__ = ["CodeList", "PrefetchShapeError", "extract"]
+__all__ = ["CodeList", "PrefetchShapeError", "PrefetchTooLarge", "extract"]
 
 log = logging.getLogger("cds.extract")
 
@@ -119,6 +119,14 @@ class PrefetchShapeError(CdsError, ValueError):
         self.key = key
         self.message = message
         super().__init__(f"prefetch.{key}: {message}")
+
+
+class PrefetchTooLarge(PrefetchShapeError):
+    """A prefetch Bundle with more entries than the service accepts per key (the request is a 413)."""
+
+
+#: Bundle entries accepted per prefetch key (CDS_MAX_ENTRIES_PER_KEY); more is PrefetchTooLarge.
+MAX_ENTRIES_PER_KEY = 1000
 
 
 class _Malformed(Exception):
@@ -450,12 +458,12 @@ class _Extractor:
     # -- bookkeeping
 
     def skip(self, rtype: str, rid: str | None, reason: str, *, invalid: bool = False) -> None:
-        log.info("skipped %s %s: %s", _printable(rtype), "(no id)" if rid is None else _printable(rid), reason)
+        log.debug("skipped %s %s: %s", _printable(rtype), "(no id)" if rid is None else _printable(rid), reason)
         self.skipped.append(SkippedResource(resource_type=rtype, resource_id=rid, reason=reason, invalid=invalid))
 
     def skip_data(self, c: _Candidate, reason: str, *, detail: str = "") -> None:
         """Skip a candidate whose data is unusable (counted as invalid), with what the card may show."""
-        log.info("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), reason + detail)
+        log.debug("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), reason + detail)
         kind = c.kind if c.kind in ("pain", "round") else None
         self.skipped.append(
             SkippedResource(
@@ -722,7 +730,7 @@ class _Extractor:
         if outcome is None:  # never stored (see compute), but keep the contract: convert afresh
             return convert(c)
         if isinstance(outcome, SkippedResource):
-            log.info("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), outcome.reason)
+            log.debug("skipped %s %s: %s", _printable(c.rtype), _printable(c.rid), outcome.reason)
             self.skipped.append(outcome)
             self.data_skips.append((len(self.skipped) - 1, c))
             return None
@@ -811,8 +819,9 @@ def _round_order(r: ExerciseRound, positions: Mapping[str, int]) -> tuple[Any, .
     )
 
 
-def _unwrap(key: str, value: Any) -> list[tuple[Any, bool]]:
-    """(resource, in_bundle) pairs of one prefetch value; PrefetchShapeError for a wrong shape."""
+def _unwrap(key: str, value: Any, max_entries: int = MAX_ENTRIES_PER_KEY) -> list[tuple[Any, bool]]:
+    """(resource, in_bundle) pairs of one prefetch value; PrefetchShapeError for a wrong shape,
+    PrefetchTooLarge for a Bundle of more than ``max_entries`` entries (checked before any work)."""
     if not isinstance(value, dict):
         raise PrefetchShapeError(key, "not a FHIR resource or Bundle (expected a JSON object)")
     rtype = value.get("resourceType")
@@ -825,6 +834,8 @@ def _unwrap(key: str, value: Any) -> list[tuple[Any, bool]]:
     entries = value.get("entry", [])
     if not isinstance(entries, list):
         raise PrefetchShapeError(key, "Bundle entry is not a list")
+    if len(entries) > max_entries:
+        raise PrefetchTooLarge(key, f"the Bundle has {len(entries)} entries, more than the {max_entries} accepted")
     out = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -833,7 +844,10 @@ def _unwrap(key: str, value: Any) -> list[tuple[Any, bool]]:
     return out
 
 
-def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladder: Ladder) -> PatientFacts:
+def extract(
+    prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladder: Ladder,
+    max_entries_per_key: int = MAX_ENTRIES_PER_KEY,
+) -> PatientFacts:
     """Extract the facts the rules need from one hook request's prefetch.
 
     ``prefetch`` maps prefetch keys to a FHIR resource, a Bundle, or None (no data). Raises
@@ -843,7 +857,7 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
     resources: list[tuple[Any, bool]] = []
     for key, value in prefetch.items():
         if value is not None:
-            resources.extend(_unwrap(key, value))  # check every shape before doing any work
+            resources.extend(_unwrap(key, value, max_entries_per_key))  # every shape before any work
 
     ex = _Extractor(patient_id, codes, ladder)
     for order, (raw, in_bundle) in enumerate(resources):
@@ -863,6 +877,7 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
             exercise=exercise, date=session_rounds[0].date, rounds=tuple(session_rounds), pain_scores=tuple(pains)
         )
     ex.mark_in_session(session)
+    _log_skip_summary(ex.skipped)
     return PatientFacts(
         patient_id=patient_id,
         conditions=tuple(conditions),
@@ -874,3 +889,15 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
         skipped=tuple(ex.skipped),
     )
 
+
+
+def _log_skip_summary(skipped: list[SkippedResource]) -> None:
+    """One INFO line per request for every resource skipped, counted by reason (the reasons are fixed
+    texts: no id, no value); each skip alone is a DEBUG line. Half a million skipped ``{}`` entries
+    then cost one log line, not half a million."""
+    if not skipped:
+        return
+    counts = Counter(s.reason for s in skipped)
+    shown = ", ".join(f"{n} x {reason}" for reason, n in counts.most_common(10))
+    more = f", and {len(counts) - 10} more reason(s)" if len(counts) > 10 else ""
+    log.info("skipped %d resource(s): %s%s", len(skipped), shown, more)

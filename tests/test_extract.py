@@ -674,7 +674,10 @@ def test_skips_are_logged_without_patient_ids_or_values(caplog: pytest.LogCaptur
     )
     assert len(facts.skipped) == 7
     records = [r for r in caplog.records if r.name == "cds.extract"]
-    assert len(records) == 7 and all(r.levelno == logging.INFO for r in records)
+    # each skip is a DEBUG line; INFO gets one summary line per request, counted by reason
+    assert len(records) == 8 and sum(r.levelno == logging.DEBUG for r in records) == 7
+    summary = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    assert len(summary) == 1 and summary[0].startswith("skipped 7 resource(s): ")
     text = "\n".join(r.getMessage() for r in records)
     for rid in ("r-neg", "r-other", "r-invalid", "r-status", "p-range", "p-invalid", "c-resolved"):
         assert rid in text
@@ -686,7 +689,7 @@ def test_skips_are_logged_without_patient_ids_or_values(caplog: pytest.LogCaptur
 
 
 def test_log_lines_cannot_be_forged_and_missing_ids_skipped(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="cds.extract")
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
     forged = {"resourceType": "Encounter\nINFO fake", "id": "e1"}
     no_id = round_obs("x")
     del no_id["id"]
@@ -700,7 +703,7 @@ def test_log_lines_cannot_be_forged_and_missing_ids_skipped(caplog: pytest.LogCa
         (None, "resource has no id", True),
     ]
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3 and all("\n" not in m for m in messages)
+    assert len(messages) == 4 and all("\n" not in m for m in messages)  # 3 skips and the summary
 
 
 # --- dates written to the year or month; what a skipped resource carries for the card ---------------------
@@ -807,11 +810,12 @@ def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.L
     extract_module.fact_memo.clear()
     rounds = [round_obs("r-ok", reps=20, round_no=1), round_obs("r-plank", exercise="plank")]
     first = run(rounds=rounds)
-    caplog.set_level(logging.INFO, logger="cds.extract")
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
     again = run(rounds=json.loads(json.dumps(rounds)))  # the same JSON again: every outcome from the memo
     assert again == first and again.skipped_invalid == 1
     assert [r.getMessage() for r in caplog.records if r.name == "cds.extract"] == [
-        "skipped Observation r-plank: exercise is not a known ladder code"
+        "skipped Observation r-plank: exercise is not a known ladder code",
+        "skipped 1 resource(s): 1 x exercise is not a known ladder code",
     ]
     # another rule set (here: plank on the ladder) is another memo: nothing is reused across them
     doc = dict(_DOC["ladder"])
