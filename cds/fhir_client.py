@@ -6,17 +6,22 @@ that is present with the value ``null`` means "the EHR has no such data" and is 
 
 Design choices (documented here because the 412 behaviour depends on them):
 
-* **Concurrency**: independent keys are fetched on worker threads sharing one ``httpx.Client``. This
-  works the same under Flask's dev server and gunicorn sync/threaded workers (no event loop to own).
-  A caller may pass a long-lived client (see :func:`make_client`) to keep connections pooled.
+* **Concurrency**: independent keys are fetched on worker threads sharing one ``httpx.Client`` per
+  destination (scheme, host, port; :func:`_client_for`), each pool limited to
+  ``connections_per_host`` connections, so a server that holds its connections (a tarpit) starves only
+  itself. This works the same under Flask's dev server and gunicorn sync/threaded workers (no event loop
+  to own). A caller may pass its own client (see :func:`make_client`).
 * **Time budget**: ``connect_timeout`` (default 0.5 s) bounds each TCP/TLS connect; ``total_timeout``
   (default 2.5 s) bounds the whole call, all keys and pages together (docs/operations.md says why).
   The caller waits for the workers at most until the deadline, then raises :class:`PrefetchUnavailable`
   (HTTP 412) at once, whatever the workers are doing.
-  Unfinished workers are abandoned and end by themselves: each read is bounded by the budget left when
-  the request started, and bodies are streamed with the deadline checked after every read, so a server
-  that trickles its body does not keep them alive either. (A server that trickles its *headers* byte by
-  byte can keep one abandoned worker until it stops; the call itself still returns on time.)
+  At the deadline the caller is the watchdog: it shuts down the sockets the unfinished workers opened
+  (remembered through httpcore's ``trace`` hook), so their blocked reads return at once even when the
+  server dribbles its headers a byte at a time, and the workers end. Bodies are also streamed with the
+  deadline checked after every read. (A fetch on a reused keep-alive connection is bounded by the read
+  timeout, the budget left, instead.)
+* **Counts**: more than ``max_entries`` Bundle entries for one key (one page, or all pages together) is
+  a 412 naming the key.
 * **Paging**: ``Bundle.link[relation=next]`` is followed and the pages are merged into one searchset
   Bundle. More than ``max_pages`` pages is a 412, not a silent truncation: search results are not
   necessarily ordered by what the rules need (e.g. the most recent condition onset), so deciding on part
@@ -41,6 +46,8 @@ Design choices (documented here because the 412 behaviour depends on them):
   fetched Bundles are dropped and logged. Prefetched values are returned exactly as the EHR sent them
   (their validation and filtering belongs to ``cds.extract``).
 * **Failures** are logged once each, at WARNING, naming the key, the FHIR server's host and the reason.
+  Reasons are classes written here (timed out, could not be reached, HTTP status, response invalid,
+  outside fhirServer), never the server's body or headers (no probing oracle).
 * **Secrets and PHI**: the token is only ever placed in the request headers. It never appears in
   log records, exception messages, or reprs. Log records name the key and its *template* path, status
   codes and timings, never a patient id or a concrete URL; the ``httpx`` logger's "HTTP Request" lines
@@ -50,10 +57,10 @@ Design choices (documented here because the 412 behaviour depends on them):
 from __future__ import annotations
 
 import json
-import socket
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections import OrderedDict
