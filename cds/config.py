@@ -59,6 +59,8 @@ ENV = {
     "CDS_FETCH_CONNECT_TIMEOUT": "fetch_connect_timeout",
     "CDS_FETCH_TOTAL_TIMEOUT": "fetch_total_timeout",
     "CDS_FETCH_MAX_PAGES": "fetch_max_pages",
+    "CDS_FETCH_CONNECTIONS_PER_HOST": "fetch_connections_per_host",
+    "CDS_MAX_ENTRIES_PER_KEY": "max_entries_per_key",
     "CDS_AUDIT_KEY": "audit_key",
     "CDS_AUDIT_RETENTION_DAYS": "audit_retention_days",
     "CDS_RULES_POLL_SECONDS": "rules_poll_seconds",
@@ -147,6 +149,10 @@ class Settings(BaseSettings):
     fetch_connect_timeout: float = Field(default=0.5, gt=0)
     fetch_total_timeout: float = Field(default=2.5, gt=0)
     fetch_max_pages: int = Field(default=10, ge=1)
+    # pooled connections per FHIR server (scheme, host, port): a server holding them starves only itself
+    fetch_connections_per_host: int = Field(default=4, ge=1)
+    # Bundle entries per prefetch key, sent (more: 413 naming prefetch.<key>) or fetched (more: 412)
+    max_entries_per_key: int = Field(default=1000, ge=1)
     audit_key: str = ""  # secret for the keyed hash of patient ids; required outside development
     audit_retention_days: int = Field(default=365, ge=1)
     rules_poll_seconds: float = Field(default=2.0, ge=0)  # 0 disables watching the rule files

@@ -53,7 +53,7 @@ from .facts import ExerciseRound, FlaggedCondition, LbpCondition, PainScore, Pat
 from .fhir_validation import canonical_bytes, validate
 from .ruleset.schema import Codes, ConditionCategory, ConditionCoding, Ladder
 
-__all__ = ["CodeList", "PrefetchShapeError", "extract"]
+__all__ = ["CodeList", "PrefetchShapeError", "PrefetchTooLarge", "extract"]
 
 log = logging.getLogger("cds.extract")
 
@@ -123,6 +123,14 @@ class PrefetchShapeError(CdsError, ValueError):
         self.key = key
         self.message = message
         super().__init__(f"prefetch.{key}: {message}")
+
+
+class PrefetchTooLarge(PrefetchShapeError):
+    """A prefetch Bundle with more entries than the service accepts per key (the request is a 413)."""
+
+
+#: Bundle entries accepted per prefetch key (CDS_MAX_ENTRIES_PER_KEY); more is PrefetchTooLarge.
+MAX_ENTRIES_PER_KEY = 1000
 
 
 class _Malformed(Exception):
@@ -893,8 +901,9 @@ def _round_order(r: ExerciseRound, positions: Mapping[str, int]) -> tuple[Any, .
     )
 
 
-def _unwrap(key: str, value: Any) -> list[tuple[Any, bool]]:
-    """(resource, in_bundle) pairs of one prefetch value; PrefetchShapeError for a wrong shape."""
+def _unwrap(key: str, value: Any, max_entries: int = MAX_ENTRIES_PER_KEY) -> list[tuple[Any, bool]]:
+    """(resource, in_bundle) pairs of one prefetch value; PrefetchShapeError for a wrong shape,
+    PrefetchTooLarge for a Bundle of more than ``max_entries`` entries (checked before any work)."""
     if not isinstance(value, dict):
         raise PrefetchShapeError(key, "not a FHIR resource or Bundle (expected a JSON object)")
     rtype = value.get("resourceType")
@@ -907,6 +916,8 @@ def _unwrap(key: str, value: Any) -> list[tuple[Any, bool]]:
     entries = value.get("entry", [])
     if not isinstance(entries, list):
         raise PrefetchShapeError(key, "Bundle entry is not a list")
+    if len(entries) > max_entries:
+        raise PrefetchTooLarge(key, f"the Bundle has {len(entries)} entries, more than the {max_entries} accepted")
     out = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -915,7 +926,10 @@ def _unwrap(key: str, value: Any) -> list[tuple[Any, bool]]:
     return out
 
 
-def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladder: Ladder) -> PatientFacts:
+def extract(
+    prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladder: Ladder,
+    max_entries_per_key: int = MAX_ENTRIES_PER_KEY,
+) -> PatientFacts:
     """Extract the facts the rules need from one hook request's prefetch.
 
     ``prefetch`` maps prefetch keys to a FHIR resource, a Bundle, or None (no data). Raises
@@ -925,7 +939,7 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
     resources: list[tuple[Any, bool]] = []
     for key, value in prefetch.items():
         if value is not None:
-            resources.extend(_unwrap(key, value))  # check every shape before doing any work
+            resources.extend(_unwrap(key, value, max_entries_per_key))  # every shape before any work
 
     ex = _Extractor(patient_id, codes, ladder)
     for order, (raw, in_bundle) in enumerate(resources):
@@ -956,4 +970,3 @@ def extract(prefetch: Mapping[str, Any], *, patient_id: str, codes: Codes, ladde
         latest_session=session,
         skipped=tuple(ex.skipped),
     )
-

@@ -6,17 +6,22 @@ that is present with the value ``null`` means "the EHR has no such data" and is 
 
 Design choices (documented here because the 412 behaviour depends on them):
 
-* **Concurrency**: independent keys are fetched on worker threads sharing one ``httpx.Client``. This
-  works the same under Flask's dev server and gunicorn sync/threaded workers (no event loop to own).
-  A caller may pass a long-lived client (see :func:`make_client`) to keep connections pooled.
+* **Concurrency**: independent keys are fetched on worker threads sharing one ``httpx.Client`` per
+  destination (scheme, host, port; :func:`_client_for`), each pool limited to
+  ``connections_per_host`` connections, so a server that holds its connections (a tarpit) starves only
+  itself. This works the same under Flask's dev server and gunicorn sync/threaded workers (no event loop
+  to own). A caller may pass its own client (see :func:`make_client`).
 * **Time budget**: ``connect_timeout`` (default 0.5 s) bounds each TCP/TLS connect; ``total_timeout``
   (default 2.5 s) bounds the whole call, all keys and pages together (docs/operations.md says why).
   The caller waits for the workers at most until the deadline, then raises :class:`PrefetchUnavailable`
   (HTTP 412) at once, whatever the workers are doing.
-  Unfinished workers are abandoned and end by themselves: each read is bounded by the budget left when
-  the request started, and bodies are streamed with the deadline checked after every read, so a server
-  that trickles its body does not keep them alive either. (A server that trickles its *headers* byte by
-  byte can keep one abandoned worker until it stops; the call itself still returns on time.)
+  At the deadline the caller is the watchdog: it shuts down the sockets the unfinished workers opened
+  (remembered through httpcore's ``trace`` hook), so their blocked reads return at once even when the
+  server dribbles its headers a byte at a time, and the workers end. Bodies are also streamed with the
+  deadline checked after every read. (A fetch on a reused keep-alive connection is bounded by the read
+  timeout, the budget left, instead.)
+* **Counts**: more than ``max_entries`` Bundle entries for one key (one page, or all pages together) is
+  a 412 naming the key.
 * **Paging**: ``Bundle.link[relation=next]`` is followed and the pages are merged into one searchset
   Bundle. More than ``max_pages`` pages is a 412, not a silent truncation: search results are not
   necessarily ordered by what the rules need (e.g. the most recent condition onset), so deciding on part
@@ -41,6 +46,8 @@ Design choices (documented here because the 412 behaviour depends on them):
   fetched Bundles are dropped and logged. Prefetched values are returned exactly as the EHR sent them
   (their validation and filtering belongs to ``cds.extract``).
 * **Failures** are logged once each, at WARNING, naming the key, the FHIR server's host and the reason.
+  Reasons are classes written here (timed out, could not be reached, HTTP status, response invalid,
+  outside fhirServer), never the server's body or headers (no probing oracle).
 * **Secrets and PHI**: the token is only ever placed in the request headers. It never appears in
   log records, exception messages, or reprs. Log records name the key and its *template* path, status
   codes and timings, never a patient id or a concrete URL; the ``httpx`` logger's "HTTP Request" lines
@@ -53,8 +60,10 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
@@ -89,6 +98,8 @@ class FetchSettings:
     connect_timeout: float = 0.5  # seconds, per TCP/TLS connect (one slow WAN TLS handshake)
     total_timeout: float = 2.5  # seconds, the whole fetch of all keys and pages (and one retry)
     max_pages: int = 10  # searchset pages per key; more is a 412
+    max_entries: int = 1000  # Bundle entries per key (each page, and all pages merged); more is a 412
+    connections_per_host: int = 4  # pooled connections per (scheme, host, port): a tarpit starves only itself
     allow_http: bool = False  # CDS_ALLOW_HTTP_FHIR=1: plain-http fhirServer (development, tests)
 
 
@@ -193,21 +204,51 @@ def make_client(settings: FetchSettings | None = None) -> httpx.Client:
     )
 
 
+#: A client installed for the whole process (tests: a mock transport), as (pid, client); None: one
+#: pooled client per destination (:func:`_client_for`).
 _default: tuple[int, httpx.Client] | None = None
-_default_lock = threading.Lock()
+
+#: At most this many destinations keep a pooled client; the least recently used one is closed.
+MAX_DESTINATIONS = 64
+
+_clients: OrderedDict[tuple[str, int, str, str, int], httpx.Client] = OrderedDict()
+_clients_lock = threading.Lock()
 
 
-def _default_client() -> httpx.Client:
-    """One pooled client per process (re-made after a fork, e.g. gunicorn --preload).
+def _client_for(base: _Base, settings: FetchSettings) -> httpx.Client:
+    """One pooled client per destination (scheme, host, port) and process (re-made after a fork), made
+    lazily, at most :data:`MAX_DESTINATIONS` of them. Each allows ``connections_per_host`` connections,
+    so a FHIR server that holds its connections (a tarpit) exhausts only its own pool: calls to other
+    servers never wait for it.
 
-    Timeouts are set per request from the call's settings, so one client serves every settings value.
-    Creating a client costs an SSL context (milliseconds), which is why it is not made per call.
+    Timeouts are set per request from the call's settings. Creating a client costs an SSL context
+    (milliseconds), which is why it is not made per call.
     """
-    global _default
-    with _default_lock:
-        if _default is None or _default[0] != os.getpid():
-            _default = (os.getpid(), make_client())
-        return _default[1]
+    key = (base.scheme, os.getpid(), base.host, str(settings.connections_per_host), base.port)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is not None:
+            _clients.move_to_end(key)
+            return client
+        for stale in [k for k in _clients if k[1] != os.getpid()]:  # inherited over a fork: not ours
+            del _clients[stale]
+        while len(_clients) >= MAX_DESTINATIONS:
+            _, evicted = _clients.popitem(last=False)
+            try:
+                evicted.close()
+            except Exception:  # pragma: no cover - a connection in use elsewhere; it ends by itself
+                pass
+        client = httpx.Client(
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=settings.connections_per_host,
+                max_keepalive_connections=settings.connections_per_host,
+                keepalive_expiry=30.0,
+            ),
+            headers={"User-Agent": "lbp-cds"},
+        )
+        _clients[key] = client
+        return client
 
 
 class _RedactHttpxUrls(logging.Filter):
@@ -416,6 +457,8 @@ class _Job:
         self.settings = settings
         self.deadline = deadline
         self.abandoned = abandoned
+        self._sockets: list[socket.socket] = []  # connections this job opened (the watchdog shuts them)
+        self._sockets_lock = threading.Lock()
         resource_path = path.split("?", 1)[0].strip("/")
         segments = [s for s in resource_path.split("/") if s]
         if not segments or not re.fullmatch(r"[A-Z][A-Za-z]+", segments[0]):
@@ -425,6 +468,28 @@ class _Job:
         self.is_read = "?" not in path and len(segments) == 2 and not segments[1].startswith("_")
 
     # -- HTTP ------------------------------------------------------------------------------------
+    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpcore's trace hook: remember the socket of each connection this job opens."""
+        if event.endswith(("connect_tcp.complete", "start_tls.complete")):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with self._sockets_lock:
+                    self._sockets.append(sock)
+                if self.abandoned.is_set():
+                    self.abort()
+
+    def abort(self) -> None:
+        """The watchdog (the caller, at the deadline): shut down the sockets this job opened, so a
+        blocked read returns at once whatever the server dribbles, and the worker ends."""
+        with self._sockets_lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def _remaining(self) -> float:
         return self.deadline - time.monotonic()
 
@@ -441,10 +506,15 @@ class _Job:
             remaining = self._remaining()
             if remaining <= 0 or self.abandoned.is_set():
                 raise _Fail("timed out (fetch time budget exhausted)")
-            timeout = httpx.Timeout(remaining, connect=min(self.settings.connect_timeout, remaining))
+            timeout = httpx.Timeout(
+                remaining, connect=min(self.settings.connect_timeout, remaining), pool=remaining
+            )
             try:
                 return stack.enter_context(
-                    self.client.stream("GET", url, headers=self.headers, timeout=timeout, follow_redirects=False)
+                    self.client.stream(
+                        "GET", url, headers=self.headers, timeout=timeout, follow_redirects=False,
+                        extensions={"trace": self._trace},
+                    )
                 )
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
                 if attempt == 2:
@@ -477,12 +547,20 @@ class _Job:
                     chunks.append(chunk)
                     if self._remaining() <= 0 or self.abandoned.is_set():
                         raise _Fail("timed out (fetch time budget exhausted)")
-                content_type = response.headers.get("content-type", "")
         except httpx.TimeoutException as exc:
-            kind = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for the FHIR server"
+            if isinstance(exc, httpx.ConnectTimeout):
+                kind = "connecting"
+            elif isinstance(exc, httpx.PoolTimeout):
+                kind = "waiting for a free connection to the FHIR server"
+            else:
+                kind = "waiting for the FHIR server"
             raise _Fail(f"timed out {kind}") from None
         except httpx.TransportError as exc:
-            raise _Fail(f"the FHIR server could not be reached ({type(exc).__name__})") from None
+            if self.abandoned.is_set() or self._remaining() <= 0:  # the watchdog shut the socket
+                raise _Fail("timed out (fetch time budget exhausted)") from None
+            if isinstance(exc, httpx.ConnectError):
+                raise _Fail("the FHIR server could not be reached (connection refused or failed)") from None
+            raise _Fail("the FHIR server could not be reached (connection broken)") from None
         except httpx.HTTPError as exc:
             raise _Fail(f"HTTP error ({type(exc).__name__})") from None
         body = b"".join(chunks)
@@ -493,9 +571,9 @@ class _Job:
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            raise _Fail(f"the FHIR server's response is not JSON (content type {content_type[:60]!r})") from None
+            raise _Fail("the FHIR server's response is invalid (not JSON)") from None
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-            raise _Fail("the FHIR server's response is not a FHIR resource")
+            raise _Fail("the FHIR server's response is invalid (not a FHIR resource)")
         return data
 
     @staticmethod
@@ -533,6 +611,13 @@ class _Job:
 
     # -- run -------------------------------------------------------------------------------------
     def run(self) -> Any:
+        try:
+            return self._run()
+        finally:  # finished: its connections went back to the pool, they are no longer the job's
+            with self._sockets_lock:
+                self._sockets = []
+
+    def _run(self) -> Any:
         started = time.monotonic()
         path, _, query = self.path.partition("?")
         target = self._target(self.fhir_server.rstrip("/") + "/" + path.lstrip("/"), "the rendered template")
@@ -549,7 +634,7 @@ class _Job:
 
     def _read(self, data: dict[str, Any]) -> Any:
         if data["resourceType"] != self.resource_type:
-            raise _Fail(f"expected a {self.resource_type} resource, got {data['resourceType'][:40]}")
+            raise _Fail(f"the FHIR server's response is invalid (not a {self.resource_type} resource)")
         if not self._for_patient(data):
             raise _Fail("the FHIR server returned a resource that is not for the context patient")
         return data
@@ -562,10 +647,13 @@ class _Job:
         while True:
             pages += 1
             if data["resourceType"] != "Bundle" or data.get("type") != "searchset":
-                raise _Fail(f"expected a searchset Bundle, got {str(data.get('resourceType'))[:40]}")
+                raise _Fail("the FHIR server's response is invalid (not a searchset Bundle)")
             page_entries = data.get("entry", [])
             if not isinstance(page_entries, list):
-                raise _Fail("the searchset Bundle's entry is not a list")
+                raise _Fail("the FHIR server's response is invalid (the Bundle's entry is not a list)")
+            cap = self.settings.max_entries
+            if len(page_entries) > cap or len(entries) + len(page_entries) > cap:
+                raise _Fail(f"the search has more than {cap} entries (the limit per prefetch key)")
             for entry in page_entries:
                 resource = entry.get("resource") if isinstance(entry, Mapping) else None
                 if not isinstance(resource, Mapping):
@@ -713,7 +801,12 @@ def _fetch_missing(
         paths[key] = path
 
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
-    http = client if client is not None else _default_client()
+    if client is not None:
+        http = client
+    elif _default is not None and _default[0] == os.getpid():
+        http = _default[1]
+    else:
+        http = _client_for(base, settings)
     abandoned = threading.Event()
     try:
         jobs: dict[str, _Job] = {}
@@ -762,4 +855,6 @@ def _run_concurrently(
                 raise PrefetchUnavailable(key, "timed out (fetch time budget exhausted)")
     finally:
         abandoned.set()
+        for job in jobs.values():  # the watchdog: unfinished workers' sockets are shut, so they end now
+            job.abort()
         pool.shutdown(wait=False, cancel_futures=True)

@@ -164,6 +164,7 @@ class Override:
     raw: bytes | None = None  # answer 200 with exactly these bytes (e.g. garbage)
     json_body: Any = None  # answer 200 with this JSON (e.g. not a Bundle)
     trickle: float | None = None  # send the (normal) body one byte per this many seconds
+    tarpit: float | None = None  # send the status line and headers one byte per this many seconds, forever
     content_type: str = FHIR_JSON
 
 
@@ -219,6 +220,7 @@ class FhirTestServer(LoopbackServer):
         self.drop_next = 0  # close the connection of the next N requests without answering
         self.drop_reused_only = True  # ... only requests on a reused (keep-alive) connection
         self.connections = 0  # TCP connections accepted
+        self.tarpit_closed = 0  # tarpit connections the client shut (the fetch watchdog)
         self.requests: list[SeenRequest] = []
         self._searches: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
@@ -409,6 +411,19 @@ class _Handler(BaseHTTPRequestHandler):
             owner.sleep(override.delay)
             if owner._stop.is_set():
                 return
+        if override.tarpit:  # a header byte every `tarpit` seconds, never finishing (until stopped)
+            self.close_connection = True
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+                self.wfile.flush()
+                while not owner._stop.is_set():
+                    owner.sleep(override.tarpit)
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+            except OSError:  # the client shut the connection: what the tests check it does
+                with owner._lock:
+                    owner.tarpit_closed += 1
+            return
         if owner.required_token is not None:
             if self.headers.get("Authorization") != f"Bearer {owner.required_token}":
                 return self._outcome(401, "login", "missing or wrong bearer token")

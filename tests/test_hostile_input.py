@@ -531,3 +531,30 @@ def test_no_500_is_logged_for_any_of_the_above(hc, caplog):
         for raw in bodies:
             assert post_raw(hc, raw).status_code < 500
     assert not [r for r in caplog.records if "unexpected" in r.getMessage()]
+
+
+# --- work bounded by counts, not only bytes (issue 12, point 2) --------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["exerciseRounds", "painScores", "conditions"])
+def test_a_prefetch_bundle_of_too_many_entries_is_413_naming_the_key(hc, key) -> None:
+    from cds.extract import MAX_ENTRIES_PER_KEY
+
+    body = _load("bird-dog-12-14")
+    body["prefetch"][key] = {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * (MAX_ENTRIES_PER_KEY + 1)}
+    err = error_of(post_raw(hc, json.dumps(body)), 413)
+    assert err["message"].startswith(f"prefetch.{key}: ") and err.get("field") == f"prefetch.{key}"
+
+
+def test_entries_up_to_the_cap_are_skipped_with_one_summary_log_line(hc, caplog) -> None:
+    from cds.extract import MAX_ENTRIES_PER_KEY
+
+    caplog.set_level(logging.INFO)
+    body = _load("bird-dog-12-14")
+    body["prefetch"]["conditions"] = {"resourceType": "Bundle", "type": "searchset",
+                                      "entry": [{}] * MAX_ENTRIES_PER_KEY}
+    response = post_raw(hc, json.dumps(body))
+    assert response.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "cds.extract" and r.levelno >= logging.INFO]
+    assert len(lines) == 1 and lines[0].startswith(f"skipped {MAX_ENTRIES_PER_KEY} resource(s): ")
+    assert len(caplog.records) < 50  # not one line per skipped entry

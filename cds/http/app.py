@@ -90,6 +90,8 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
             connect_timeout=settings.fetch_connect_timeout,
             total_timeout=settings.fetch_total_timeout,
             max_pages=settings.fetch_max_pages,
+            max_entries=settings.max_entries_per_key,
+            connections_per_host=settings.fetch_connections_per_host,
             allow_http=settings.allow_http_fhir,
         ),
     )

@@ -23,7 +23,7 @@ from ..cdshooks import (
     validation_message,
 )
 from ..engine import EngineError
-from ..extract import PrefetchShapeError
+from ..extract import PrefetchShapeError, PrefetchTooLarge
 from ..feedback import FeedbackAck, FeedbackError, parse_feedback
 from ..fhir_client import PrefetchUnavailable, complete_prefetch
 from ..storage import StoreUnavailable
@@ -90,6 +90,7 @@ def call_service(service_id: str):
     active = state.rules.current()  # one rule-set version for the whole request
     svc = _known_service(service_id, active)
     body = json_body()
+    _check_entry_counts(body.get("prefetch"), state.fetch_settings.max_entries)  # 413 before any work
     if isinstance(body.get("hook"), str) and body["hook"] != svc.hook:
         raise ApiError(400, f"hook: service '{service_id}' answers '{svc.hook}', not the hook sent")
     model = OrderSignRequest if svc.hook == service.ORDER_SIGN_HOOK else PatientViewRequest
@@ -124,6 +125,8 @@ def call_service(service_id: str):
         state.observe_fetch_error(e.key)
         raise ApiError(412, str(e), **({"key": e.key} if e.key else {})) from None
     except PrefetchShapeError as e:
+        if isinstance(e, PrefetchTooLarge):
+            raise ApiError(413, str(e), field=f"prefetch.{e.key}") from None
         raise ApiError(400, str(e)) from None
     except EngineError:
         log.exception("rule engine failed")
@@ -152,3 +155,17 @@ def feedback(service_id: str):
     for item in parsed.feedback:
         state.metrics.feedback.labels(item.outcome).inc()
     return jsonify(FeedbackAck(received=len(parsed.feedback), stored=stored).model_dump(mode="json"))
+
+
+def _check_entry_counts(prefetch: Any, cap: int) -> None:
+    """A prefetch Bundle of more than ``cap`` entries is a 413 naming ``prefetch.<key>`` (work is bounded
+    by counts, not only bytes: 2 MiB holds half a million ``{}`` entries)."""
+    if not isinstance(prefetch, dict):
+        return
+    for key, value in prefetch.items():
+        entries = value.get("entry") if isinstance(value, dict) else None
+        if isinstance(entries, list) and len(entries) > cap:
+            raise ApiError(
+                413, f"prefetch.{key}: the Bundle has {len(entries)} entries, more than the {cap} accepted",
+                field=f"prefetch.{key}",
+            )
