@@ -22,7 +22,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import UNAUTHORIZED_BODY, error_issue, make_settings, with_directory
+from conftest import error_issue, make_settings, with_directory
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, inspect, text
 
