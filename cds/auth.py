@@ -17,18 +17,21 @@ last so that a bad token never consumes a ``jti``):
    is fetched, so a stranger cannot make us issue requests;
 4. the JWKS URL is the issuer's ``jwks_url``, or the header ``jku`` only when
    it is exactly on that issuer's allow-list (no other URL is ever fetched);
-5. key by ``kid`` from the cached JWKS (one rate-limited refresh on an unknown
-   ``kid``); the key type/curve must fit ``alg``, and PyJWT is called with
+5. key by ``kid`` from the cached JWKS (a refresh on an unknown ``kid``,
+   rate-limited per URL, waited for at most 2 s; a cached ``kid`` never
+   waits); the key type/curve must fit ``alg``, and PyJWT is called with
    ``algorithms=[alg]`` and the cryptography key object, so an HMAC
    algorithm can never be used with a public key as the secret;
 6. signature, ``aud``, ``iss``, required claims (PyJWT); ``exp``/``iat``/``nbf``
-   against our (injectable) clock with a leeway; ``jti``; ``tenant``;
+   against our (injectable) clock with a leeway, the lifetime (``exp - iat``,
+   ``exp - now``) at most ``max_lifetime``; ``jti``; ``tenant``;
 7. ``jti`` recorded in the replay store until ``exp`` + leeway.
 
 Every failure raises :class:`AuthenticationError`; its ``reason`` is a fixed
 text meant for logs that never contains the token or any part of it. The
 reason is logged here on logger ``cds.auth`` with the (sanitised) ``iss`` and
-``kid``; the HTTP layer should answer a generic 401.
+``kid``; the HTTP layer should answer a generic 401, or 503 for
+:class:`AuthUnavailable` (the replay store could not answer).
 """
 
 from __future__ import annotations
