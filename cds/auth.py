@@ -17,18 +17,21 @@ last so that a bad token never consumes a ``jti``):
    is fetched, so a stranger cannot make us issue requests;
 4. the JWKS URL is the issuer's ``jwks_url``, or the header ``jku`` only when
    it is exactly on that issuer's allow-list (no other URL is ever fetched);
-5. key by ``kid`` from the cached JWKS (one rate-limited refresh on an unknown
-   ``kid``); the key type/curve must fit ``alg``, and PyJWT is called with
+5. key by ``kid`` from the cached JWKS (a refresh on an unknown ``kid``,
+   rate-limited per URL, waited for at most 2 s; a cached ``kid`` never
+   waits); the key type/curve must fit ``alg``, and PyJWT is called with
    ``algorithms=[alg]`` and the cryptography key object, so an HMAC
    algorithm can never be used with a public key as the secret;
 6. signature, ``aud``, ``iss``, required claims (PyJWT); ``exp``/``iat``/``nbf``
-   against our (injectable) clock with a leeway; ``jti``; ``tenant``;
+   against our (injectable) clock with a leeway, the lifetime (``exp - iat``,
+   ``exp - now``) at most ``max_lifetime``; ``jti``; ``tenant``;
 7. ``jti`` recorded in the replay store until ``exp`` + leeway.
 
 Every failure raises :class:`AuthenticationError`; its ``reason`` is a fixed
 text meant for logs that never contains the token or any part of it. The
 reason is logged here on logger ``cds.auth`` with the (sanitised) ``iss`` and
-``kid``; the HTTP layer should answer a generic 401.
+``kid``; the HTTP layer should answer a generic 401, or 503 for
+:class:`AuthUnavailable` (the replay store could not answer).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from .errors import CdsError
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
+    "AuthUnavailable",
     "AuthenticationError",
     "InMemoryJtiStore",
     "IssuerEntry",
@@ -292,8 +296,16 @@ class AuthenticationError(CdsError):
         return self.reason
 
 
+class AuthUnavailable(AuthenticationError):
+    """The token could not be checked right now (the replay store is down or full for its issuer).
+
+    A subclass of :class:`AuthenticationError`, so any caller that only knows that one still fails
+    closed; the HTTP layer answers 503 (try again later) rather than 401 (your token is bad).
+    """
+
+
 class JtiStoreFull(CdsError, RuntimeError):
-    """The replay store cannot take another live entry (fail closed)."""
+    """The replay store cannot take another live entry for this issuer (fail closed)."""
 
 
 # --------------------------------------------------------------------------
@@ -315,21 +327,24 @@ class JtiStore(Protocol):
 
 
 class InMemoryJtiStore:
-    """Bounded, thread-safe in-process :class:`JtiStore`.
+    """Thread-safe in-process :class:`JtiStore`, bounded per issuer.
 
-    Entries are kept until their expiry and then evicted. When ``max_entries``
-    live entries are held, :class:`JtiStoreFull` is raised rather than
-    forgetting a live entry (which would allow its replay): the verifier then
-    fails closed. Only tokens that passed every other check reach the store.
+    Entries are kept until their expiry and then evicted (expired ones first, always). Each issuer may
+    hold at most ``max_per_issuer`` live entries: when an issuer is at its bound its new tokens raise
+    :class:`JtiStoreFull` (the verifier answers 503) rather than forgetting a live entry (which would
+    allow its replay) - and no other issuer is affected. The verifier passes ``issuer``; a caller that
+    does not shares the bound of the issuer ``""``. Only tokens that passed every other check reach
+    the store.
     """
 
-    def __init__(self, max_entries: int = 100_000, *, clock: Callable[[], float] = time.time) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._max = max_entries
+    def __init__(self, max_per_issuer: int = 100_000, *, clock: Callable[[], float] = time.time) -> None:
+        if max_per_issuer < 1:
+            raise ValueError("max_per_issuer must be at least 1")
+        self._max = max_per_issuer
         self._clock = clock
         self._lock = threading.Lock()
-        self._expiry: dict[str, float] = {}
+        self._expiry: dict[str, tuple[float, str]] = {}  # key -> (expires_at, issuer)
+        self._per_issuer: dict[str, int] = {}
         self._heap: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
@@ -342,14 +357,26 @@ class InMemoryJtiStore:
             self._evict_expired(self._clock())
             return jti in self._expiry
 
+    def live_for(self, issuer: str) -> int:
+        """Live entries held for ``issuer``."""
+        with self._lock:
+            self._evict_expired(self._clock())
+            return self._per_issuer.get(issuer, 0)
+
     def _evict_expired(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
             expires_at, jti = heapq.heappop(heap)
-            if self._expiry.get(jti) == expires_at:
+            held = self._expiry.get(jti)
+            if held is not None and held[0] == expires_at:
                 del self._expiry[jti]
+                left = self._per_issuer[held[1]] - 1
+                if left:
+                    self._per_issuer[held[1]] = left
+                else:
+                    del self._per_issuer[held[1]]
 
-    def check_and_add(self, jti: str, expires_at: float) -> bool:
+    def check_and_add(self, jti: str, expires_at: float, *, issuer: str = "") -> bool:
         now = self._clock()
         with self._lock:
             self._evict_expired(now)
@@ -358,9 +385,11 @@ class InMemoryJtiStore:
             if expires_at <= now:
                 # Already past its lifetime: nothing to remember.
                 return True
-            if len(self._expiry) >= self._max:
-                raise JtiStoreFull(f"replay store holds {self._max} live entries")
-            self._expiry[jti] = expires_at
+            held = self._per_issuer.get(issuer, 0)
+            if held >= self._max:
+                raise JtiStoreFull(f"replay store holds {self._max} live entries for this issuer")
+            self._expiry[jti] = (expires_at, issuer)
+            self._per_issuer[issuer] = held + 1
             heapq.heappush(self._heap, (expires_at, jti))
             return True
 
@@ -393,14 +422,18 @@ class _JwksFetchError(Exception):
 
 
 class _JwksEntry:
-    __slots__ = ("keys", "fetched_at", "last_attempt", "last_error", "lock")
+    __slots__ = ("keys", "fetched_at", "last_attempt", "last_error", "lock", "tokens", "refilled_at", "refreshing")
 
-    def __init__(self) -> None:
+    def __init__(self, burst: float) -> None:
         self.keys: dict[str, list[_VerificationKey]] = {}
         self.fetched_at: float | None = None
         self.last_attempt: float | None = None
         self.last_error: str | None = None
+        # held only to read or swap the fields above, never during a fetch
         self.lock = threading.Lock()
+        self.tokens = burst  # the refresh token bucket of this URL
+        self.refilled_at: float | None = None
+        self.refreshing: threading.Event | None = None  # set when the fetch in progress ends
 
 
 def _parse_jwks(doc: Any, url: str) -> dict[str, list[_VerificationKey]]:
@@ -453,10 +486,15 @@ class JwksCache:
     """Fetch JWK Sets over HTTP(S) and cache them per URL.
 
     * a URL is fetched when first needed, when its copy is older than
-      ``max_age``, or when asked for a ``kid`` it does not hold - but never
-      more than once per ``min_refresh_interval`` per URL (failed attempts
-      count too), so a flood of tokens with made-up ``kid`` values cannot make
-      us hammer the issuer;
+      ``max_age``, or when asked for a ``kid`` it does not hold - but at most
+      as a token bucket per URL allows (``refresh_burst`` fetches at once, one
+      more every ``min_refresh_interval`` seconds; failed attempts count too),
+      so a flood of tokens with made-up ``kid`` values cannot make us hammer
+      the issuer;
+    * no lock is held during a fetch: a caller whose ``kid`` is cached never
+      waits (a stale copy is refreshed in the background while it stays in
+      use); only a caller with an unknown ``kid`` waits for the fetch, and at
+      most ``wait_timeout`` seconds;
     * requests have a timeout, do not follow redirects, and the body is limited
       to ``max_bytes``;
     * when a refresh fails the previously fetched keys stay in use.
@@ -470,17 +508,23 @@ class JwksCache:
         http_client: httpx.Client | None = None,
         *,
         clock: Callable[[], float] = time.time,
-        min_refresh_interval: float = 30,
+        min_refresh_interval: float = 10,
+        refresh_burst: int = 2,
         max_age: float = 3600,
         timeout: float = 5.0,
+        wait_timeout: float = 2.0,
         max_bytes: int = MAX_JWKS_BYTES,
     ) -> None:
+        if refresh_burst < 1:
+            raise ValueError("refresh_burst must be at least 1")
         self._owns_client = http_client is None
         self._client = http_client or httpx.Client(timeout=timeout, follow_redirects=False)
         self._clock = clock
         self._min_refresh_interval = float(min_refresh_interval)
+        self._burst = float(refresh_burst)
         self._max_age = float(max_age)
         self._timeout = float(timeout)
+        self._wait_timeout = float(wait_timeout)
         self._max_bytes = int(max_bytes)
         self._entries: dict[str, _JwksEntry] = {}
         self._lock = threading.Lock()
@@ -493,24 +537,45 @@ class JwksCache:
         with self._lock:
             entry = self._entries.get(url)
             if entry is None:
-                entry = self._entries[url] = _JwksEntry()
+                entry = self._entries[url] = _JwksEntry(self._burst)
             return entry
+
+    def _take_token(self, entry: _JwksEntry, now: float) -> bool:
+        """One refresh allowed by the URL's bucket? (``entry.lock`` held.)"""
+        if entry.refilled_at is not None and self._min_refresh_interval > 0:
+            gained = max(0.0, now - entry.refilled_at) / self._min_refresh_interval
+            entry.tokens = min(self._burst, entry.tokens + gained)
+        elif entry.refilled_at is not None:
+            entry.tokens = self._burst
+        entry.refilled_at = now
+        if entry.tokens < 1:
+            return False
+        entry.tokens -= 1
+        return True
 
     def get_keys(self, url: str, kid: str) -> list[_VerificationKey]:
         """Keys with this ``kid`` from the JWKS at ``url``; raises AuthenticationError."""
         entry = self._entry(url)
+        now = self._clock()
         with entry.lock:
-            now = self._clock()
+            keys = entry.keys.get(kid)
             stale = entry.fetched_at is None or now - entry.fetched_at >= self._max_age
-            if stale or kid not in entry.keys:
-                may_fetch = (
-                    entry.last_attempt is None
-                    or now - entry.last_attempt >= self._min_refresh_interval
-                )
-                if may_fetch:
-                    self._refresh(url, entry, now)
-                elif kid not in entry.keys:
-                    logger.info("JWKS %s: refresh for an unknown kid suppressed (rate limit)", url)
+            if keys and not stale:
+                return list(keys)
+            done = entry.refreshing
+            if done is None and self._take_token(entry, now):
+                done = entry.refreshing = threading.Event()
+                entry.last_attempt = now
+                threading.Thread(
+                    target=self._refresh, args=(url, entry, done, now), name="jwks-refresh", daemon=True
+                ).start()
+            elif done is None and not keys:
+                logger.info("JWKS %s: refresh for an unknown kid suppressed (rate limit)", url)
+        if keys:  # cached but stale: keep using it while the refresh runs
+            return list(keys)
+        if done is not None and not done.wait(self._wait_timeout):
+            logger.warning("JWKS %s: no answer within %.1f s for an unknown kid", url, self._wait_timeout)
+        with entry.lock:
             keys = entry.keys.get(kid)
             if keys:
                 return list(keys)
@@ -518,17 +583,29 @@ class JwksCache:
                 raise AuthenticationError(f"JWKS unavailable: {entry.last_error or 'not fetched'}")
         raise AuthenticationError("kid not found in the issuer's JWKS")
 
-    def _refresh(self, url: str, entry: _JwksEntry, now: float) -> None:
-        entry.last_attempt = now
+    def _refresh(self, url: str, entry: _JwksEntry, done: threading.Event, now: float) -> None:
         try:
-            entry.keys = self._fetch(url)
-        except _JwksFetchError as exc:
-            entry.last_error = str(exc)
-            logger.warning("JWKS %s: fetch failed: %s", url, exc)
-            return
-        entry.fetched_at = now
-        entry.last_error = None
-        logger.info("JWKS %s: fetched %d key id(s)", url, len(entry.keys))
+            try:
+                keys = self._fetch(url)
+            except _JwksFetchError as exc:
+                with entry.lock:
+                    entry.last_error = str(exc)
+                logger.warning("JWKS %s: fetch failed: %s", url, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a background thread must not die silently
+                with entry.lock:
+                    entry.last_error = f"unexpected {type(exc).__name__}"
+                logger.error("JWKS %s: fetch failed: unexpected %s", url, type(exc).__name__)
+                return
+            with entry.lock:
+                entry.keys = keys
+                entry.fetched_at = now
+                entry.last_error = None
+            logger.info("JWKS %s: fetched %d key id(s)", url, len(keys))
+        finally:
+            with entry.lock:
+                entry.refreshing = None
+            done.set()
 
     def _fetch(self, url: str) -> dict[str, list[_VerificationKey]]:
         deadline = time.monotonic() + 2 * self._timeout
@@ -587,7 +664,11 @@ class JwtVerifier:
     absorbs clock skew for ``exp``/``iat``/``nbf``. ``jti_store`` defaults to a
     bounded :class:`InMemoryJtiStore` (per process: several instances behind a
     load balancer need a shared store). ``http_client`` is used to fetch JWKS;
-    ``jwks_cache`` may be passed instead to share a cache.
+    ``jwks_cache`` may be passed instead to share a cache. ``max_lifetime``
+    (seconds, default 900: Epic's tokens live 15 minutes) bounds both
+    ``exp - iat`` and ``exp - now`` (plus the leeway). ``require_https``
+    refuses (``ValueError``) an issuer whose ``jwks_url`` or ``jku`` is not
+    https. A replay store that fails or is full raises :class:`AuthUnavailable`.
     """
 
     def __init__(
@@ -598,8 +679,10 @@ class JwtVerifier:
         leeway: float = 30,
         http_client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
-        min_refresh_interval: float = 30,
+        min_refresh_interval: float = 10,
         jwks_cache: JwksCache | None = None,
+        max_lifetime: float = 900,
+        require_https: bool = False,
     ) -> None:
         by_iss: dict[str, TrustedIssuer] = {}
         for issuer in issuers:
@@ -612,6 +695,14 @@ class JwtVerifier:
             by_iss[issuer.iss] = issuer
         if not 0 <= leeway <= 300:
             raise ValueError("leeway must be between 0 and 300 seconds")
+        if not max_lifetime > 0:
+            raise ValueError("max_lifetime must be a positive number of seconds")
+        if require_https:
+            for issuer in by_iss.values():
+                for url in (issuer.jwks_url, *issuer.jku):
+                    if url and urlsplit(url).scheme != "https":
+                        raise ValueError(f"trusted issuer {issuer.iss!r}: JWKS URL {url!r} is not https")
+        self._max_lifetime = float(max_lifetime)
         self._issuers = by_iss
         self._leeway = float(leeway)
         self._clock = clock
@@ -775,6 +866,10 @@ class JwtVerifier:
             raise AuthenticationError("JWT iat is not a number")
         if iat > now + leeway:
             raise AuthenticationError("JWT iat is in the future")
+        if exp - iat > self._max_lifetime + leeway:
+            raise AuthenticationError("JWT lifetime (exp - iat) exceeds the maximum")
+        if exp - now > self._max_lifetime + leeway:
+            raise AuthenticationError("JWT exp is further ahead than the maximum lifetime")
         if "nbf" in claims:
             nbf = _number(claims["nbf"])
             if nbf is None:
@@ -793,10 +888,16 @@ class JwtVerifier:
 
         # --- replay, last, so rejected tokens never consume a jti. Keyed by
         # issuer so two EHRs' nonces cannot collide.
+        key = json.dumps([iss, jti])
         try:
-            fresh = self._jti_store.check_and_add(json.dumps([iss, jti]), exp + leeway)
+            if isinstance(self._jti_store, InMemoryJtiStore):
+                fresh = self._jti_store.check_and_add(key, exp + leeway, issuer=iss)
+            else:
+                fresh = self._jti_store.check_and_add(key, exp + leeway)
+        except JtiStoreFull:
+            raise AuthUnavailable("replay store full for this issuer") from None
         except Exception as exc:
-            raise AuthenticationError(f"replay store unavailable ({type(exc).__name__})") from None
+            raise AuthUnavailable(f"replay store unavailable ({type(exc).__name__})") from None
         if not fresh:
             raise AuthenticationError("JWT jti replayed")
         return claims

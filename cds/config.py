@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -54,6 +54,9 @@ ENV = {
     "CDS_DATABASE_KEEPALIVES_INTERVAL": "database_keepalives_interval",
     "CDS_DATABASE_KEEPALIVES_COUNT": "database_keepalives_count",
     "CDS_AUDIT_SHUTDOWN_TIMEOUT": "audit_shutdown_timeout",
+    "CDS_JTI_MAX_PER_ISSUER": "jti_max_per_issuer",
+    "CDS_JWT_MAX_LIFETIME": "jwt_max_lifetime",
+    "CDS_ALLOW_HTTP_JWKS": "allow_http_jwks",
     "CDS_CORS_ORIGINS": "cors_origins",
     "CDS_MAX_BODY_BYTES": "max_body_bytes",
     "CDS_FETCH_CONNECT_TIMEOUT": "fetch_connect_timeout",
@@ -131,8 +134,12 @@ class Settings(BaseSettings):
     trusted_issuers: Path | None = None
     allow_http_fhir: bool = False
     database_url: str = f"sqlite:///{Path.cwd() / 'var' / 'lbp-cds.sqlite3'}"
-    # JWT replay store: per process ("memory") or the database at database_url, shared by every instance
-    jti_store: Literal["memory", "database"] = "memory"
+    # JWT replay store: per process ("memory") or the database at database_url, shared by every instance and
+    # kept across restarts; unset: "database" whenever a database is configured, else "memory"
+    jti_store: Literal["memory", "database"] | None = Field(default=None, validate_default=True)
+    jti_max_per_issuer: int = Field(default=100_000, ge=1)  # live jtis per issuer in the memory store
+    jwt_max_lifetime: float = Field(default=900, gt=0, le=86_400)  # seconds, bounds exp-iat and exp-now
+    allow_http_jwks: bool = False  # plain-http jwks_url/jku (loopback tests); always allowed in development
     # PostgreSQL (docs/operations.md "Database"): seconds; a statement timeout of 0 means none
     database_connect_timeout: int = Field(default=5, ge=1)
     database_statement_timeout: float = Field(default=5.0, ge=0)
@@ -179,7 +186,7 @@ class Settings(BaseSettings):
             return v.strip().lower() in _TRUE
         return v
 
-    @field_validator("allow_http_fhir", mode="before")
+    @field_validator("allow_http_fhir", "allow_http_jwks", mode="before")
     @classmethod
     def _flag(cls, v: object) -> object:
         if isinstance(v, str):
@@ -212,8 +219,12 @@ class Settings(BaseSettings):
 
     @field_validator("jti_store", mode="before")
     @classmethod
-    def _lower(cls, v: object) -> object:
-        return v.strip().lower() if isinstance(v, str) else v
+    def _lower(cls, v: object, info: ValidationInfo) -> object:
+        if isinstance(v, str):
+            v = v.strip().lower() or None
+        if v is None:
+            return "database" if info.data.get("database_url") else "memory"
+        return v
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -52,10 +52,8 @@ worker_class = "gthread"
 workers = _positive_int("CDS_WORKERS", available_cpus())
 threads = _positive_int("CDS_THREADS", 8)
 accesslog = "-"
-# Several workers do not share a per-process replay store: a token used on one worker would be accepted
-# once more on each other one. With a database configured and no explicit choice, the workers share it.
-if workers > 1 and not os.environ.get("CDS_JTI_STORE", "").strip() and os.environ.get("CDS_DATABASE_URL", "unset"):
-    os.environ["CDS_JTI_STORE"] = "database"
+# Several workers share the JWT replay store: with a database configured, CDS_JTI_STORE defaults to it
+# (cds/config.py), so a token used on one worker is refused on every other one.
 # Kubernetes sends SIGTERM and waits terminationGracePeriodSeconds (30 s): finish requests well before.
 graceful_timeout = 20
 keepalive = 5  # behind a proxy or load balancer that keeps connections open

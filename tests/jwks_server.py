@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -34,6 +35,7 @@ class JwksServer(LoopbackServer):
         self._routes: dict[str, tuple[int, bytes]] = {}
         self._counts: Counter[str] = Counter()
         self._log: list[str] = []
+        self._delays: dict[str, float] = {}
 
     # -- lifecycle
     def start(self) -> JwksServer:
@@ -46,6 +48,9 @@ class JwksServer(LoopbackServer):
                     server._counts[path] += 1
                     server._log.append(path)
                     route = server._routes.get(path)
+                    delay = server._delays.get(path, 0.0)
+                if delay:
+                    time.sleep(delay)  # a slow JWKS (the request is counted when it arrives)
                 status, body = route if route is not None else (404, b'{"error": "not found"}')
                 if self.command != "GET":
                     status, body = 405, b'{"error": "method not allowed"}'
@@ -80,6 +85,11 @@ class JwksServer(LoopbackServer):
     def set_raw(self, path: str, body: bytes, status: int = 200) -> None:
         with self._lock:
             self._routes[path] = (status, body)
+
+    def set_delay(self, path: str, seconds: float) -> None:
+        """Answer ``path`` only after ``seconds`` (0: at once)."""
+        with self._lock:
+            self._delays[path] = seconds
 
     def remove(self, path: str) -> None:
         with self._lock:

@@ -22,11 +22,11 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import UNAUTHORIZED_BODY, make_settings, with_directory
+from conftest import error_issue, make_settings, with_directory
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, inspect, text
 
-from cds.auth import AuthenticationError, InMemoryJtiStore, JtiStore, JwtVerifier, TrustedIssuer
+from cds.auth import AuthenticationError, AuthUnavailable, InMemoryJtiStore, JtiStore, JwtVerifier, TrustedIssuer
 from cds.config import ConfigError, load_settings
 from cds.storage import SqlJtiStore, Store, StoreUnavailable, current_revision, downgrade, upgrade
 
@@ -255,7 +255,12 @@ def test_two_processes_racing_for_a_jti_accept_it_exactly_once(migrated):
 
 
 def test_cds_jti_store_setting():
-    assert load_settings({}, serving=False).jti_store == "memory"
+    # unset: the database whenever one is configured (replay protection survives restarts), else memory
+    assert load_settings({}, serving=False).jti_store == "database"
+    assert load_settings({"CDS_DATABASE_URL": ""}, serving=False).jti_store == "memory"
+    assert load_settings({"CDS_JTI_STORE": " "}, serving=False).jti_store == "database"
+    assert load_settings({"CDS_JTI_STORE": "memory"}, serving=False).jti_store == "memory"
+    assert make_settings().jti_store == "memory"  # the tests' settings have no database
     assert load_settings({"CDS_JTI_STORE": "Database"}, serving=False).jti_store == "database"
     with pytest.raises(ConfigError, match="CDS_JTI_STORE"):
         load_settings({"CDS_JTI_STORE": "redis"}, serving=False)
@@ -270,7 +275,9 @@ def test_build_verifier_uses_the_configured_store(tmp_path):
     from cds.http.security import build_verifier
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    memory = build_verifier(make_settings(auth=True, database_url=url))
+    memory = build_verifier(make_settings(auth=True, database_url=url, jti_store="memory"))
+    default = build_verifier(make_settings(auth=True, database_url=url))
+    assert isinstance(default._jti_store, SqlJtiStore)
     database = build_verifier(make_settings(auth=True, database_url=url, jti_store="database"))
     assert isinstance(memory._jti_store, InMemoryJtiStore)
     assert isinstance(database._jti_store, SqlJtiStore)
@@ -339,6 +346,7 @@ def test_verifier_fails_closed_when_the_store_is_down(tmp_path, jwks, ehr_key):
     )
     with pytest.raises(AuthenticationError) as info:
         verifier.verify(f"Bearer {token(ehr_key)}", PUBLIC_BASE + DISCOVERY)
+    assert isinstance(info.value, AuthUnavailable)
     assert info.value.reason == "replay store unavailable (StoreUnavailable)"
     verifier.close()
 
@@ -364,22 +372,25 @@ def test_with_the_memory_store_each_instance_only_knows_its_own_tokens(make_inst
     assert call(a, tok).status_code == 401
 
 
-def test_replay_store_database_down_is_401_not_500(make_instance, tmp_path, ehr_key, caplog):
+def test_replay_store_database_down_is_503_not_401(make_instance, tmp_path, ehr_key, caplog):
     d = tmp_path / "db"
     d.mkdir()
     client = make_instance(f"sqlite:///{d / 'cds.db'}")  # migrated by create_app (SQLite)
     shutil.rmtree(d)  # the database goes away before the first call
     with caplog.at_level(logging.WARNING, logger="cds.auth"):
         response = call(client, token(ehr_key))
-    assert response.status_code == 401
-    assert response.get_json() == UNAUTHORIZED_BODY
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    issue = error_issue(response)
+    assert issue["severity"] == "error" and issue["code"] == "transient"
+    assert "WWW-Authenticate" not in response.headers
     assert any("replay store unavailable" in r.getMessage() for r in caplog.records)
 
 
-def test_replay_store_postgresql_unreachable_is_401_not_500(make_instance, ehr_key):
+def test_replay_store_postgresql_unreachable_is_503_not_401(make_instance, ehr_key):
     pytest.importorskip("psycopg")
     client = make_instance(f"postgresql+psycopg://cds:cds@127.0.0.1:{_closed_port()}/cds")
-    assert call(client, token(ehr_key)).status_code == 401
+    assert call(client, token(ehr_key)).status_code == 503
 
 
 def test_a_refused_token_does_not_consume_its_jti_in_the_database(make_instance, migrated, ehr_key):

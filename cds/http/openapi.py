@@ -94,7 +94,10 @@ _ERROR_TEXT = {
     413: "Request body too large.",
     415: "Content-Type is not application/json.",
     500: "The service could not evaluate the request (a fault of the service, never of the request).",
-    503: "Storage unavailable or not configured.",
+    503: (
+        "Storage unavailable or not configured, or the bearer JWT cannot be checked right now (the replay store "
+        "is down, or full for the calling issuer); retry later."
+    ),
 }
 
 
@@ -110,6 +113,8 @@ def build_document(settings: Any, service_ids: list[str]) -> dict[str, Any]:
 
     def errors(*codes: int) -> dict[str, Any]:
         out = {}
+        if auth and 401 in codes and 503 not in codes:
+            codes = (*codes, 503)  # the bearer JWT could not be checked (replay store down or full)
         for code in codes:
             if code == 401 and not auth:
                 continue

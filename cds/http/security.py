@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, Flask, current_app, g, request
 from flask_cors import CORS
 
-from ..auth import AuthenticationError, JtiStore, JwtVerifier, load_trusted_issuers
+from ..auth import AuthenticationError, AuthUnavailable, InMemoryJtiStore, JtiStore, JwtVerifier, load_trusted_issuers
 from ..config import ConfigError, Settings
 from .errors import error_body
 
@@ -23,15 +23,24 @@ def build_verifier(settings: Settings) -> JwtVerifier | None:
         raise ConfigError(f"CDS_TRUSTED_ISSUERS: {e}") from None
     if not issuers:
         log.warning("authentication is on but no trusted issuers are configured (CDS_TRUSTED_ISSUERS): every call gets 401")
-    return JwtVerifier(issuers, jti_store=build_jti_store(settings))
+    try:
+        return JwtVerifier(
+            issuers,
+            jti_store=build_jti_store(settings),
+            max_lifetime=settings.jwt_max_lifetime,
+            require_https=not (settings.development or settings.allow_http_jwks),
+        )
+    except ValueError as e:  # a plain-http JWKS URL outside development
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {e} (plain http only with CDS_ALLOW_HTTP_JWKS=1)") from None
 
 
-def build_jti_store(settings: Settings) -> JtiStore | None:
-    """``CDS_JTI_STORE``: ``database`` shares replay protection between instances through the database at
-    ``CDS_DATABASE_URL`` (table ``jwt_replay``, created by ``cds db upgrade``); ``memory`` (None here: the
-    verifier's bounded in-process store) protects one process only."""
+def build_jti_store(settings: Settings) -> JtiStore:
+    """``CDS_JTI_STORE``: ``database`` (the default whenever ``CDS_DATABASE_URL`` is set) shares replay
+    protection between instances and across restarts through the database (table ``jwt_replay``, created by
+    ``cds db upgrade``); ``memory`` protects one process until it exits, at most ``CDS_JTI_MAX_PER_ISSUER``
+    live tokens per issuer."""
     if settings.jti_store != "database":
-        return None
+        return InMemoryJtiStore(settings.jti_max_per_issuer)
     from ..storage import SqlJtiStore
 
     return SqlJtiStore(settings.database_url)
@@ -58,6 +67,11 @@ def require_jwt(bp: Blueprint) -> None:
         audience = state.settings.public_base_url + request.path
         try:
             claims = state.verifier.verify(request.headers.get("Authorization"), audience=audience)
+        except AuthUnavailable:  # the replay store is down or full for this issuer: not the token's fault
+            log.warning("answered 503: the token could not be checked", extra={"path": request.path})
+            response = error_body(503, "the token cannot be checked right now; try again later")
+            response.headers["Retry-After"] = "5"
+            return response
         except AuthenticationError:  # the verifier has logged the reason (never the token)
             log.info("answered 401", extra={"path": request.path})
             response = error_body(401, "unauthorized")
