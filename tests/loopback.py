@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from werkzeug.serving import make_server
 
 
 class LoopbackServer:
@@ -48,3 +52,17 @@ class LoopbackServer:
     def port(self) -> int:
         assert self._httpd is not None, "server not started"
         return self._httpd.server_address[1]
+
+
+@contextmanager
+def serve_wsgi(app: Any, name: str = "wsgi-loopback-server") -> Iterator[str]:
+    """A WSGI app (the service) served by a real threaded HTTP server on loopback; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()

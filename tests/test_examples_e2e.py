@@ -20,7 +20,7 @@ import pytest
 import yaml
 from cdshooks_conformance import assert_conformant_response
 from conftest import EVALUATION_DATE, EXAMPLE_NAMES, RULES_DIR, SERVICE_URL, build_app, error_message, example_requests
-from werkzeug.serving import make_server
+from loopback import serve_wsgi
 
 EXAMPLES = dict(example_requests())
 EXT = "org.lbp-cds.recommendation"
@@ -124,15 +124,8 @@ def test_each_call_gets_fresh_card_uuids(client):
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
     app = build_app()
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="e2e-http-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+    with serve_wsgi(app, "e2e-http-server") as url:
+        yield url
 
 
 REAL_SERVER_EXAMPLES = ["bird-dog-28-27", "new-onset", "onset-undocumented", "single-round", "invalid-resource"]

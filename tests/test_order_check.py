@@ -12,7 +12,6 @@ import copy
 import datetime as dt
 import json
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import httpx
 import pytest
 from conftest import EVALUATION_DATE, REQUESTS_DIR, RULES_DIR, build_app
 from fhir.resources.R4B.servicerequest import ServiceRequest
-from werkzeug.serving import make_server
+from loopback import serve_wsgi
 
 from cds import order_check, service
 from cds.clock import FixedClock
@@ -392,15 +391,8 @@ def test_feedback_accepts_both_service_ids(client):
 
 @pytest.fixture(scope="module")
 def server_url(orders_app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, orders_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="order-check-http-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+    with serve_wsgi(orders_app, "order-check-http-server") as url:
+        yield url
 
 
 def test_order_sign_over_a_real_http_server(server_url):
