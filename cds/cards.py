@@ -165,13 +165,14 @@ def _skipped_list(facts: PatientFacts, ruleset: RuleSet) -> str:
     return "\n".join(lines)
 
 
-def text_values(values: dict[str, str], fired: FiredRule, evaluation: Evaluation, ruleset: RuleSet) -> dict[str, str]:
-    """``values`` plus the placeholders of the ``texts`` section (:data:`~cds.templates.TEXT_PLACEHOLDERS`)."""
+def text_values(values: dict[str, str], rule_id: str, evaluation: Evaluation, ruleset: RuleSet) -> dict[str, str]:
+    """``values`` plus the placeholders of the ``texts`` section (:data:`~cds.templates.TEXT_PLACEHOLDERS`);
+    ``rule_id`` is the id of the rule (or order check) whose card the texts are for."""
     identity = evaluation.ruleset
     return {
         **values,
         "dose": fill(ruleset.document.texts.dose, values).strip(),
-        "rule_id": fired.rule_id,
+        "rule_id": rule_id,
         "ruleset_name": identity.name,
         "ruleset_version": identity.version,
     }
@@ -283,21 +284,23 @@ def recommended_order(
     evaluation: Evaluation,
     facts: PatientFacts,
     ruleset: RuleSet,
+    values: dict[str, str],
+    texts: dict[str, str],
     *,
     patient_id: str,
     user_id: str | None = None,
     description: str | None = None,
-) -> tuple[dict[str, Any], str, dict[str, str]] | None:
-    """The order a fired rule recommends: (ServiceRequest, action description, text values), or None.
+) -> tuple[dict[str, Any], str] | None:
+    """The order a fired rule recommends: (ServiceRequest, action description), or None.
 
-    ``description`` is a template for the action's description (default ``texts.action_description``);
-    the rule's adjustment is appended to it.
+    ``values`` are the card placeholders of ``fired`` (:func:`template_values`) and ``texts`` those plus
+    the texts placeholders (:func:`text_values`), as the calling card already has them. ``description``
+    is a template for the action's description (default ``texts.action_description``); with the rule's
+    adjustment it goes through ``texts.action_description_adjusted``.
     """
     if fired.recommended is None:
         return None
     doc = ruleset.document
-    values = template_values(evaluation, facts, ruleset, fired)
-    texts = text_values(values, fired, evaluation, ruleset)
     rung = doc.ladder.rung(fired.recommended)
     adjustment = None
     if fired.recommend is not None and fired.recommend.adjustment:
@@ -307,7 +310,7 @@ def recommended_order(
     if adjustment:
         adjusted = {**texts, "action_description": text, "adjustment": adjustment}
         text = fill(doc.texts.action_description_adjusted, adjusted).strip()
-    return resource, text, texts
+    return resource, text
 
 
 def _extension(fired: FiredRule, facts: PatientFacts, evaluation: Evaluation) -> dict[str, Any]:
@@ -355,6 +358,14 @@ def _summary(text: str, rule_id: str) -> str:
     return text
 
 
+def _override_reasons(ruleset: RuleSet) -> list[OverrideReason]:
+    return [OverrideReason(system=r.system, code=r.code, display=r.display) for r in ruleset.document.override_reasons]
+
+
+def _evidence_links(ruleset: RuleSet) -> list[Link]:
+    return [Link(label=e.label, url=e.url, type="absolute") for e in ruleset.document.evidence]
+
+
 def card_source(ruleset: RuleSet, texts: dict[str, str]) -> Source:
     """The card's ``source``: ``texts.source_label`` filled in, the URL, icon and topic of ``ruleset.source``."""
     meta = ruleset.document.ruleset
@@ -382,7 +393,7 @@ def build_card(
     if rule.card is None:
         raise ValueError(f"rule {fired.rule_id} is silent: it answers no card")
     values = template_values(evaluation, facts, ruleset, fired)
-    texts = text_values(values, fired, evaluation, ruleset)
+    texts = text_values(values, fired.rule_id, evaluation, ruleset)
 
     sections = [fill(rule.card.detail, values).strip()]
     sections += [fill(ruleset.note(note_id).text, values).strip() for note_id in fired.notes]
@@ -392,13 +403,12 @@ def build_card(
     detail = "\n\n".join(s for s in sections if s)
 
     source = card_source(ruleset, texts)
-    links = [Link(label=e.label, url=e.url, type="absolute") for e in doc.evidence]
-    override_reasons = [OverrideReason(system=r.system, code=r.code, display=r.display) for r in doc.override_reasons]
 
     suggestions: list[Suggestion] = []
-    order = recommended_order(fired, evaluation, facts, ruleset, patient_id=patient_id, user_id=user_id)
+    order = recommended_order(fired, evaluation, facts, ruleset, values, texts, patient_id=patient_id,
+                              user_id=user_id)
     if order is not None:
-        resource, description, _ = order
+        resource, description = order
         suggestions.append(
             Suggestion(
                 label=fill(doc.texts.suggestion_label, texts).strip(),
@@ -416,8 +426,8 @@ def build_card(
         source=source,
         suggestions=suggestions,
         selection_behavior="at-most-one" if suggestions else None,
-        override_reasons=override_reasons,
-        links=links,
+        override_reasons=_override_reasons(ruleset),
+        links=_evidence_links(ruleset),
         extension=_extension(fired, facts, evaluation),
     )
 
@@ -479,14 +489,7 @@ def build_order_check_card(
     values = template_values(evaluation, facts, ruleset, decisive)
     values["ordered"] = ordered
     values["ordered_name"] = doc.ladder.rung(ordered).display
-    identity = evaluation.ruleset
-    texts = {
-        **values,
-        "dose": fill(doc.texts.dose, values).strip(),
-        "rule_id": check.id,
-        "ruleset_name": identity.name,
-        "ruleset_version": identity.version,
-    }
+    texts = text_values(values, check.id, evaluation, ruleset)
     sections = [fill(check.card.detail, values).strip(), _facts_table(values, facts, ruleset),
                 fill(doc.texts.provenance, texts).strip(), _blockquote(doc.disclaimer)]
     source = card_source(ruleset, texts)
@@ -494,10 +497,10 @@ def build_order_check_card(
                       resource_id=[draft_reference])]
     order = None
     if decisive is not None:
-        order = recommended_order(decisive, evaluation, facts, ruleset, patient_id=patient_id, user_id=user_id,
-                                  description=check.suggestion.create)
+        order = recommended_order(decisive, evaluation, facts, ruleset, values, texts, patient_id=patient_id,
+                                  user_id=user_id, description=check.suggestion.create)
     if order is not None:
-        resource, description, _ = order
+        resource, description = order
         actions.append(Action(type="create", description=description, resource=resource))
     suggestion = Suggestion(label=fill(check.suggestion.label, texts).strip(), uuid=uuid_factory(),
                             is_recommended=True, actions=actions)
@@ -517,7 +520,7 @@ def build_order_check_card(
         source=source,
         suggestions=[suggestion],
         selection_behavior="at-most-one",
-        override_reasons=[OverrideReason(system=r.system, code=r.code, display=r.display) for r in doc.override_reasons],
-        links=[Link(label=e.label, url=e.url, type="absolute") for e in doc.evidence],
+        override_reasons=_override_reasons(ruleset),
+        links=_evidence_links(ruleset),
         extension=extension,
     )
