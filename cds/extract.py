@@ -585,12 +585,8 @@ class _Extractor:
     def observation_features(self, raw: Mapping[str, Any]) -> _Seen:
         """The raw filter's findings on an Observation, apart from the subject (per patient). Raises
         _Malformed where :meth:`filter_observation_uncached` might; the caller then runs that one."""
-        pairs = _codings(raw.get("code"))
-        if not self.reps.isdisjoint(pairs):
-            kind = "round"
-        elif not self.pain.isdisjoint(pairs):
-            kind = "pain"
-        else:
+        kind = self.observation_kind(raw)
+        if kind is None:
             return _Seen(None)
         subject = _raw_nested(raw, "subject", "reference")
         status = raw.get("status")
@@ -620,22 +616,15 @@ class _Extractor:
             return R_SUBJECT
         if not seen.status_ok:
             return R_OBS_STATUS
-        if seen.date_key is None:
-            if self.validate(Observation, c) is not None:  # an invalid one is reported as invalid
-                self.skip_data(c, R_NO_DATE)
-            return None
-        c.date_key, c.obs_refs = seen.date_key, seen.obs_refs
-        (self.rounds if seen.kind == "round" else self.pains).append(c)
+        self.admit_observation(c, seen.kind, seen.date_key, seen.obs_refs)
         return None
 
     def filter_observation_uncached(self, c: _Candidate) -> str | None:
+        """The raw filter without the memo, for JSON the feature reader cannot read: the checks one at a
+        time, in their order, so the first one that fails gives the skip reason (or _Malformed)."""
         raw = c.raw
-        pairs = _codings(raw.get("code"))
-        if not self.reps.isdisjoint(pairs):
-            bucket, c.kind = self.rounds, "round"
-        elif not self.pain.isdisjoint(pairs):
-            bucket, c.kind = self.pains, "pain"
-        else:
+        kind = c.kind = self.observation_kind(raw)
+        if kind is None:
             return R_OBS_CODE
         if not self.is_subject(raw):
             return R_SUBJECT
@@ -645,15 +634,28 @@ class _Extractor:
         if status not in self.obs_status:
             return R_OBS_STATUS
         date_key = _raw_date_key(raw)
+        refs = _raw_observation_refs(raw) if kind == "pain" and date_key is not None else frozenset()
+        self.admit_observation(c, kind, date_key, refs)
+        return None
+
+    def observation_kind(self, raw: Mapping[str, Any]) -> str | None:
+        """"round" or "pain" by the Observation's code (the rule files' code lists), else None."""
+        pairs = _codings(raw.get("code"))
+        if not self.reps.isdisjoint(pairs):
+            return "round"
+        if not self.pain.isdisjoint(pairs):
+            return "pain"
+        return None
+
+    def admit_observation(self, c: _Candidate, kind: str, date_key: str | None, refs: frozenset[str]) -> None:
+        """A pain score or round that passed the raw filter: a candidate of its kind, or, without an
+        effective date, skipped as unusable (or as invalid when it is not valid FHIR)."""
         if date_key is None:
             if self.validate(Observation, c) is not None:  # an invalid one is reported as invalid
                 self.skip_data(c, R_NO_DATE)
-            return None
-        c.date_key = date_key
-        if bucket is self.pains:
-            c.obs_refs = _raw_observation_refs(raw)
-        bucket.append(c)
-        return None
+            return
+        c.date_key, c.obs_refs = date_key, refs
+        (self.rounds if kind == "round" else self.pains).append(c)
 
     def filter_condition(self, c: _Candidate) -> str | None:
         """A Condition is a red flag, a risk factor, an LBP condition (in that order) or skipped; the
