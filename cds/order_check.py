@@ -24,6 +24,7 @@ from .cards import build_order_check_card
 from .cdshooks import FHIR_ID_PATTERN, Card
 from .clock import Clock
 from .decisions import Evaluation, FiredRule
+from .extract import MAX_ENTRIES_PER_KEY
 from .facts import PatientFacts
 from .ruleset.conditions import holds
 from .ruleset.loader import ORDER_CHECK_PREFIX
@@ -162,11 +163,13 @@ def evaluate_orders(
     clock: Clock,
     user_id: str | None = None,
     stages: list[str] | None = None,
+    max_entries_per_key: int = MAX_ENTRIES_PER_KEY,
     uuid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> OrderOutcome:
     """Check every ladder-exercise draft order of ``draft_bundle`` against the patient's decision."""
     ruleset = active.ruleset
-    patient = evaluate(active, prefetch, patient_id=patient_id, clock=clock, user_id=user_id, stages=stages)
+    patient = evaluate(active, prefetch, patient_id=patient_id, clock=clock, user_id=user_id, stages=stages,
+                       max_entries_per_key=max_entries_per_key)
     evaluation = patient.evaluation
     decisive = decisive_rule(evaluation)
     drafts = draft_orders(draft_bundle, ruleset)

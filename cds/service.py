@@ -21,7 +21,7 @@ from .cards import RuleCard, build_cards
 from .cdshooks import Card, ServiceDescription
 from .clock import Clock
 from .decisions import Evaluation
-from .extract import extract
+from .extract import MAX_ENTRIES_PER_KEY, extract
 from .facts import PatientFacts
 from .fhir_client import PrefetchUnavailable
 from .ruleset.model import RuleSet
@@ -106,13 +106,15 @@ def evaluate(
     clock: Clock,
     user_id: str | None = None,
     stages: list[str] | None = None,
+    max_entries_per_key: int = MAX_ENTRIES_PER_KEY,
 ) -> Outcome:
     """Evaluate one patient with one rule-set version. ``prefetch`` holds every template key; a key
     still absent is :class:`~cds.fhir_client.PrefetchUnavailable` (412), this function never fetches.
 
     ``user_id`` (the hook context's ``userId``) becomes the requester of proposed orders when it is a
     Practitioner or PractitionerRole; ``stages`` keeps only the cards of rules of those stages (a
-    service's ``stages``; None: every stage).
+    service's ``stages``; None: every stage). A prefetch Bundle of more than ``max_entries_per_key``
+    entries is :class:`~cds.extract.PrefetchTooLarge` (``CDS_MAX_ENTRIES_PER_KEY``).
     """
     ruleset = active.ruleset
     missing = [k for k in prefetch_templates(ruleset) if k not in prefetch]
@@ -120,7 +122,8 @@ def evaluate(
         raise PrefetchUnavailable(missing[0], "not prefetched", keys=missing)
     doc = ruleset.document
     t0 = time.perf_counter()
-    facts = extract(prefetch, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder)
+    facts = extract(prefetch, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder,
+                    max_entries_per_key=max_entries_per_key)
     t1 = time.perf_counter()
     today = clock.today()
     evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today, doc.parameters), today)

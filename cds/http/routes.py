@@ -90,7 +90,6 @@ def call_service(service_id: str):
     active = state.rules.current()  # one rule-set version for the whole request
     svc = _known_service(service_id, active)
     body = json_body()
-    _check_entry_counts(body.get("prefetch"), state.fetch_settings.max_entries)  # 413 before any work
     if isinstance(body.get("hook"), str) and body["hook"] != svc.hook:
         raise ApiError(400, f"hook: service '{service_id}' answers '{svc.hook}', not the hook sent")
     model = OrderSignRequest if svc.hook == service.ORDER_SIGN_HOOK else PatientViewRequest
@@ -116,11 +115,11 @@ def call_service(service_id: str):
         if isinstance(hook_request, OrderSignRequest):
             outcome = order_check.evaluate_orders(
                 active, prefetch, hook_request.context.draft_orders, patient_id=patient_id, clock=state.clock,
-                user_id=user_id, stages=svc.stages,
+                user_id=user_id, stages=svc.stages, max_entries_per_key=state.fetch_settings.max_entries,
             )
         else:
             outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock, user_id=user_id,
-                                       stages=svc.stages)
+                                       stages=svc.stages, max_entries_per_key=state.fetch_settings.max_entries)
     except PrefetchUnavailable as e:  # from the fetch, or a key evaluate still misses
         state.observe_fetch_error(e.key)
         raise ApiError(412, str(e), **({"key": e.key} if e.key else {})) from None
@@ -156,16 +155,3 @@ def feedback(service_id: str):
         state.metrics.feedback.labels(item.outcome).inc()
     return jsonify(FeedbackAck(received=len(parsed.feedback), stored=stored).model_dump(mode="json"))
 
-
-def _check_entry_counts(prefetch: Any, cap: int) -> None:
-    """A prefetch Bundle of more than ``cap`` entries is a 413 naming ``prefetch.<key>`` (work is bounded
-    by counts, not only bytes: 2 MiB holds half a million ``{}`` entries)."""
-    if not isinstance(prefetch, dict):
-        return
-    for key, value in prefetch.items():
-        entries = value.get("entry") if isinstance(value, dict) else None
-        if isinstance(entries, list) and len(entries) > cap:
-            raise ApiError(
-                413, f"prefetch.{key}: the Bundle has {len(entries)} entries, more than the {cap} accepted",
-                field=f"prefetch.{key}",
-            )
