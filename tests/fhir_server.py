@@ -221,6 +221,7 @@ class FhirTestServer(LoopbackServer):
         self.drop_reused_only = True  # ... only requests on a reused (keep-alive) connection
         self.connections = 0  # TCP connections accepted
         self.tarpit_closed = 0  # tarpit connections the client shut (the fetch watchdog)
+        self.closed_unused = 0  # connections that ended before a request arrived (the client shut them first)
         self.requests: list[SeenRequest] = []
         self._searches: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
@@ -343,6 +344,12 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def finish(self) -> None:
+        if self.served == 0:
+            with self.owner._lock:
+                self.owner.closed_unused += 1
+        super().finish()
 
     # -- helpers -----------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str = FHIR_JSON, trickle: float | None = None) -> None:
