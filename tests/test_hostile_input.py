@@ -546,6 +546,26 @@ def test_a_prefetch_bundle_of_too_many_entries_is_413_naming_the_key(hc, key) ->
     assert err["message"].startswith(f"prefetch.{key}: ") and err.get("field") == f"prefetch.{key}"
 
 
+def test_the_entry_cap_is_the_configured_one(tmp_path) -> None:
+    """CDS_MAX_ENTRIES_PER_KEY sets the cap the extractor applies, lower or higher than the default."""
+    from cds.config import load_settings
+    from cds.extract import MAX_ENTRIES_PER_KEY
+    from cds.http import create_app
+
+    def client(cap: int):
+        settings = load_settings({}, development=True, rules_dir=RULES_DIR, rules_poll_seconds=0,
+                                 database_url="", max_entries_per_key=cap)
+        return create_app(settings).test_client()
+
+    body = _load("bird-dog-12-14")
+    body["prefetch"]["conditions"] = {"resourceType": "Bundle", "type": "searchset",
+                                      "entry": [{}] * (MAX_ENTRIES_PER_KEY + 1)}
+    assert post_raw(client(MAX_ENTRIES_PER_KEY + 1), json.dumps(body)).status_code == 200
+    err = error_of(post_raw(client(10), json.dumps(_load("bird-dog-12-14") | {"prefetch": {
+        **body["prefetch"], "conditions": {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * 11}}})), 413)
+    assert err["message"] == "prefetch.conditions: the Bundle has 11 entries, more than the 10 accepted"
+
+
 def test_entries_up_to_the_cap_are_skipped_with_one_summary_log_line(hc, caplog) -> None:
     from cds.extract import MAX_ENTRIES_PER_KEY
 
