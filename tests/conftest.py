@@ -215,6 +215,21 @@ def rules_copy(tmp_path: Path) -> Path:
     return target
 
 
+def edit_rule_file(folder: Path, file: str, old: str, new: str) -> None:
+    """Replace ``old`` (which must occur exactly once) by ``new`` in the rule file ``folder/file``."""
+    path = folder / file
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} must occur exactly once in {file}"
+    path.write_text(text.replace(old, new))
+
+
+def rule_problems(folder: Path) -> list[str]:
+    """What ``cds rules check`` reports for ``folder`` (errors), each without the folder prefix."""
+    from cds.ruleset.loader import check_ruleset
+
+    return [str(p).removeprefix(f"{folder}/") for p in check_ruleset(folder)]
+
+
 @pytest.fixture(scope="session")
 def examples() -> list[dict[str, Any]]:
     """Every fhir_examples request."""

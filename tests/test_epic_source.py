@@ -3,27 +3,17 @@ other), a source icon set in the rule files, and discovery's usageRequirements f
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import RULES_DIR, build_app, example_requests
+from conftest import build_app, edit_rule_file as edit, example_requests
 
 from cds.ruleset.loader import check_ruleset
 
 
 @pytest.fixture
-def rules(tmp_path: Path) -> Path:
-    folder = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, folder, ignore=shutil.ignore_patterns("tests"))
-    return folder
-
-
-def edit(folder: Path, file: str, old: str, new: str) -> None:
-    path = folder / file
-    text = path.read_text()
-    assert text.count(old) == 1, old
-    path.write_text(text.replace(old, new))
+def rules(rules_copy: Path) -> Path:
+    return rules_copy
 
 
 def warnings_of(folder: Path) -> list[str]:

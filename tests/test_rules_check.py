@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import RULES_DIR
+from conftest import RULES_DIR, edit_rule_file as edit, rule_problems as problems
 
 from cds.cli import main
 from cds.config import load_settings
@@ -25,17 +25,6 @@ def rules(tmp_path: Path) -> Path:
     dest = tmp_path / "rules"
     shutil.copytree(RULES, dest, ignore=shutil.ignore_patterns("tests"))
     return dest
-
-
-def edit(folder: Path, file: str, old: str, new: str) -> None:
-    path = folder / file
-    text = path.read_text()
-    assert text.count(old) == 1, f"{old!r} must occur exactly once in {file}"
-    path.write_text(text.replace(old, new))
-
-
-def problems(folder: Path) -> list[str]:
-    return [str(p).removeprefix(f"{folder}/") for p in check_ruleset(folder)]
 
 
 NEW_RULE = """\

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RULES_DIR
+from conftest import RULES_DIR, edit_rule_file as edit, rule_problems as problems
 
 from cds import service
 from cds.assessment import assess
 from cds.clock import FixedClock
 from cds.extract import CodeList, extract
 from cds.live_rules import LiveRuleSet
-from cds.ruleset.loader import check_ruleset, load_ruleset
+from cds.ruleset.loader import load_ruleset
 from cds.ruleset.ruletests import RuleCase, run_cases
 from cds.ruleset.schema import ConditionCoding, code_matches
 from cds.templates import LIST_TEXT_CHARS, max_rendered_length
@@ -273,17 +273,6 @@ def rules(tmp_path: Path) -> Path:
     dest = tmp_path / "rules"
     shutil.copytree(SAFETY_DIR, dest)
     return dest
-
-
-def edit(folder: Path, file: str, old: str, new: str) -> None:
-    path = folder / file
-    text = path.read_text()
-    assert text.count(old) == 1, f"{old!r} must occur exactly once in {file}"
-    path.write_text(text.replace(old, new))
-
-
-def problems(folder: Path) -> list[str]:
-    return [str(p).removeprefix(f"{folder}/") for p in check_ruleset(folder)]
 
 
 def test_the_safety_fixture_is_valid(rules) -> None:
