@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from .cdshooks import Card, CdsResponse
@@ -47,7 +47,7 @@ SelectionBehavior = Literal["at-most-one", "any"]
 #: the JWK Set URL the public CDS Hooks sandbox (sandbox.cds-hooks.org) puts in its tokens' ``jku`` header
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 
-PROFILES: tuple[str, ...] = ("generic", "epic", "oracle", "sandbox")
+PROFILES: tuple[str, ...] = get_args(ProfileName)
 
 #: profile -> the issuer-entry keys it sets when the entry does not (see the module docstring)
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
