@@ -30,7 +30,7 @@ from .ruleset.conditions import holds
 from .ruleset.loader import ORDER_CHECK_PREFIX
 from .ruleset.model import RuleSet
 from .ruleset.schema import OrderCheck
-from .service import Outcome, evaluate
+from .service import decide
 
 log = logging.getLogger("cds.order_check")
 
@@ -73,21 +73,14 @@ class OrderOutcome:
     """Everything one order-sign evaluation produced."""
 
     rule_cards: list[CheckCard]
-    patient: Outcome  # the patient-view evaluation the orders were checked against
+    evaluation: Evaluation  # the patient-view decision the orders were checked against
+    facts: PatientFacts
     drafts: list[DraftOrder]
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def cards(self) -> list[Card]:
         return [rc.card for rc in self.rule_cards]
-
-    @property
-    def evaluation(self) -> Evaluation:
-        return self.patient.evaluation
-
-    @property
-    def facts(self) -> PatientFacts:
-        return self.patient.facts
 
 
 def draft_orders(bundle: Mapping[str, Any], ruleset: RuleSet) -> list[DraftOrder]:
@@ -168,9 +161,9 @@ def evaluate_orders(
 ) -> OrderOutcome:
     """Check every ladder-exercise draft order of ``draft_bundle`` against the patient's decision."""
     ruleset = active.ruleset
-    patient = evaluate(active, prefetch, patient_id=patient_id, clock=clock, user_id=user_id, stages=stages,
-                       max_entries_per_key=max_entries_per_key)
-    evaluation = patient.evaluation
+    # the patient's decision, as patient-view takes it, without building patient-view cards nobody sees
+    evaluation, facts, timings = decide(active, prefetch, patient_id=patient_id, clock=clock, stages=stages,
+                                        max_entries_per_key=max_entries_per_key)
     decisive = decisive_rule(evaluation)
     drafts = draft_orders(draft_bundle, ruleset)
     cards: list[CheckCard] = []
@@ -179,13 +172,13 @@ def evaluate_orders(
         if check is None:
             continue  # the order agrees with the decision
         card = build_order_check_card(
-            check, decisive, evaluation, patient.facts, ruleset, draft_reference=draft.reference,
+            check, decisive, evaluation, facts, ruleset, draft_reference=draft.reference,
             ordered=draft.exercise, patient_id=patient_id, user_id=user_id, uuid_factory=uuid_factory,
         )
         fired = FiredCheck(check.id, decisive.decision if decisive else "none", check.indicator, draft,
                            decisive.recommended if decisive else None)
         cards.append(CheckCard(fired, card))
-    return OrderOutcome(cards, patient, drafts, dict(patient.timings_ms))
+    return OrderOutcome(cards, evaluation, facts, drafts, timings)
 
 
 __all__ = [

@@ -98,6 +98,34 @@ class Outcome:
         return [rc.card for rc in self.rule_cards]
 
 
+def decide(
+    active: ActiveRules,
+    prefetch: Mapping[str, Any],
+    *,
+    patient_id: str,
+    clock: Clock,
+    stages: list[str] | None = None,
+    max_entries_per_key: int = MAX_ENTRIES_PER_KEY,
+) -> tuple[Evaluation, PatientFacts, dict[str, float]]:
+    """The decision for one patient without its cards: (evaluation, facts, timings in ms). See
+    :func:`evaluate` for the arguments; the order-sign service checks draft orders against it."""
+    ruleset = active.ruleset
+    missing = [k for k in prefetch_templates(ruleset) if k not in prefetch]
+    if missing:
+        raise PrefetchUnavailable(missing[0], "not prefetched", keys=missing)
+    doc = ruleset.document
+    t0 = time.perf_counter()
+    facts = extract(prefetch, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder,
+                    max_entries_per_key=max_entries_per_key)
+    t1 = time.perf_counter()
+    today = clock.today()
+    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today, doc.parameters), today)
+    if stages is not None:
+        evaluation = evaluation.model_copy(update={"fired": tuple(f for f in evaluation.fired if f.stage in stages)})
+    t2 = time.perf_counter()
+    return evaluation, facts, {"extract": (t1 - t0) * 1e3, "rules": (t2 - t1) * 1e3}
+
+
 def evaluate(
     active: ActiveRules,
     prefetch: Mapping[str, Any],
@@ -116,21 +144,9 @@ def evaluate(
     service's ``stages``; None: every stage). A prefetch Bundle of more than ``max_entries_per_key``
     entries is :class:`~cds.extract.PrefetchTooLarge` (``CDS_MAX_ENTRIES_PER_KEY``).
     """
-    ruleset = active.ruleset
-    missing = [k for k in prefetch_templates(ruleset) if k not in prefetch]
-    if missing:
-        raise PrefetchUnavailable(missing[0], "not prefetched", keys=missing)
-    doc = ruleset.document
-    t0 = time.perf_counter()
-    facts = extract(prefetch, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder,
-                    max_entries_per_key=max_entries_per_key)
-    t1 = time.perf_counter()
-    today = clock.today()
-    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today, doc.parameters), today)
-    if stages is not None:
-        evaluation = evaluation.model_copy(update={"fired": tuple(f for f in evaluation.fired if f.stage in stages)})
+    evaluation, facts, timings = decide(active, prefetch, patient_id=patient_id, clock=clock, stages=stages,
+                                        max_entries_per_key=max_entries_per_key)
     t2 = time.perf_counter()
-    cards = build_cards(evaluation, facts, ruleset, patient_id=patient_id, user_id=user_id)
-    t3 = time.perf_counter()
-    timings = {"extract": (t1 - t0) * 1e3, "rules": (t2 - t1) * 1e3, "cards": (t3 - t2) * 1e3}
+    cards = build_cards(evaluation, facts, active.ruleset, patient_id=patient_id, user_id=user_id)
+    timings["cards"] = (time.perf_counter() - t2) * 1e3
     return Outcome(cards, evaluation, facts, timings)
