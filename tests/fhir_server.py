@@ -226,6 +226,7 @@ class FhirTestServer(LoopbackServer):
         self._searches: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._open: set[socket.socket] = set()  # connections not yet closed
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> FhirTestServer:
@@ -250,7 +251,10 @@ class FhirTestServer(LoopbackServer):
         return self.origin + self.base_path
 
     def reset(self) -> None:
-        """Forget recorded requests and misbehaviour (keeps the data)."""
+        """Forget recorded requests and misbehaviour (keeps the data), and close every open connection,
+        as a restart would: a test's settings (``idle_timeout``) then hold for every connection it sees,
+        never for a keep-alive connection an earlier test left in the client's pool."""
+        self.close_connections()
         with self._lock:
             self.requests.clear()
         self.required_token = None
@@ -267,6 +271,16 @@ class FhirTestServer(LoopbackServer):
         self.idle_timeout = None
         self.drop_next = 0
         self.drop_reused_only = True
+
+    def close_connections(self) -> None:
+        """Shut every open connection (its handler then sees the end of the stream and finishes)."""
+        with self._lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by either side
+                pass
 
     def record(self, seen: SeenRequest) -> None:
         with self._lock:
@@ -341,13 +355,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.served = 0
         with self.owner._lock:
             self.owner.connections += 1
+            self.owner._open.add(self.request)
         super().setup()
         # Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def finish(self) -> None:
-        if self.served == 0:
-            with self.owner._lock:
+        with self.owner._lock:
+            self.owner._open.discard(self.request)
+            if self.served == 0:
                 self.owner.closed_unused += 1
         super().finish()
 
