@@ -22,6 +22,7 @@ from .assessment import FACT_FIELDS
 from .cdshooks import PatientViewRequest, to_json, validation_message
 from .clock import FixedClock
 from .errors import CdsError
+from .facts import FlaggedCondition
 from .service import Outcome, evaluate, prefetch_templates
 from .templates import render_number
 
@@ -71,6 +72,11 @@ def _num(value: float | int | None) -> int | float | None:
     return int(f) if f.is_integer() else f
 
 
+def _flagged(c: FlaggedCondition) -> dict[str, str]:
+    return {"resourceId": f"Condition/{c.resource_id}", "category": c.category, "categoryDisplay": c.category_display,
+            "text": c.text}
+
+
 def explain(outcome: Outcome, active: ActiveRules) -> dict[str, Any]:
     """The JSON-ready explanation of one evaluation."""
     ruleset = active.ruleset
@@ -109,6 +115,8 @@ def explain(outcome: Outcome, active: ActiveRules) -> dict[str, Any]:
                 for c in facts.conditions
             ],
             "onset": facts.onset.isoformat() if facts.onset else None,
+            "redFlags": [_flagged(c) for c in facts.red_flags],
+            "riskFactors": [_flagged(c) for c in facts.risk_factors],
             "latestSession": None if session is None else {
                 "exercise": session.exercise,
                 "date": session.date.isoformat(),
@@ -175,6 +183,13 @@ def render_text(report: dict[str, Any], active: ActiveRules) -> str:
         out.append(f"  Most recent onset: {facts['onset'] or 'not recorded'}")
     else:
         out.append("  Low back pain conditions: none found")
+    for key, heading in (("redFlags", "Red-flag conditions"), ("riskFactors", "Risk-factor conditions")):
+        if facts[key]:
+            out.append(f"  {heading}:")
+            for c in facts[key]:
+                out.append(f"    {c['resourceId']}: {c['text']} ({c['categoryDisplay']}, {c['category']})")
+        else:
+            out.append(f"  {heading}: none found")
     session = facts["latestSession"]
     if session is None:
         out.append("  Latest session: no exercise rounds recorded")

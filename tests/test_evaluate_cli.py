@@ -137,3 +137,22 @@ def test_other_rules_folder(tmp_path: Path, capsys) -> None:
     request = str(REQUESTS / "bird-dog-28-27.json")
     assert main(["evaluate", request, "--as-of", "2026-11-20", "--rules", str(rules), "--format", "json"]) == 0
     assert [f["rule"] for f in json.loads(capsys.readouterr().out)["fired"]] == ["continue"]
+
+
+def test_red_flag_and_risk_factor_conditions_are_listed_with_their_category(capsys) -> None:
+    """The red-flag rules fire on conditions that are not low-back-pain codes: the facts list them too."""
+    safety = RULES_DIR.parent / "rules_safety"
+    assert main(["evaluate", str(REQUESTS / "red-flag-cauda-equina.json"), "--as-of", "2026-11-20",
+                 "--rules", str(safety)]) == 0
+    out = capsys.readouterr().out
+    facts = out[out.index("FACTS EXTRACTED"):out.index("RESOURCES SKIPPED")]
+    assert "Red-flag conditions:\n    Condition/condition-2: Cauda equina syndrome (" in facts
+    assert "Risk-factor conditions: none found" in facts
+    assert main(["evaluate", str(REQUESTS / "risk-steroids-step-up.json"), "--as-of", "2026-11-20",
+                 "--rules", str(safety), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["facts"]["redFlags"] == []
+    assert [(c["resourceId"], c["category"]) for c in report["facts"]["riskFactors"]] == [
+        ("Condition/condition-2", "steroids")]
+    assert main(["evaluate", str(REQUESTS / "bird-dog-28-27.json"), "--as-of", "2026-11-20"]) == 0
+    assert "Red-flag conditions: none found" in capsys.readouterr().out
