@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import EVALUATION_DATE, REQUESTS_DIR, RULES_DIR, build_app
+from conftest import EVALUATION_DATE, REQUESTS_DIR, RULES_DIR, build_app, edit_rule_file
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from loopback import serve_wsgi
 
@@ -270,13 +270,6 @@ def orders_copy(tmp_path: Path) -> Path:
     return target
 
 
-def edit(folder: Path, file: str, old: str, new: str) -> None:
-    path = folder / file
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
-
-
 @pytest.mark.parametrize(("file", "old", "new", "message"), [
     ("order-check.yaml", "when: rungs_above_recommended > 0", "when: rungs_above > 0",
      "order-check.yaml:15:11: order check 'check-too-high': unknown fact 'rungs_above' (did you mean "
@@ -309,13 +302,13 @@ def edit(folder: Path, file: str, old: str, new: str) -> None:
      "'services'"),
 ])
 def test_rule_file_mistakes_are_precise_errors(orders_copy, file, old, new, message):
-    edit(orders_copy, file, old, new)
+    edit_rule_file(orders_copy, file, old, new)
     problems = [str(p).removeprefix(str(orders_copy) + "/") for p in check_ruleset(orders_copy)]
     assert message in problems, problems
 
 
 def test_an_order_check_summary_too_long_is_an_error(orders_copy):
-    edit(orders_copy, "order-check.yaml", 'summary: "Fixture: {ordered_name} above {recommended_name}"',
+    edit_rule_file(orders_copy, "order-check.yaml", 'summary: "Fixture: {ordered_name} above {recommended_name}"',
          'summary: "Fixture: {ordered_name} above {recommended_name} ' + "x" * 90 + '"')
     with pytest.raises(RuleSetError, match=r"order-check.yaml:18:16: summary can reach \d+ characters"):
         load_ruleset(orders_copy)
