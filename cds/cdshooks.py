@@ -308,6 +308,13 @@ HOOK_REQUEST_MODELS: tuple[type[HookRequest], ...] = (PatientViewRequest, OrderS
 
 _LOC_PART = re.compile(r"^[A-Za-z0-9_\-.$]{1,64}$")
 
+#: what a value of each wire pattern must be, in words (pydantic's own message quotes the regex)
+_PATTERN_WORDS = {
+    UUID_PATTERN: "must be a UUID (8-4-4-4-12 hexadecimal digits)",
+    FHIR_ID_PATTERN: "must be a FHIR id (1-64 letters, digits, '-' or '.')",
+    FHIR_ID_SEGMENT_PATTERN: "must be a FHIR id (1-64 letters, digits, '-' or '.'; not '.' or '..')",
+}
+
 
 def validation_message(err: ValidationError, *, prefix: str | None = None, limit: int = 3) -> str:
     """A short client message naming each failing field path, e.g. ``context.patientId: Field required``.
@@ -318,7 +325,7 @@ def validation_message(err: ValidationError, *, prefix: str | None = None, limit
     came from when it was validated on its own (``validation_message(e, prefix="context")``).
     """
     parts: list[str] = []
-    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    errors = err.errors(include_url=False, include_input=False)
     for d in errors[:limit]:
         loc: list[str] = [prefix] if prefix else []
         for seg in d["loc"]:
@@ -330,7 +337,9 @@ def validation_message(err: ValidationError, *, prefix: str | None = None, limit
             else:
                 loc.append(seg if _LOC_PART.match(str(seg)) else "?")
         msg = d["msg"]
-        if msg.startswith("Value error, "):
+        if d["type"] == "string_pattern_mismatch":
+            msg = _PATTERN_WORDS.get(str((d.get("ctx") or {}).get("pattern")), "has the wrong form")
+        elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         elif msg.startswith("Assertion failed, "):
             msg = msg[len("Assertion failed, ") :]

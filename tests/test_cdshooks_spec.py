@@ -188,6 +188,8 @@ def test_hook_instance_must_be_a_uuid(client):
         response = _post(client, body)
         assert response.status_code == 400, value
         assert error_expression(response) == ["hookInstance"]
+        assert "hookInstance: must be a UUID (8-4-4-4-12 hexadecimal digits)" in response.get_data(as_text=True)
+        assert "[0-9A-Fa-f]" not in response.get_data(as_text=True)  # the words, not the regex
 
 
 def test_prefetch_keys_the_service_did_not_ask_for_are_ignored(client):
