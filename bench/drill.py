@@ -59,6 +59,7 @@ TYPICAL = ROOT / "fhir_examples" / "requests" / "bird-dog-28-27.json"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 INSTALL_HINT = "apt-get install -y nginx postgresql"
 FEEDBACK_EVERY = 4  # one request in four is a feedback POST
+STALE_WINDOW = 1.0  # seconds after the kill in which nginx may still use a keep-alive connection to the dead A
 FEEDBACK_ATTEMPTS = 40  # a failed feedback POST is sent again, 0.25 s apart, up to this many times
 
 
@@ -142,6 +143,18 @@ class Instance:
             self.proc.wait()
 
 
+def stop_serving(nginx_proc: subprocess.Popen | None, instances: list[Instance]) -> None:
+    if nginx_proc is not None and nginx_proc.poll() is None:
+        nginx_proc.send_signal(signal.SIGQUIT)  # graceful
+        try:
+            nginx_proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(nginx_proc.pid, signal.SIGKILL)
+            nginx_proc.wait()
+    for inst in instances:
+        inst.stop()
+
+
 def nginx_config(folder: Path, port: int, upstreams: list[str]) -> Path:
     """A configuration of nginx for this drill only: every path inside ``folder``."""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -216,12 +229,13 @@ class Result:
     kind: str  # "hook" or "feedback"
     t0: float  # time.monotonic() at send
     t1: float  # ... at answer (or error)
-    status: int  # HTTP status; 0 = no answer (connection error or timeout)
+    status: int  # HTTP status; 0 = no (whole) answer: see error
     upstream: str  # X-Upstream: the instance(s) nginx tried, in order
     attempt: int = 1  # feedback: 1 = first send, 2.. = sent again after a failure
     card: str = ""
     stored: int | None = None  # feedback: the answer's "stored" (new rows)
     answer_card: str = ""  # hook call answered 200: its first card's uuid (the audit's key)
+    error: str = ""  # status 0: the exception (e.g. RemoteDisconnected, IncompleteRead)
 
 
 @dataclass
@@ -235,23 +249,28 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _send(self, conn: http.client.HTTPConnection | None, path: str, body: bytes
-              ) -> tuple[http.client.HTTPConnection | None, float, float, int, str, bytes]:
+              ) -> tuple[http.client.HTTPConnection | None, Result, bytes]:
+        """One POST on ``conn`` (a new connection when None) with a fresh token: the connection to use
+        next (None after an error or a close), the result and the body."""
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {sign(self.key, self.public + path)}"}
         if conn is None:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        kind = "feedback" if path == FEEDBACK_URL else "hook"
+        upstream = ""
         t0 = time.monotonic()
         try:
             conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
+            upstream = response.getheader("X-Upstream", "")
             data = response.read()
-            status, upstream = response.status, response.getheader("X-Upstream", "")
-            if response.will_close:
-                conn.close()
-                conn = None
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException) as e:  # no answer, or an answer cut short
             conn.close()
-            return None, t0, time.monotonic(), 0, "", b""
-        return conn, t0, time.monotonic(), status, upstream, data
+            return None, Result(kind, t0, time.monotonic(), 0, upstream, error=type(e).__name__), b""
+        result = Result(kind, t0, time.monotonic(), response.status, upstream)
+        if response.will_close:
+            conn.close()
+            return None, result, data
+        return conn, result, data
 
     def client(self, index: int) -> None:
         conn: http.client.HTTPConnection | None = None
@@ -259,10 +278,11 @@ class Load:
         while not self.stop.is_set():
             i += 1
             if i % FEEDBACK_EVERY:
-                conn, t0, t1, status, upstream, data = self._send(conn, URL, self.hook_body)
-                answer_card = json.loads(data)["cards"][0]["uuid"] if status == 200 else ""
+                conn, result, data = self._send(conn, URL, self.hook_body)
+                if result.status == 200:
+                    result.answer_card = json.loads(data)["cards"][0]["uuid"]
                 with self.lock:
-                    self.results.append(Result("hook", t0, t1, status, upstream, answer_card=answer_card))
+                    self.results.append(result)
                 continue
             card = str(uuid.uuid4())
             item = {"card": card, "outcomeTimestamp": dt.datetime.now(dt.timezone.utc).isoformat()}
@@ -272,21 +292,31 @@ class Load:
                 item.update(outcome="overridden")
             body = json.dumps({"feedback": [item]}).encode()
             for attempt in range(1, FEEDBACK_ATTEMPTS + 1):  # finished even after stop: an EHR retries
-                conn, t0, t1, status, upstream, data = self._send(conn, FEEDBACK_URL, body)
-                stored = json.loads(data).get("stored") if 200 <= status < 300 else None
+                conn, result, data = self._send(conn, FEEDBACK_URL, body)
+                result.attempt, result.card = attempt, card
+                if 200 <= result.status < 300:
+                    result.stored = json.loads(data)["stored"]
                 with self.lock:
-                    self.results.append(Result("feedback", t0, t1, status, upstream, attempt, card, stored))
-                if 200 <= status < 300:
+                    self.results.append(result)
+                if 200 <= result.status < 300:
                     break
                 time.sleep(0.25)
         if conn is not None:
             conn.close()
 
 
+def outcome(r: Result) -> str:
+    return str(r.status) if r.status else f"cut short ({r.error})"
+
+
+def counts(results: list[Result]) -> str:
+    return ", ".join(f"{k} x{n}" for k, n in sorted(Counter(outcome(r) for r in results).items())) or "none"
+
+
 def summary(results: list[Result]) -> str:
-    statuses = Counter(r.status for r in results)
-    ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
-    errors = ", ".join(f"{s or 'no answer'} x{n}" for s, n in sorted(statuses.items()) if not 200 <= s < 300) or "none"
+    ok = sum(1 for r in results if 200 <= r.status < 300)
+    errors = ", ".join(f"{k} x{n}" for k, n in sorted(Counter(outcome(r) for r in results
+                                                              if not 200 <= r.status < 300).items())) or "none"
     ms = [(r.t1 - r.t0) * 1e3 for r in results]
     lat = f"{pct(ms, 50):7.1f} {pct(ms, 99):7.1f} {max(ms):7.1f}" if ms else f"{'-':>7} {'-':>7} {'-':>7}"
     return f"{len(results):6d} {ok:6d}  {lat}  {errors}"
@@ -361,19 +391,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections through nginx (default 8)")
     parser.add_argument("--before", type=float, default=8.0, help="seconds of load before the kill (default 8)")
+    parser.add_argument("--down", type=float, default=2.0, help="seconds A stays down before its restart (default 2)")
     parser.add_argument("--after", type=float, default=8.0, help="seconds of load once A is ready again (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="CDS_WORKERS of each instance (default 2)")
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="the nginx binary")
     parser.add_argument("--keep", type=Path, help="copy the logs (nginx, instances, PostgreSQL) to this folder")
-    parser.add_argument("--quick", action="store_true", help="3 s before the kill, 3 s after the restart, 4 connections")
+    parser.add_argument("--quick", action="store_true", help="3 s before the kill, 1 s down, 3 s after the restart, "
+                        "4 connections")
+    parser.add_argument("--preflight", action="store_true", help="only check that nginx and PostgreSQL are installed")
     args = parser.parse_args()
     if args.quick:
-        args.before, args.after, args.connections = 3.0, 3.0, 4
+        args.before, args.down, args.after, args.connections = 3.0, 1.0, 3.0, 4
     missing = missing_binaries(args.nginx)
     if missing:
         print(f"drill: not installed: {', '.join(missing)}. Nothing is installed for you; on Debian/Ubuntu:\n"
               f"    {INSTALL_HINT}\n(PostgreSQL is looked for in {PG_BIN}; nginx with --nginx or on PATH)", file=sys.stderr)
         return 2
+    if args.preflight:
+        print(f"drill: nginx ({args.nginx}) and PostgreSQL ({PG_BIN}) are installed")
+        return 0
     nginx_version = subprocess.run([args.nginx, "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
 
     key = ec.generate_private_key(ec.SECP384R1())
@@ -405,8 +441,10 @@ def main() -> int:
                 raise SystemExit(f"cds db upgrade failed:\n{upgrade.stdout}{upgrade.stderr}")
             for name in ("A", "B"):
                 port = free_port()
-                env = {**base_env, "CDS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{name}")}
-                instances.append(Instance(name, port, env, tmp / f"instance-{name}.log"))
+                env = {**base_env, "CDS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(tmp / name / "metrics"),
+                       "HOME": str(tmp / name)}  # its own home and working folder (the server's control socket)
+                (tmp / name).mkdir()
+                instances.append(Instance(name, port, env, tmp / name / "instance.log"))
             a, b = instances
             for inst in instances:
                 inst.start()
@@ -418,7 +456,7 @@ def main() -> int:
             for inst in instances:  # every worker imported and warm before the clock starts
                 for _ in range(4 * args.workers):
                     warm.port = inst.port
-                    assert warm._send(None, URL, hook_body)[3] == 200, f"warm-up call to {inst.name} failed"
+                    assert warm._send(None, URL, hook_body)[1].status == 200, f"warm-up call to {inst.name} failed"
 
             load = Load(nginx_port, key, public, hook_body)
             clients = [threading.Thread(target=load.client, args=(i,), name=f"load-{i}") for i in range(args.connections)]
@@ -427,7 +465,9 @@ def main() -> int:
                 c.start()
             time.sleep(args.before)
             killed, t_kill, t_dead = a.kill9()
-            a.start()  # restarted at once, as an orchestrator would: the outage is the start-up time
+            time.sleep(args.down)
+            t_restart = time.monotonic()
+            a.start()  # through the entry point again: `cds db upgrade` (nothing to do), then the server
             a.wait_ready()
             t_ready = time.monotonic()
             time.sleep(args.after)
@@ -438,31 +478,31 @@ def main() -> int:
             t_end = time.monotonic()
 
             replays = replay_check(key, public, hook_body, a, b, nginx_port)
+            stop_serving(nginx_proc, instances)  # a graceful stop: the instances write what their audit has queued
             cards, audited = stored_rows(database_url)
         finally:
-            if nginx_proc is not None:
-                nginx_proc.send_signal(signal.SIGQUIT)  # graceful
-                try:
-                    nginx_proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(nginx_proc.pid, signal.SIGKILL)
-                    nginx_proc.wait()
-            for inst in instances:
-                inst.stop()
+            stop_serving(nginx_proc, instances)
             if pg_data is not None:
                 stop_postgres(pg_data)
             jwks.shutdown()
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
-                for log in [*tmp.glob("*.log"), *tmp.glob("nginx/*.log"), *tmp.glob("nginx/*.conf"), *tmp.glob("pg/*.log")]:
+                for log in [*tmp.glob("*/*.log"), *tmp.glob("nginx/*.conf")]:
                     shutil.copy(log, args.keep / f"{log.parent.name}-{log.name}")
 
     results = load.results
+    if args.keep:
+        with (args.keep / "results.jsonl").open("w") as out:  # one line per request, times from the start of the load
+            for r in results:
+                out.write(json.dumps({**r.__dict__, "t0": round(r.t0 - t_start, 4), "t1": round(r.t1 - t_start, 4)}) + "\n")
     before = [r for r in results if r.t1 < t_kill]
     outage = [r for r in results if r.t1 >= t_kill and r.t0 <= t_ready]
     after = [r for r in results if r.t0 > t_ready]
     # sent before A's processes were all gone, answered after the kill, by A (the last upstream nginx tried)
     in_flight = [r for r in results if r.t0 < t_dead and r.t1 >= t_kill and last_upstream(r) == a.addr]
+    # sent once A was gone, on a keep-alive connection nginx still held to it (nginx had not yet seen it close)
+    stale = [r for r in results if t_dead <= r.t0 and r.t1 < t_dead + STALE_WINDOW and r.upstream == a.addr
+             and not 200 <= r.status < 300]
     errors = [r for r in results if not 200 <= r.status < 300]
     slow = [r for r in outage if r.t1 - r.t0 > 1.0]
 
@@ -473,8 +513,9 @@ def main() -> int:
     print(f"load: {args.connections} keep-alive connections through nginx: hook calls ({TYPICAL.name}) and, 1 in "
           f"{FEEDBACK_EVERY}, a feedback POST for a new card uuid; a fresh ES384 token (unique jti) per request")
     print(f"timeline: load from 0.0 s; kill -9 of A's process group ({killed} processes) at {t_kill - t_start:.2f} s, "
-          f"all gone at {t_dead - t_start:.2f} s; A restarted through the entry point, ready at {t_ready - t_start:.1f} s "
-          f"(outage {t_ready - t_kill:.1f} s); load stopped at {t_stop - t_start:.1f} s, last answer at {t_end - t_start:.1f} s")
+          f"all gone at {t_dead - t_start:.2f} s; A restarted through the entry point at {t_restart - t_start:.1f} s, "
+          f"ready at {t_ready - t_start:.1f} s (outage {t_ready - t_kill:.1f} s); load stopped at {t_stop - t_start:.1f} s, "
+          f"last answer at {t_end - t_start:.1f} s")
     print()
     print(f"{'':34} {'sent':>6} {'2xx':>6}  {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  errors by status")
     for label, part in (("before the kill", before), ("outage (kill to A ready)", outage), ("after the restart", after),
@@ -487,10 +528,12 @@ def main() -> int:
     for label, part in (("before the kill", before), ("outage", outage), ("after the restart", after)):
         print(f"  {label:18} {served_by(part, instances)}")
     passed = [r for r in outage if "," in r.upstream]
-    print(f"nginx in the outage: {len(in_flight)} requests in flight on A at the kill: "
-          f"{dict(sorted(Counter(r.status for r in in_flight).items())) or 'none'} to the client (a POST already sent is "
-          f"never passed on: not idempotent); {len(passed)} found A refusing connections and were passed to B: "
-          f"{dict(Counter(r.status for r in passed)) or 'none'} to the client")
+    print("nginx in the outage, what the client saw:")
+    print(f"  {len(in_flight)} requests in flight on A at the kill: {counts(in_flight)} (a POST already sent is never "
+          f"passed on to B: not idempotent; cut short = A died while nginx was relaying its answer)")
+    print(f"  {len(stale)} sent after A was gone on a keep-alive connection nginx still held to it: {counts(stale)} "
+          f"(sent, then reset: not passed on either)")
+    print(f"  {len(passed)} found A refusing connections and were passed to B: {counts(passed)}")
     if slow:
         by = Counter(({a.addr: "A", b.addr: "B"}.get(last_upstream(r), r.upstream or "no answer"), r.status) for r in slow)
         print(f"  {len(slow)} answers in the outage took over 1 s (max {max(r.t1 - r.t0 for r in slow):.1f} s): "
@@ -508,7 +551,7 @@ def main() -> int:
     print(f"feedback: {len(items)} items sent, {len(acked)} acknowledged (2xx), {len(cards)} rows stored in PostgreSQL: "
           f"{'EQUAL (the same card uuids)' if equal else 'NOT EQUAL'}")
     print(f"  first attempts that failed: {len(first_failed)} "
-          f"{dict(Counter(r.status for r in first_failed)) if first_failed else ''}; sent again and acknowledged: "
+          f"{'(' + counts(first_failed) + ')' if first_failed else ''}; sent again and acknowledged: "
           f"{len(again)}, {sum(1 for r in again if r.stored == 0)} of them answered stored=0 (the failed attempt had been "
           f"stored, only its answer was lost; the repeat was not stored twice)")
     print(f"  answers that said new: {said_new}; never acknowledged: {len(items - acked)}; stored, not acknowledged: "
@@ -531,10 +574,10 @@ def main() -> int:
         failures.append("both instances did not answer before the kill")
     if not any(last_upstream(r) == a.addr for r in after):
         failures.append("A answered nothing through nginx after its restart")
-    beyond = [r for r in errors if r not in in_flight]
+    beyond = [r for r in errors if r not in in_flight and r not in stale]
     if beyond:
-        failures.append(f"{len(beyond)} errors beyond the requests in flight on A at the kill: "
-                        f"{dict(Counter(r.status for r in beyond))}")
+        failures.append(f"{len(beyond)} errors beyond the requests in flight on A at the kill or sent to it just after: "
+                        f"{dict(Counter(outcome(r) + ' via ' + (r.upstream or 'no upstream') for r in beyond))}")
     if not equal:
         failures.append("feedback acknowledged != stored")
     if items - acked:
