@@ -1,6 +1,7 @@
 """Scale-out drill on loopback (issue 13 point 5): two instances behind nginx sharing one PostgreSQL.
 
-`make drill` (or `.venv/bin/python bench/drill.py [--quick] [--connections C] [--before S] [--after S]`):
+`make drill` (or `.venv/bin/python bench/drill.py [--quick] [--connections C] [--before S] [--down S] [--after S]
+[--keep DIR]`; `--preflight` only checks that nginx and PostgreSQL are installed):
 
 1. a throw-away PostgreSQL (bench_http.start_postgres), `cds db upgrade` once, a loopback JWKS
    (bench_http.start_jwks: an ES384 key made here);
@@ -17,7 +18,8 @@
    sent again, as an EHR would: the same body with a fresh token (the service stores a repeated report
    once), until it is acknowledged;
 5. after --before seconds, kill -9 instance A's process group (server and workers), keep the load
-   running, restart A through the entry point, keep going --after seconds once A is ready, stop;
+   running, restart A through the entry point --down seconds later, keep going --after seconds once A
+   is ready, stop; stop nginx and the instances gracefully, then read the database;
 6. prints requests sent / answered / errors by status for the whole run and for each phase, what nginx
    did in the outage, feedback acknowledged (2xx) vs rows stored in the database (must be equal: the same
    card uuids), and a token used once on A then replayed directly to B, to A and through nginx (must be
@@ -50,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_core import EVALUATION_DATE, ROOT, URL, pct
-from bench_http import PG_BIN, free_port, get, sign, start_jwks, start_postgres, stop_postgres
+from bench_http import ISS, PG_BIN, free_port, get, sign, start_jwks, start_postgres, stop_postgres
 from cryptography.hazmat.primitives.asymmetric import ec
 
 SERVICE_ID = URL.rsplit("/", 1)[1]
@@ -396,12 +398,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="CDS_WORKERS of each instance (default 2)")
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="the nginx binary")
     parser.add_argument("--keep", type=Path, help="copy the logs (nginx, instances, PostgreSQL) to this folder")
-    parser.add_argument("--quick", action="store_true", help="3 s before the kill, 1 s down, 3 s after the restart, "
+    parser.add_argument("--quick", action="store_true", help="3 s before the kill, 1 s down, 4 s after the restart, "
                         "4 connections")
     parser.add_argument("--preflight", action="store_true", help="only check that nginx and PostgreSQL are installed")
     args = parser.parse_args()
     if args.quick:
-        args.before, args.down, args.after, args.connections = 3.0, 1.0, 3.0, 4
+        args.before, args.down, args.after, args.connections = 3.0, 1.0, 4.0, 4
     missing = missing_binaries(args.nginx)
     if missing:
         print(f"drill: not installed: {', '.join(missing)}. Nothing is installed for you; on Debian/Ubuntu:\n"
@@ -419,6 +421,7 @@ def main() -> int:
     instances: list[Instance] = []
     nginx_proc: subprocess.Popen | None = None
     pg_data: Path | None = None
+    load: Load | None = None
     with tempfile.TemporaryDirectory(prefix="drill-") as tmp_name:
         tmp = Path(tmp_name)
         try:
@@ -426,7 +429,7 @@ def main() -> int:
             nginx_port = free_port()
             public = f"http://127.0.0.1:{nginx_port}"  # what the EHR calls: every token's audience
             issuers = tmp / "issuers.json"
-            issuers.write_text(json.dumps({"issuers": [{"iss": "https://ehr.bench.example", "jwks_url": jwks_url}]}))
+            issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks_url": jwks_url}]}))
             base_env = {
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
                 "PYTHONPATH": str(ROOT), "HOME": str(tmp), "CDS_HOST": "127.0.0.1",
@@ -459,7 +462,8 @@ def main() -> int:
                     assert warm._send(None, URL, hook_body)[1].status == 200, f"warm-up call to {inst.name} failed"
 
             load = Load(nginx_port, key, public, hook_body)
-            clients = [threading.Thread(target=load.client, args=(i,), name=f"load-{i}") for i in range(args.connections)]
+            clients = [threading.Thread(target=load.client, args=(i,), name=f"load-{i}", daemon=True)
+                       for i in range(args.connections)]
             t_start = time.monotonic()
             for c in clients:
                 c.start()
@@ -481,6 +485,8 @@ def main() -> int:
             stop_serving(nginx_proc, instances)  # a graceful stop: the instances write what their audit has queued
             cards, audited = stored_rows(database_url)
         finally:
+            if load is not None:
+                load.stop.set()  # e.g. A did not come back: the clients stop too
             stop_serving(nginx_proc, instances)
             if pg_data is not None:
                 stop_postgres(pg_data)
