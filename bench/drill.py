@@ -1,7 +1,7 @@
 """Scale-out drill on loopback (issue 13 point 5): two instances behind nginx sharing one PostgreSQL.
 
 `make drill` (or `.venv/bin/python bench/drill.py [--quick] [--connections C] [--before S] [--down S] [--after S]
-[--keep DIR]`; `--preflight` only checks that nginx and PostgreSQL are installed):
+[--keep DIR] [--rules DIR]`; `--preflight` only checks that nginx and PostgreSQL are installed):
 
 1. a throw-away PostgreSQL (bench_http.start_postgres), `cds db upgrade` once, a loopback JWKS
    (bench_http.start_jwks: an ES384 key made here);
@@ -281,8 +281,9 @@ class Load:
             i += 1
             if i % FEEDBACK_EVERY:
                 conn, result, data = self._send(conn, URL, self.hook_body)
-                if result.status == 200:
-                    result.answer_card = json.loads(data)["cards"][0]["uuid"]
+                cards = json.loads(data).get("cards") if result.status == 200 else None
+                if cards:
+                    result.answer_card = cards[0]["uuid"]
                 with self.lock:
                     self.results.append(result)
                 continue
@@ -396,6 +397,8 @@ def main() -> int:
     parser.add_argument("--down", type=float, default=2.0, help="seconds A stays down before its restart (default 2)")
     parser.add_argument("--after", type=float, default=8.0, help="seconds of load once A is ready again (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="CDS_WORKERS of each instance (default 2)")
+    parser.add_argument("--rules", type=Path, default=ROOT / "rules", help="CDS_RULES_DIR of the instances "
+                        "(default: the repository's rules/)")
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="the nginx binary")
     parser.add_argument("--keep", type=Path, help="copy the logs (nginx, instances, PostgreSQL) to this folder")
     parser.add_argument("--quick", action="store_true", help="3 s before the kill, 1 s down, 4 s after the restart, "
@@ -436,7 +439,7 @@ def main() -> int:
                 "CDS_DATABASE_URL": database_url, "CDS_AUTH": "on", "CDS_TRUSTED_ISSUERS": str(issuers),
                 "CDS_ALLOW_HTTP_JWKS": "1",  # the loopback JWKS is plain http
                 "CDS_PUBLIC_BASE_URL": public, "CDS_JTI_STORE": "database",
-                "CDS_AUDIT_KEY": "drill-only-audit-key-0123456789", "CDS_RULES_DIR": str(ROOT / "rules"),
+                "CDS_AUDIT_KEY": "drill-only-audit-key-0123456789", "CDS_RULES_DIR": str(args.rules.resolve()),
                 "CDS_EVALUATION_DATE": EVALUATION_DATE.isoformat(), "CDS_WORKERS": str(args.workers),
             }
             upgrade = subprocess.run([str(bin_dir / "cds"), "db", "upgrade"], env=base_env, capture_output=True, text=True)
@@ -562,7 +565,7 @@ def main() -> int:
           f"stored, only its answer was lost; the repeat was not stored twice)")
     print(f"  answers that said new: {said_new}; never acknowledged: {len(items - acked)}; stored, not acknowledged: "
           f"{len(stored - acked)}; acknowledged, not stored: {len(acked - stored)}")
-    answered = [r for r in results if r.kind == "hook" and r.status == 200]
+    answered = [r for r in results if r.kind == "hook" and r.status == 200 and r.answer_card]
     unaudited = [r for r in answered if r.answer_card not in audited]
     where = Counter(("A before the kill" if last_upstream(r) == a.addr and r.t1 < t_dead else
                      "elsewhere") for r in unaudited)
