@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export CDS_RULES_DIR ?= $(CURDIR)/rules
 
-.PHONY: run test bench bench-http check-rules rules-test clean
+.PHONY: run test bench bench-http drill check-rules rules-test clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 (or 3.12) is required: durable-rules does not build on 3.13"; exit 1; }
@@ -41,6 +41,11 @@ bench: $(STAMP)
 # fixed-card app under gunicorn, over loopback (bench/README.md)
 bench-http: $(STAMP)
 	$(BIN)/python bench/bench_http.py
+
+# scale-out drill: two entry-point instances behind nginx on one throw-away PostgreSQL, one killed (-9) and
+# restarted under load (bench/README.md); needs nginx and postgresql installed, installs nothing itself
+drill: $(STAMP)
+	$(BIN)/python bench/drill.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
