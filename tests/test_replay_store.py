@@ -220,6 +220,68 @@ def test_postgresql_unreachable_is_unavailable():
 
 
 # ---------------------------------------------------------------------------------------------------
+# PostgreSQL: one prepared statement per check (issue 13), and recovery from dropped connections
+
+
+@pytest.fixture
+def pg_replay(clock):
+    if not PG_URL:
+        pytest.skip("CDS_TEST_DATABASE_URL not set")
+    pytest.importorskip("psycopg")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    upgrade(url)
+    s = SqlJtiStore(url, clock=clock)
+    try:
+        yield s, admin, schema
+    finally:
+        s.close()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_postgresql_check_is_one_statement_without_sqlalchemy_or_a_transaction(pg_replay, clock):
+    from sqlalchemy import event
+
+    replay, admin, schema = pg_replay
+    assert replay.check_and_add(key(), clock.now + 300)  # warm: the store's connection is checked out once
+    seen: list[str] = []
+    event.listen(replay.engine, "checkout", lambda *a: seen.append("checkout"))
+    event.listen(replay.engine, "before_cursor_execute", lambda conn, cur, stmt, *a: seen.append(stmt))
+    event.listen(replay.engine, "begin", lambda conn: seen.append("BEGIN"))
+    k = key()
+    assert [replay.check_and_add(k, clock.now + 300) for _ in range(3)] == [True, False, False]
+    assert seen == []  # no pool checkout (no ping), no BEGIN/COMMIT, no compiled SQLAlchemy statement
+    with admin.connect() as conn:  # autocommit: the connection is never left inside a transaction
+        states = conn.execute(text(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE 'INSERT INTO jwt_replay%'"
+        )).scalars().all()
+    assert states and all(state == "idle" for state in states)
+    assert replay.count() == 2
+
+
+def test_postgresql_connections_killed_by_the_server_are_replaced(pg_replay, clock):
+    replay, admin, schema = pg_replay
+    k = key()
+    assert replay.check_and_add(k, clock.now + 300)
+    with admin.connect() as conn:  # what a server restart does to every idle connection
+        killed = conn.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query LIKE 'INSERT INTO jwt_replay%'"
+        )).scalar_one()
+    assert killed >= 1
+    assert replay.check_and_add(key(), clock.now + 300) is True  # retried once on a fresh connection
+    assert replay.check_and_add(k, clock.now + 300) is False  # and the replay is still refused
+
+
+# ---------------------------------------------------------------------------------------------------
 # two processes racing for the same jti values
 
 
