@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, exc as sa_exc, func, insert, select
 
@@ -197,7 +198,7 @@ class _PgConnections:
             proxied = self._engine.raw_connection()  # the engine's checkout ping runs once, here
         except (*UNAVAILABLE, psycopg.OperationalError, psycopg.InterfaceError) as exc:  # the pool raises the driver's
             raise StoreUnavailable(f"replay store unavailable: {type(exc).__name__}: {first_line(exc)}") from exc
-        raw = proxied.dbapi_connection
+        raw: Any = proxied.dbapi_connection
         WATCHDOG.release(raw)  # watched per statement from now on, not for as long as it is held
         try:
             raw.rollback()  # the checkout ping opened a transaction
