@@ -206,7 +206,7 @@ def main() -> int:
         print(f"production app through WSGI in process: auth on (ES384, loopback JWKS), jti store database, audit on "
               f"{database_url.split(':', 1)[0].split('+')[0]}, JSON logs at INFO, {TYPICAL.name}")
         print(f"{args.calls} calls: CPU per call (process, audit writer included) {cpu_total:.3f} ms; "
-              f"calling thread p50 {statistics.median(cpu):.3f} ms; wall p50 {pct(wall, 50):.3f} ms, p99 {pct(wall, 99):.3f} ms")
+              f"per-call p50 {statistics.median(cpu):.3f} ms; wall p50 {pct(wall, 50):.3f} ms, p99 {pct(wall, 99):.3f} ms")
         print()
         print(f"stages under cProfile ({args.profile_calls} calls, thread CPU time; cProfile inflates every figure, "
               f"compare them with each other), ms CPU per call:")

@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -190,6 +191,7 @@ class _PgConnections:
         self._lock = threading.Lock()
         self._deadline = PgSettings().deadline_s  # the engine's own, when it was made by make_engine
         self._closed = False
+        self._pid = os.getpid()
 
     def _fresh(self):
         import psycopg
@@ -222,6 +224,8 @@ class _PgConnections:
 
         for attempt in (1, 2):
             with self._lock:
+                if self._pid != os.getpid():  # a forked worker never uses its parent's sockets
+                    self._pid, self._idle = os.getpid(), []
                 proxied = self._idle.pop() if self._idle else None
             reused = proxied is not None
             if proxied is None:
