@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import time
 import uuid
@@ -28,7 +29,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from cds.auth import AuthenticationError, AuthUnavailable, InMemoryJtiStore, JtiStore, JwtVerifier, TrustedIssuer
 from cds.config import ConfigError, load_settings
-from cds.storage import SqlJtiStore, Store, StoreUnavailable, current_revision, downgrade, upgrade
+from cds.storage import PgSettings, SqlJtiStore, Store, StoreUnavailable, current_revision, downgrade, upgrade
+from cds.storage.engine import WATCHDOG
 
 try:
     from jwks_server import JwksServer
@@ -224,7 +226,7 @@ def test_postgresql_unreachable_is_unavailable():
 
 
 @pytest.fixture
-def pg_replay(clock):
+def pg_replay(clock, request):
     if not PG_URL:
         pytest.skip("CDS_TEST_DATABASE_URL not set")
     pytest.importorskip("psycopg")
@@ -236,7 +238,7 @@ def pg_replay(clock):
 
     url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
     upgrade(url)
-    s = SqlJtiStore(url, clock=clock)
+    s = SqlJtiStore(url, clock=clock, pg=getattr(request, "param", None))
     try:
         yield s, admin, schema
     finally:
@@ -279,6 +281,33 @@ def test_postgresql_connections_killed_by_the_server_are_replaced(pg_replay, clo
     assert killed >= 1
     assert replay.check_and_add(key(), clock.now + 300) is True  # retried once on a fresh connection
     assert replay.check_and_add(k, clock.now + 300) is False  # and the replay is still refused
+
+
+@pytest.mark.parametrize("pg_replay", [PgSettings(statement_timeout_s=0.5)], indirect=True)
+def test_postgresql_backend_hung_the_check_does_not_hang(pg_replay, clock):
+    """SIGSTOP on the server process of the store's connection: the watchdog cuts it at the deadline
+    (statement timeout + 2 s) and the check is answered on a fresh connection."""
+    replay, admin, schema = pg_replay
+    assert replay.check_and_add(key(), clock.now + 300)
+    with admin.connect() as conn:
+        pid = conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE 'INSERT INTO jwt_replay%'"
+        )).scalar_one()
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except PermissionError:
+        pytest.skip("cannot signal the PostgreSQL server here")
+    before = WATCHDOG.expired
+    started = time.monotonic()
+    k = key()
+    try:
+        fresh = replay.check_and_add(k, clock.now + 300)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert time.monotonic() - started < 6
+    assert fresh is True and WATCHDOG.expired == before + 1
+    assert replay.check_and_add(k, clock.now + 300) is False
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -67,9 +67,9 @@ def _instant(epoch: float) -> dt.datetime:
 class SqlJtiStore:
     """:class:`cds.auth.JtiStore` in the ``jwt_replay`` table; thread-safe, one per process.
 
-    ``database`` is a SQLAlchemy URL (the store then owns its engine; :meth:`close` disposes it) or an
-    existing :class:`~sqlalchemy.Engine`. The schema comes from :func:`cds.storage.upgrade`; the store never
-    creates tables. ``clock`` (epoch seconds) should be the verifier's clock.
+    ``database`` is a SQLAlchemy URL (the store then owns its engine, made with ``pg``, the service's
+    ``CDS_DATABASE_*`` settings; :meth:`close` disposes it) or an existing :class:`~sqlalchemy.Engine`. The
+    schema comes from :func:`cds.storage.upgrade`; the store never creates tables. ``clock`` (epoch seconds) should be the verifier's clock.
     """
 
     def __init__(
@@ -78,17 +78,18 @@ class SqlJtiStore:
         *,
         clock: Callable[[], float] = time.time,
         purge_every: int = 1000,
+        pg: PgSettings | None = None,
     ) -> None:
         if purge_every < 1:
             raise ValueError("purge_every must be at least 1")
         self._owns_engine = isinstance(database, str)
         # must_exist: a deleted SQLite file is noticed, never silently replaced by an empty one
-        self.engine: Engine = make_engine(database, must_exist=True) if isinstance(database, str) else database
+        self.engine: Engine = make_engine(database, pg, must_exist=True) if isinstance(database, str) else database
         self._clock = clock
         self._purge_every = purge_every
         self._lock = threading.Lock()
         self._added = 0
-        self._pg = _PgConnections(self.engine) if self.engine.dialect.name == "postgresql" else None
+        self._pg = _PgConnections(self.engine, pg) if self.engine.dialect.name == "postgresql" else None
 
     def close(self) -> None:
         if self._pg is not None:
@@ -185,11 +186,11 @@ class _PgConnections:
     the engine's pool limits (past them the pool's timeout makes it a :class:`StoreUnavailable`).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, pg: PgSettings | None) -> None:
         self._engine = engine
         self._idle: list = []  # PoolProxiedConnection
         self._lock = threading.Lock()
-        self._deadline = PgSettings().deadline_s  # the engine's own, when it was made by make_engine
+        self._deadline = (pg or PgSettings()).deadline_s  # the engine's own, when it was made by make_engine
         self._closed = False
         self._pid = os.getpid()
 
