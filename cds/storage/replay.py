@@ -69,7 +69,8 @@ class SqlJtiStore:
 
     ``database`` is a SQLAlchemy URL (the store then owns its engine, made with ``pg``, the service's
     ``CDS_DATABASE_*`` settings; :meth:`close` disposes it) or an existing :class:`~sqlalchemy.Engine`. The
-    schema comes from :func:`cds.storage.upgrade`; the store never creates tables. ``clock`` (epoch seconds) should be the verifier's clock.
+    schema comes from :func:`cds.storage.upgrade`; the store never creates tables. ``clock`` (epoch seconds)
+    should be the verifier's clock.
     """
 
     def __init__(
