@@ -36,6 +36,7 @@ reason is logged here on logger ``cds.auth`` with the (sanitised) ``iss`` and
 
 from __future__ import annotations
 
+import base64
 import heapq
 import json
 import logging
@@ -650,6 +651,18 @@ def _for_log(value: Any) -> str:
     return repr(value)
 
 
+def _json_segment(segment: str) -> dict[str, Any] | None:
+    """A JWS header or payload segment (base64url, already checked by ``_COMPACT_JWS``) as a JSON object, or
+    None when it is not one (bad length, not UTF-8 JSON, not an object), as PyJWT would refuse it."""
+    if len(segment) % 4 == 1:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError, RecursionError):  # binascii.Error and JSONDecodeError are ValueErrors
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -745,7 +758,8 @@ class JwtVerifier:
                 type(exc).__name__, _for_log(ctx.get("iss")), _for_log(ctx.get("kid")),
             )
             raise AuthenticationError("internal error during verification") from None
-        logger.debug("JWT accepted (iss=%s kid=%s)", _for_log(ctx.get("iss")), _for_log(ctx.get("kid")))
+        if logger.isEnabledFor(logging.DEBUG):  # no formatting work for a line nobody reads
+            logger.debug("JWT accepted (iss=%s kid=%s)", _for_log(ctx.get("iss")), _for_log(ctx.get("kid")))
         return claims
 
     # The token must not leak into exception chains either: every
@@ -768,11 +782,11 @@ class JwtVerifier:
         if not _COMPACT_JWS.fullmatch(token):
             raise AuthenticationError("bearer token is not a compact JWT")
 
-        # --- JOSE header
-        try:
-            header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, ValueError, TypeError):
-            raise AuthenticationError("malformed JWT header") from None
+        # --- JOSE header (header and payload read once here; PyJWT parses the token once, to verify it)
+        header_b64, payload_b64, _signature = token.split(".")
+        header = _json_segment(header_b64)
+        if header is None:
+            raise AuthenticationError("malformed JWT header")
         ctx["kid"] = header.get("kid")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
@@ -790,10 +804,9 @@ class JwtVerifier:
             raise AuthenticationError("JWT jku is not a string")
 
         # --- trusted issuer, before any key is fetched
-        try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except (jwt.PyJWTError, ValueError, TypeError):
-            raise AuthenticationError("malformed JWT payload") from None
+        unverified = _json_segment(payload_b64)
+        if unverified is None:
+            raise AuthenticationError("malformed JWT payload")
         iss = unverified.get("iss")
         ctx["iss"] = iss
         if not isinstance(iss, str):

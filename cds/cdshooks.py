@@ -88,31 +88,44 @@ _KEEP_EMPTY: dict[str, tuple[str, ...]] = {"CdsResponse": ("cards",), "Discovery
 def _prune(value: Any) -> Any:
     """Drop None, "", [] and {} recursively; returns ``_EMPTY`` when the value itself is empty.
 
-    Scalars are checked inline (no call per leaf): this runs on every card of every response.
+    Scalars are checked inline (no call per leaf) and containers by their exact class (``model_dump(mode=
+    "json")`` makes only plain dicts and lists; anything else goes through ``isinstance`` as before): this
+    runs on every card of every response.
     """
-    if isinstance(value, dict):
+    cls = value.__class__
+    if cls is dict or (cls is not list and isinstance(value, dict)):
         out = {}
         for k, v in value.items():
-            if v is None or (v.__class__ is str and not v):
-                continue
-            if isinstance(v, (dict, list, tuple)):
+            c = v.__class__
+            if c is str:
+                if not v:
+                    continue
+            elif c is dict or c is list or (c is not int and c is not float and c is not bool
+                                            and isinstance(v, (dict, list, tuple))):
                 v = _prune(v)
                 if v is _EMPTY:
                     continue
+            elif v is None:
+                continue
             out[k] = v
         return out if out else _EMPTY
-    if isinstance(value, (list, tuple)):
+    if cls is list or isinstance(value, (list, tuple)):
         items = []
         for v in value:
-            if v is None or (v.__class__ is str and not v):
-                continue
-            if isinstance(v, (dict, list, tuple)):
+            c = v.__class__
+            if c is str:
+                if not v:
+                    continue
+            elif c is dict or c is list or (c is not int and c is not float and c is not bool
+                                            and isinstance(v, (dict, list, tuple))):
                 v = _prune(v)
                 if v is _EMPTY:
                     continue
+            elif v is None:
+                continue
             items.append(v)
         return items if items else _EMPTY
-    if value is None or (value.__class__ is str and not value):
+    if value is None or (cls is str and not value):
         return _EMPTY
     return value
 

@@ -14,11 +14,14 @@ Two modes, chosen by the environment like prometheus-client itself chooses its v
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: label children kept bound per metric (issue 13): past this many label sets, ``labels()`` as before
+MAX_BOUND_CHILDREN = 1024
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -54,6 +57,25 @@ class Metrics:
             registry=self.registry, multiprocess_mode="sum",
         )
         self._audit = None
+        # pre-bound label children: ``labels()`` validates and locks on every call; a dict lookup does not
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+        self._decision_children: dict[tuple[str, str, str], Any] = {}
+
+    @staticmethod
+    def _child(cache: dict, key: Any, make: Any) -> Any:
+        child = cache.get(key)
+        if child is None:
+            child = make()
+            if len(cache) < MAX_BOUND_CHILDREN:
+                cache[key] = child
+        return child
+
+    def observe_request(self, endpoint: str, service: str, status: int, seconds: float) -> None:
+        """``cds_requests_total`` + 1 and ``cds_request_seconds`` for one answered request."""
+        self._child(self._request_children, (endpoint, service, status),
+                    lambda: self.requests.labels(endpoint, service, str(status))).inc()
+        self._child(self._latency_children, endpoint, lambda: self.latency.labels(endpoint)).observe(seconds)
 
     def watch_audit(self, audit) -> None:
         self._audit = audit
@@ -68,8 +90,13 @@ class Metrics:
     # observer interface (AppState.observers)
     def after_evaluation(self, hook_request, service_id, outcome) -> None:
         version = outcome.evaluation.ruleset.version
+        children = self._decision_children
         for fired in outcome.evaluation.fired:
-            self.decisions.labels(fired.rule_id, fired.decision, version).inc()
+            key = (fired.rule_id, fired.decision, version)
+            child = children.get(key)
+            if child is None:
+                child = self._child(children, key, lambda: self.decisions.labels(*key))  # noqa: B023 - called at once
+            child.inc()
         self._sync_audit()  # the previous requests' audit writes (the writer runs in the background)
 
     def fetch_error(self, key: str | None) -> None:

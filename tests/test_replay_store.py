@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import time
 import uuid
@@ -28,7 +29,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from cds.auth import AuthenticationError, AuthUnavailable, InMemoryJtiStore, JtiStore, JwtVerifier, TrustedIssuer
 from cds.config import ConfigError, load_settings
-from cds.storage import SqlJtiStore, Store, StoreUnavailable, current_revision, downgrade, upgrade
+from cds.storage import PgSettings, SqlJtiStore, Store, StoreUnavailable, current_revision, downgrade, upgrade
+from cds.storage.engine import WATCHDOG
 
 try:
     from jwks_server import JwksServer
@@ -217,6 +219,95 @@ def test_postgresql_unreachable_is_unavailable():
     s = SqlJtiStore(f"postgresql+psycopg://cds:cds@127.0.0.1:{_closed_port()}/cds")
     with pytest.raises(StoreUnavailable):
         s.check_and_add(key(), time.time() + 60)
+
+
+# ---------------------------------------------------------------------------------------------------
+# PostgreSQL: one prepared statement per check (issue 13), and recovery from dropped connections
+
+
+@pytest.fixture
+def pg_replay(clock, request):
+    if not PG_URL:
+        pytest.skip("CDS_TEST_DATABASE_URL not set")
+    pytest.importorskip("psycopg")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    upgrade(url)
+    s = SqlJtiStore(url, clock=clock, pg=getattr(request, "param", None))
+    try:
+        yield s, admin, schema
+    finally:
+        s.close()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_postgresql_check_is_one_statement_without_sqlalchemy_or_a_transaction(pg_replay, clock):
+    from sqlalchemy import event
+
+    replay, admin, schema = pg_replay
+    assert replay.check_and_add(key(), clock.now + 300)  # warm: the store's connection is checked out once
+    seen: list[str] = []
+    event.listen(replay.engine, "checkout", lambda *a: seen.append("checkout"))
+    event.listen(replay.engine, "before_cursor_execute", lambda conn, cur, stmt, *a: seen.append(stmt))
+    event.listen(replay.engine, "begin", lambda conn: seen.append("BEGIN"))
+    k = key()
+    assert [replay.check_and_add(k, clock.now + 300) for _ in range(3)] == [True, False, False]
+    assert seen == []  # no pool checkout (no ping), no BEGIN/COMMIT, no compiled SQLAlchemy statement
+    with admin.connect() as conn:  # autocommit: the connection is never left inside a transaction
+        states = conn.execute(text(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE 'INSERT INTO jwt_replay%'"
+        )).scalars().all()
+    assert states and all(state == "idle" for state in states)
+    assert replay.count() == 2
+
+
+def test_postgresql_connections_killed_by_the_server_are_replaced(pg_replay, clock):
+    replay, admin, schema = pg_replay
+    k = key()
+    assert replay.check_and_add(k, clock.now + 300)
+    with admin.connect() as conn:  # what a server restart does to every idle connection
+        killed = conn.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query LIKE 'INSERT INTO jwt_replay%'"
+        )).scalar_one()
+    assert killed >= 1
+    assert replay.check_and_add(key(), clock.now + 300) is True  # retried once on a fresh connection
+    assert replay.check_and_add(k, clock.now + 300) is False  # and the replay is still refused
+
+
+@pytest.mark.parametrize("pg_replay", [PgSettings(statement_timeout_s=0.5)], indirect=True)
+def test_postgresql_backend_hung_the_check_does_not_hang(pg_replay, clock):
+    """SIGSTOP on the server process of the store's connection: the watchdog cuts it at the deadline
+    (statement timeout + 2 s) and the check is answered on a fresh connection."""
+    replay, admin, schema = pg_replay
+    assert replay.check_and_add(key(), clock.now + 300)
+    with admin.connect() as conn:
+        pid = conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE 'INSERT INTO jwt_replay%'"
+        )).scalar_one()
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except PermissionError:
+        pytest.skip("cannot signal the PostgreSQL server here")
+    before = WATCHDOG.expired
+    started = time.monotonic()
+    k = key()
+    try:
+        fresh = replay.check_and_add(k, clock.now + 300)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert time.monotonic() - started < 6
+    assert fresh is True and WATCHDOG.expired == before + 1
+    assert replay.check_and_add(k, clock.now + 300) is False
 
 
 # ---------------------------------------------------------------------------------------------------

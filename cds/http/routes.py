@@ -6,7 +6,6 @@ Each service id is looked up in the current rule set (``services``); its hook de
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -29,6 +28,7 @@ from ..fhir_client import PrefetchUnavailable, complete_prefetch
 from ..storage import StoreUnavailable
 from .ehr import check_fhir_server, note_ignored_feedback_fields, shape_for_ehr
 from .errors import ApiError
+from .json_provider import loads_request
 
 log = logging.getLogger("cds.http")
 
@@ -57,7 +57,7 @@ def json_body() -> dict[str, Any]:
         # A streamed (chunked) body is cut at the limit by werkzeug without an error: refuse it here.
         raise ApiError(413, "request body too large")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = loads_request(raw, parse_constant=_reject_constant)
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply") from None
     except _NonStandardJson:

@@ -41,9 +41,9 @@ def build_jti_store(settings: Settings) -> JtiStore:
     live tokens per issuer."""
     if settings.jti_store != "database":
         return InMemoryJtiStore(settings.jti_max_per_issuer)
-    from ..storage import SqlJtiStore
+    from ..storage import SqlJtiStore, pg_settings
 
-    return SqlJtiStore(settings.database_url)
+    return SqlJtiStore(settings.database_url, pg=pg_settings(settings))  # the same timeouts as the Store
 
 
 def require_jwt(bp: Blueprint) -> None:
