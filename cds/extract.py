@@ -1034,9 +1034,9 @@ def extract(
         if value is not None:
             resources.extend(_unwrap(key, value, max_entries_per_key))  # every shape before any work
 
-    key = prefetch_key(prefetch)
-    if key is not None:
-        known = fact_memo.extractions.get(codes, ladder, patient_id, key)
+    content_key = prefetch_key(prefetch)
+    if content_key is not None:
+        known = fact_memo.extractions.get(codes, ladder, patient_id, content_key)
         if known is not None:
             if log.isEnabledFor(logging.DEBUG):
                 for line in known.lines:
@@ -1073,8 +1073,8 @@ def extract(
         latest_session=session,
         skipped=tuple(ex.skipped),
     )
-    if key is not None:
+    if content_key is not None:
         fact_memo.extractions.put(
-            patient_id, key, _Extracted(codes, ladder, facts, tuple(ex.counts.items()), tuple(ex.lines))
+            patient_id, content_key, _Extracted(codes, ladder, facts, tuple(ex.counts.items()), tuple(ex.lines))
         )
     return facts
