@@ -26,11 +26,15 @@ belonged to the latest session. Logs and skip reasons name the resource type and
 patient id, a subject reference or a clinical value. Each request logs one INFO line with the number
 of skipped resources by reason (no ids); each skipped resource is logged at DEBUG.
 
-An EHR sends the same history at every chart opening, so an Observation seen before costs one exact
-content key (``cds.fhir_validation.canonical_bytes``: ``marshal.dumps``, about 1.5 us) and a lookup in
-:data:`fact_memo`, which remembers what the raw filter found (all but the subject, which is checked
-every time) and the fact or skip it gave; a cached skip is logged and counted again. Conditions (few)
-use the validation cache of ``cds.fhir_validation`` directly.
+An EHR sends the same history at every chart opening, so a whole prefetch seen before for the same
+patient and rule set costs one exact content key (:func:`prefetch_key`: one ``marshal.dumps`` of the
+whole prefetch, about 0.4 ms for two years of history) and a lookup in ``fact_memo.extractions``;
+its skips are logged and counted again from the memo entry. When the prefetch changed (a new session),
+an Observation seen before costs one exact content key (``cds.fhir_validation.canonical_bytes``:
+``marshal.dumps``, about 1.5 us) and a lookup in :data:`fact_memo`, which remembers what the raw
+filter found (all but the subject, which is checked every time) and the fact or skip it gave; a
+cached skip is logged and counted again. Conditions (few) use the validation cache of
+``cds.fhir_validation`` directly.
 """
 
 from __future__ import annotations
