@@ -27,13 +27,14 @@ patient id, a subject reference or a clinical value. Each request logs one INFO 
 of skipped resources by reason (no ids); each skipped resource is logged at DEBUG.
 
 An EHR sends the same history at every chart opening, so a whole prefetch seen before for the same
-patient and rule set costs one exact content key (:func:`prefetch_key`: one ``marshal.dumps`` of the
-whole prefetch, about 0.4 ms for two years of history) and a lookup in ``fact_memo.extractions``;
-its skips are logged and counted again from the memo entry. When the prefetch changed (a new session),
-an Observation seen before costs one exact content key (``cds.fhir_validation.canonical_bytes``:
-``marshal.dumps``, about 1.5 us) and a lookup in :data:`fact_memo`, which remembers what the raw
-filter found (all but the subject, which is checked every time) and the fact or skip it gave; a
-cached skip is logged and counted again. Conditions (few) use the validation cache of
+patient and rule set (from its third call: see ``_ExtractionMemo``) costs one exact content key
+(:func:`prefetch_key`: one ``marshal.dumps`` of the whole prefetch, about 0.5 ms for two years of
+history) and a lookup in ``fact_memo.extractions``; its skips are logged and counted again from the
+memo entry. When the prefetch changed (a new session), an Observation seen before costs one exact
+content key (``cds.fhir_validation.canonical_bytes``: ``marshal.dumps``, about 1.5 us) and a lookup
+in :data:`fact_memo`, which remembers what the raw filter found (all but the subject, which is
+checked every time) and the fact or skip it gave; a cached skip is logged and counted again.
+Conditions (few) use the validation cache of
 ``cds.fhir_validation`` directly.
 """
 
@@ -467,6 +468,20 @@ def prefetch_key(prefetch: Mapping[str, Any]) -> bytes | None:
         return None
 
 
+def _outline(patient_id: str, resources: list[tuple[Any, bool]]) -> tuple[Any, ...]:
+    """A cheap outline of a prefetch (patient, number of resources, the ids of the first and last
+    two): prefetches with the same content have the same outline. Only decides whether the exact
+    key is worth computing; it never decides a hit."""
+
+    def rid(i: int) -> str | None:
+        raw = resources[i][0]
+        value = raw.get("id") if isinstance(raw, dict) else None
+        return value if isinstance(value, str) else None
+
+    n = len(resources)
+    return (patient_id, n, *(rid(i) for i in (0, 1, n - 2, n - 1) if 0 <= i < n))
+
+
 class _ExtractionMemo:
     """(rule-set codes and ladder, patient id, whole prefetch content) -> the whole extraction.
 
@@ -476,14 +491,32 @@ class _ExtractionMemo:
     resource is still logged and counted on every call. One exact key (:func:`prefetch_key`) per call
     instead of one per resource: on a miss, the per-resource memo below does the work. Bounded LRU:
     ``maxsize`` entries and ``max_bytes`` of keys in all (an entry's key is the size of its prefetch).
+
+    The key is a pass over the whole prefetch (about 0.5 ms for two years of history), wasted on a
+    prefetch never seen before (after a new session, say). So it is computed only when the prefetch's
+    :func:`_outline` was seen before (:meth:`seen`): a prefetch is memoised at its second call and
+    served from the memo from its third; a first call costs what it did without this memo.
     """
 
-    def __init__(self, maxsize: int = 512, max_bytes: int = 32 * 2**20) -> None:
+    def __init__(self, maxsize: int = 512, max_bytes: int = 32 * 2**20, outlines: int = 4096) -> None:
         self.maxsize = maxsize
         self.max_bytes = max_bytes
+        self.outlines = outlines
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[int, int, str, bytes], _Extracted] = OrderedDict()
         self._bytes = 0
+        self._outlines: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+
+    def seen(self, outline: tuple[Any, ...]) -> bool:
+        """Whether this outline was seen before (and remember it, LRU-bounded)."""
+        with self._lock:
+            if outline in self._outlines:
+                self._outlines.move_to_end(outline)
+                return True
+            self._outlines[outline] = None
+            if len(self._outlines) > self.outlines:
+                self._outlines.popitem(last=False)
+            return False
 
     def get(self, codes: Codes, ladder: Ladder, patient_id: str, key: bytes) -> _Extracted | None:
         full = (id(codes), id(ladder), patient_id, key)
@@ -514,6 +547,7 @@ class _ExtractionMemo:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+            self._outlines.clear()
 
 
 #: the process-wide memo of Observation outcomes, and of whole extractions (``fact_memo.extractions``);
@@ -1038,7 +1072,8 @@ def extract(
         if value is not None:
             resources.extend(_unwrap(key, value, max_entries_per_key))  # every shape before any work
 
-    content_key = prefetch_key(prefetch)
+    # the whole-prefetch key costs a pass over the whole prefetch: only for an outline seen before
+    content_key = prefetch_key(prefetch) if fact_memo.extractions.seen(_outline(patient_id, resources)) else None
     if content_key is not None:
         known = fact_memo.extractions.get(codes, ladder, patient_id, content_key)
         if known is not None:

@@ -938,8 +938,9 @@ def _history() -> dict[str, Any]:
 def test_same_prefetch_again_is_one_lookup_with_the_same_facts_and_logs(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The EHR's next chart opening (the same JSON, parsed afresh): the whole extraction comes from the
-    memo, and every skip is logged (DEBUG) and counted (the INFO summary) exactly as the first time."""
+    """The EHR's next chart openings (the same JSON, parsed afresh): from the third call the whole
+    extraction comes from the memo, and every skip is logged (DEBUG) and counted (the INFO summary)
+    exactly as the first time."""
     extract_module.fact_memo.clear()
     text = json.dumps(_history())
     caplog.set_level(logging.DEBUG, logger="cds.extract")
@@ -949,6 +950,9 @@ def test_same_prefetch_again_is_one_lookup_with_the_same_facts_and_logs(
     assert cold[-1] == ("INFO", "skipped 3 resource(s): failed FHIR R4 validation: 1; "
                                 "exercise is not a known ladder code: 1; pain score outside the 0-10 scale: 1")
     assert len(cold) == 4  # one DEBUG line per skipped resource
+    caplog.clear()
+    second = extract(json.loads(text), patient_id=PID, codes=CODES, ladder=LADDER)  # memoised now
+    assert second == first and [(r.levelname, r.getMessage()) for r in caplog.records] == cold
     caplog.clear()
 
     def no_work(*args: Any, **kwargs: Any) -> None:
@@ -1008,3 +1012,32 @@ def test_whole_extraction_memo_is_bounded() -> None:
     memo.put(PID, b"y" * 9_000, entry)
     assert len(memo) <= 3 and memo._bytes <= 40_000
     assert memo.get(CODES, LADDER, PID, b"y" * 9_000) is entry
+
+
+def test_the_whole_prefetch_key_is_computed_only_for_an_outline_seen_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefetch never seen before (a new session changed the history) costs no whole-prefetch key:
+    it is computed from the second call of the same outline, and the third call is a hit."""
+    extract_module.fact_memo.clear()
+    keys = 0
+    real = extract_module.prefetch_key
+
+    def counting(prefetch: Any) -> bytes | None:
+        nonlocal keys
+        keys += 1
+        return real(prefetch)
+
+    monkeypatch.setattr(extract_module, "prefetch_key", counting)
+    history = _history()
+    text = json.dumps(history)
+    outcomes = [extract(json.loads(text), patient_id=PID, codes=CODES, ladder=LADDER) for _ in range(3)]
+    assert keys == 2 and len(extract_module.fact_memo.extractions) == 1
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    history["exerciseRounds"]["entry"].insert(0, {"resource": round_obs("r-new", reps=25, round_no=3)})
+    grown = extract(json.loads(json.dumps(history)), patient_id=PID, codes=CODES, ladder=LADDER)
+    assert keys == 2  # a new outline: no key
+    assert grown.latest_session is not None and grown.latest_session.reps == [20.0, 18.0, 25.0]
+    # same outline, other content (a value changed in place): the key decides, never the outline
+    changed = json.loads(text)
+    changed["exerciseRounds"]["entry"][0]["resource"]["valueQuantity"]["value"] = 30
+    facts = extract(changed, patient_id=PID, codes=CODES, ladder=LADDER)
+    assert keys == 3 and facts.latest_session is not None and facts.latest_session.reps == [30.0, 18.0]
