@@ -218,6 +218,10 @@ class RuleEngine:
             self._stage_facts[stage] = frozenset().union(*(ruleset.conditions[i].facts for i in ids
                                                            if i in ruleset.conditions))
         self._final = {r.id for r in ruleset.document.rules if r.final}
+        self._stage_of = {r.id: r.stage for r in doc.rules}
+        # each stage's facts in the assessment's field order (the fact as before, built without a scan)
+        self._stage_keys = {stage: tuple(k for k in Assessment.model_fields if k in named)
+                            for stage, named in self._stage_facts.items()}
         self._name = f"lbp{next(_ruleset_counter)}"
         self._run: _Run | None = None
         self.closed = False
@@ -283,10 +287,13 @@ class RuleEngine:
             notes.append(note_id)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def run_facts(self, facts: Iterable[Mapping[str, Any]]) -> _Run:
+    def run_facts(self, facts: Iterable[Mapping[str, Any]], *, until_final: bool = False) -> _Run:
         """Assert ``facts`` one at a time in a fresh session and return what fired.
 
         Facts are checked before the session starts, so bad input never reaches the C engine.
+        ``until_final``: stop asserting once a ``final`` rule has fired (the stage facts of
+        :meth:`evaluate`: every rule's condition excludes the ``halted`` fact it asserted, so no rule
+        of a later stage can fire, and a note counts only for a fired rule of its stage).
         """
         safe = [_safe_fact(f) for f in facts]
         with _ENGINE_LOCK:
@@ -298,6 +305,8 @@ class RuleEngine:
                 self._assert({"kind": "evaluation"})  # marker: an action always runs before delete
                 for fact in safe:
                     self._assert(fact)
+                    if until_final and run.fired and run.fired[-1] in self._final:
+                        break
                 exception = self._host.get_state(self._name, run.sid).get("exception")
                 if exception or run.error:
                     raise ActionFailed(f"a rule action failed: {run.error or exception}")
@@ -328,12 +337,15 @@ class RuleEngine:
         """Run the rule set on one assessment: the stages in order (with their notes)."""
         values = assessment.engine_fact()
         rules = self.ruleset.document
-        stage_of = {r.id: r.stage for r in rules.rules}
+        stage_of = self._stage_of
         facts: list[dict[str, Any]] = []
         for stage in self._stages:
-            named = self._stage_facts[stage]
-            facts.append({"kind": "assessment", "stage": stage, **{k: v for k, v in values.items() if k in named}})
-        run = self.run_facts(facts)
+            fact = {"kind": "assessment", "stage": stage}
+            for k in self._stage_keys[stage]:
+                if k in values:
+                    fact[k] = values[k]
+            facts.append(fact)
+        run = self.run_facts(facts, until_final=True)
         fired = []
         for rule_id in run.fired:
             rule = self.ruleset.rule(rule_id)

@@ -306,6 +306,38 @@ def test_rule_new_onset_is_final_and_suppresses_progression(engine):
         assert ev.fired[0].notes == ()  # progression notes belong to no fired rule
 
 
+def test_after_a_final_rule_no_later_stage_fact_is_asserted(engine, c_engine_spy):
+    """evaluate stops asserting stage facts once a final rule fired: the same evaluation as asserting
+    them all (every later rule excludes the halted fact; a note counts only for a fired rule)."""
+    new_onset = assessment("bird-dog", reps=(30, 30), onset_days_ago=5)  # a progression rule matches too
+    ev = engine.evaluate(new_onset, TODAY)
+    assert [f.rule_id for f in ev.fired] == ["new-onset"]
+    stages = [f.get("stage") for f in c_engine_spy if f.get("kind") == "assessment"]
+    assert stages == ["onset"]  # the progression fact never reached the engine
+    values = new_onset.engine_fact()
+    every = [{"kind": "assessment", "stage": s, **{k: v for k, v in values.items() if k in engine._stage_facts[s]}}
+             for s in engine._stages]
+    c_engine_spy.clear()
+    full = engine.run_facts(every)  # all stage facts asserted, as before
+    assert full.fired == ["new-onset"]
+    assert [f.get("stage") for f in c_engine_spy if f.get("kind") == "assessment"] == ["onset", "progression"]
+    # not final: every stage fact is asserted
+    c_engine_spy.clear()
+    assert fired(engine, assessment(onset_days_ago=200)) == ["continue"]
+    assert [f.get("stage") for f in c_engine_spy if f.get("kind") == "assessment"] == ["onset", "progression"]
+
+
+def test_stage_facts_carry_exactly_the_named_values_in_field_order(engine, c_engine_spy):
+    a = assessment(onset_days_ago=200)
+    engine.evaluate(a, TODAY)
+    values = a.engine_fact()
+    for fact in (f for f in c_engine_spy if f.get("kind") == "assessment"):
+        named = engine._stage_facts[fact["stage"]]
+        expected = {k: v for k, v in values.items() if k in named}
+        assert {k: v for k, v in fact.items() if k not in ("kind", "stage", "sid")} == expected
+        assert [k for k in fact if k in named] == list(expected)
+
+
 def test_onset_not_new_at_the_window(engine):
     assert fired(engine, assessment(onset_days_ago=42)) == ["continue"]
 

@@ -574,7 +574,8 @@ def test_date_is_taken_as_written_in_its_own_offset() -> None:
     assert [p.resource_id for p in s.pain_scores] == ["p-21"]
 
 
-def test_long_history_every_resource_validated_once_then_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layer", ["extraction", "resource"])
+def test_long_history_every_resource_validated_once_then_cached(monkeypatch: pytest.MonkeyPatch, layer: str) -> None:
     from cds.fhir_validation import validation_cache
 
     validation_cache.clear()
@@ -616,6 +617,8 @@ def test_long_history_every_resource_validated_once_then_cached(monkeypatch: pyt
     assert pain.value == 12 and pain.date_text == "2025-01-08T09:05:00+01:00"
 
     validated = 0
+    if layer == "resource":  # without the whole-extraction memo: every resource from the per-resource memo
+        extract_module.fact_memo.extractions.clear()
     # the EHR sends the same history at the next chart opening (JSON parsed afresh)
     again = run(rounds=json.loads(json.dumps(rounds)), pains=json.loads(json.dumps(pains)))
     assert validated == 0 and again == facts
@@ -818,10 +821,13 @@ def test_round_order_round_number_then_time_then_resource_order() -> None:
     assert [r.resource_id for r in s.rounds] == ["n1", "n2", "t-early-east", "t-late", "d-a", "d-b"]
 
 
-def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("layer", ["extraction", "resource"])
+def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.LogCaptureFixture, layer: str) -> None:
     extract_module.fact_memo.clear()
     rounds = [round_obs("r-ok", reps=20, round_no=1), round_obs("r-plank", exercise="plank")]
     first = run(rounds=rounds)
+    if layer == "resource":
+        extract_module.fact_memo.extractions.clear()
     caplog.set_level(logging.DEBUG, logger="cds.extract")
     again = run(rounds=json.loads(json.dumps(rounds)))  # the same JSON again: every outcome from the memo
     assert again == first and again.skipped_invalid == 1
@@ -839,8 +845,9 @@ def test_memoised_outcomes_are_replayed_logged_and_per_rule_set(caplog: pytest.L
     assert other.skipped == ()
 
 
+@pytest.mark.parametrize("layer", ["extraction", "resource"])
 def test_memo_replays_an_invalid_resource_with_its_detail_and_counts_it_by_reason(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, layer: str,
 ) -> None:
     extract_module.fact_memo.clear()
     rounds = [round_obs("r-ok", reps=20), round_obs("r-bad", reps="abc"), round_obs("r-neg", reps=-3)]
@@ -848,6 +855,8 @@ def test_memo_replays_an_invalid_resource_with_its_detail_and_counts_it_by_reaso
     first = run(rounds=rounds)
     cold = [r.getMessage() for r in caplog.records]
     caplog.clear()
+    if layer == "resource":
+        extract_module.fact_memo.extractions.clear()
     again = run(rounds=json.loads(json.dumps(rounds)))  # from the memo
     assert again == first and again.skipped_invalid == 2
     assert [r.getMessage() for r in caplog.records] == cold == [
@@ -912,3 +921,123 @@ def test_memo_holds_candidates_only() -> None:
         ]
         assert facts.latest_session is not None
     assert len(extract_module.fact_memo.table(CODES, LADDER)) == 1
+
+
+# --- the whole-extraction memo ------------------------------------------------------------------
+
+
+def _history() -> dict[str, Any]:
+    return {
+        "conditions": bundle(condition("c-1", onset="2026-01-10")),
+        "painScores": bundle(pain_obs("p-1", DAY, 2), pain_obs("p-odd", DAY, 14)),
+        "exerciseRounds": bundle(round_obs("r-1", reps=20, round_no=1), round_obs("r-2", reps=18, round_no=2),
+                                 round_obs("r-bad", reps="abc"), round_obs("r-plank", exercise="plank")),
+    }
+
+
+def test_same_prefetch_again_is_one_lookup_with_the_same_facts_and_logs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The EHR's next chart openings (the same JSON, parsed afresh): from the third call the whole
+    extraction comes from the memo, and every skip is logged (DEBUG) and counted (the INFO summary)
+    exactly as the first time."""
+    extract_module.fact_memo.clear()
+    text = json.dumps(_history())
+    caplog.set_level(logging.DEBUG, logger="cds.extract")
+    first = extract(json.loads(text), patient_id=PID, codes=CODES, ladder=LADDER)
+    cold = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert first.skipped_invalid == 3 and first.latest_session is not None
+    assert cold[-1] == ("INFO", "skipped 3 resource(s): failed FHIR R4 validation: 1; "
+                                "exercise is not a known ladder code: 1; pain score outside the 0-10 scale: 1")
+    assert len(cold) == 4  # one DEBUG line per skipped resource
+    caplog.clear()
+    second = extract(json.loads(text), patient_id=PID, codes=CODES, ladder=LADDER)  # memoised now
+    assert second == first and [(r.levelname, r.getMessage()) for r in caplog.records] == cold
+    caplog.clear()
+
+    def no_work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the memoised extraction must not look at any resource")
+
+    monkeypatch.setattr(extract_module._Extractor, "add", no_work)
+    again = extract(json.loads(text), patient_id=PID, codes=CODES, ladder=LADDER)
+    assert again == first
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == cold
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="cds.extract")  # as deployed: the summary line only
+    extract(json.loads(text), patient_id=PID, codes=CODES, ladder=LADDER)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [cold[-1]]
+
+
+def test_whole_extraction_memo_is_exact() -> None:
+    """Another patient, another rule set, or any change to the JSON is another extraction."""
+    extract_module.fact_memo.clear()
+    text = json.dumps(_history())
+    mine = extract(json.loads(text), patient_id=PID, codes=CODES, ladder=LADDER)
+    assert mine.latest_session is not None
+    other = extract(json.loads(text), patient_id="someone-else", codes=CODES, ladder=LADDER)
+    assert other.latest_session is None and other.patient_id == "someone-else"
+    assert {s.reason for s in other.skipped} == {"subject is not the context patient"}
+    changed = json.loads(text)
+    changed["exerciseRounds"]["entry"][1]["resource"]["valueQuantity"]["value"] = 25.0  # 18 -> 25.0
+    facts = extract(changed, patient_id=PID, codes=CODES, ladder=LADDER)
+    assert facts.latest_session is not None and facts.latest_session.reps == [20.0, 25.0]
+    reordered = json.loads(text)
+    reordered["exerciseRounds"]["entry"].reverse()  # resource order is part of the content
+    assert extract(reordered, patient_id=PID, codes=CODES, ladder=LADDER).skipped != mine.skipped
+    ladder = Ladder.model_validate({**_DOC["ladder"], "rungs": [*_DOC["ladder"]["rungs"],
+                                    {"code": "plank", "display": "Plank", "about": "A plank."}]})
+    with_plank = extract(json.loads(text), patient_id=PID, codes=CODES, ladder=ladder)
+    assert with_plank.skipped_invalid == 2 and with_plank.latest_session is not None
+    # equal bytes mean equal JSON; the same JSON with its objects shared otherwise is only a miss
+    shared = json.loads(text)
+    keep = [e["resource"]["status"] for e in shared["painScores"]["entry"]]
+    assert extract_module.prefetch_key(shared) != extract_module.prefetch_key(json.loads(text))
+    assert extract(shared, patient_id=PID, codes=CODES, ladder=LADDER) == mine and keep
+    assert extract_module.prefetch_key({"x": dt.date(2026, 1, 1)}) is None
+    assert len({extract_module.prefetch_key({"v": v}) for v in (1, 1.0, True, "1", [1], None)}) == 6
+
+
+def test_whole_extraction_memo_is_bounded() -> None:
+    memo = extract_module._ExtractionMemo(maxsize=3, max_bytes=40_000)
+    facts = PatientFacts(patient_id=PID)
+    entry = extract_module._Extracted(CODES, LADDER, facts, (), ())
+    for n in range(5):
+        memo.put(PID, bytes([n]) * 100, entry)
+    assert len(memo) == 3 and memo.get(CODES, LADDER, PID, bytes([0]) * 100) is None
+    assert memo.get(CODES, LADDER, PID, bytes([4]) * 100) is entry
+    memo.put(PID, b"x" * 10_001, entry)  # more than a quarter of the bytes: never stored
+    assert memo.get(CODES, LADDER, PID, b"x" * 10_001) is None
+    for n in range(3):
+        memo.put(PID, bytes([n]) * 9_000, entry)  # 27,000 + the small ones: within 40,000
+    memo.put(PID, b"y" * 9_000, entry)
+    assert len(memo) <= 3 and memo._bytes <= 40_000
+    assert memo.get(CODES, LADDER, PID, b"y" * 9_000) is entry
+
+
+def test_the_whole_prefetch_key_is_computed_only_for_an_outline_seen_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefetch never seen before (a new session changed the history) costs no whole-prefetch key:
+    it is computed from the second call of the same outline, and the third call is a hit."""
+    extract_module.fact_memo.clear()
+    keys = 0
+    real = extract_module.prefetch_key
+
+    def counting(prefetch: Any) -> bytes | None:
+        nonlocal keys
+        keys += 1
+        return real(prefetch)
+
+    monkeypatch.setattr(extract_module, "prefetch_key", counting)
+    history = _history()
+    text = json.dumps(history)
+    outcomes = [extract(json.loads(text), patient_id=PID, codes=CODES, ladder=LADDER) for _ in range(3)]
+    assert keys == 2 and len(extract_module.fact_memo.extractions) == 1
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    history["exerciseRounds"]["entry"].insert(0, {"resource": round_obs("r-new", reps=25, round_no=3)})
+    grown = extract(json.loads(json.dumps(history)), patient_id=PID, codes=CODES, ladder=LADDER)
+    assert keys == 2  # a new outline: no key
+    assert grown.latest_session is not None and grown.latest_session.reps == [20.0, 18.0, 25.0]
+    # same outline, other content (a value changed in place): the key decides, never the outline
+    changed = json.loads(text)
+    changed["exerciseRounds"]["entry"][0]["resource"]["valueQuantity"]["value"] = 30
+    facts = extract(changed, patient_id=PID, codes=CODES, ladder=LADDER)
+    assert keys == 3 and facts.latest_session is not None and facts.latest_session.reps == [30.0, 18.0]
