@@ -90,7 +90,7 @@ def sessions(prefetch: Mapping[str, Any], ruleset: RuleSet, *, patient_id: str) 
 
 WIDTH, LEFT, RIGHT = 720, 70, 20
 REPS_TOP, REPS_BOTTOM = 40, 190
-PAIN_TOP, PAIN_BOTTOM = 220, 300
+PAIN_TOP, PAIN_BOTTOM = 215, 305
 RUNG_TOP, RUNG_BOTTOM = 330, 400
 HEIGHT = 470
 
@@ -167,13 +167,17 @@ def render_svg(history: History, ruleset: RuleSet) -> str:
     for i, _rung in enumerate(rungs):
         out.append(f'<text class="tick" x="{LEFT - 6}" y="{_f(rung_y(i) + 4)}" text-anchor="end">{i + 1}</text>')
 
-    days = [s.date for s in pts] + ([history.onset] if history.onset else [])
+    # the time axis spans the sessions; an onset before them is marked at the left edge, dated
+    days = [s.date for s in pts] or ([history.onset] if history.onset else [])
     if days:
         x = _x_scale(days)
         if history.onset is not None:
-            ox = _f(x(history.onset))
+            before = bool(pts) and history.onset < pts[0].date
+            ox = _f(LEFT + 3 if before else x(history.onset))
             out.append(f'<line class="onset-mark" x1="{ox}" x2="{ox}" y1="{REPS_TOP}" y2="{RUNG_BOTTOM}">'
                        f'<title>{t["legend_onset"]}: {history.onset.isoformat()}</title></line>')
+            label = ("\u2190 " if before else "") + history.onset.isoformat()
+            out.append(f'<text class="tick onset-date" x="{_f(float(ox) + 4)}" y="{REPS_TOP - 4}">{label}</text>')
         if pts:
             # the rung as a step line: flat until the next session, then up or down
             path = [f"M{_f(x(pts[0].date))},{_f(rung_y(pts[0].rung))}"]
@@ -203,8 +207,11 @@ def render_svg(history: History, ruleset: RuleSet) -> str:
                     label += f"; {t['pain_axis']}: {pain}"
                 out.append(f'<circle class="{klass}" cx="{_f(sx)}" cy="{_f(cy)}" r="5"><title>{label}</title></circle>')
             # date ticks: every session when few, else the first, the middle and the last
-            shown = pts if n <= 6 else [pts[0], pts[n // 2], pts[-1]]
-            for s in shown:
+            last_x = -1e9
+            for s in pts:
+                if x(s.date) - last_x < 80 and s is not pts[-1]:
+                    continue  # too close to the previous date shown
+                last_x = x(s.date)
                 out.append(f'<text class="tick date" x="{_f(x(s.date))}" y="{RUNG_BOTTOM + 16}" '
                            f'text-anchor="middle">{s.date.isoformat()}</text>')
     if not pts:
