@@ -378,9 +378,9 @@ def test_an_unknown_demo_example_is_a_404_naming_it(client, name):
 
 
 def test_the_app_is_off_in_production_unless_configured():
-    from cds.config import ConfigError, load_settings
-
     from conftest import RULES_DIR
+
+    from cds.config import ConfigError, load_settings
 
     base = {"CDS_AUDIT_KEY": "k" * 16, "CDS_RULES_DIR": str(RULES_DIR)}
     assert load_settings(base).app is False
