@@ -1,9 +1,9 @@
 """The patient's session history and its chart: a hand-written SVG, no plotting library. Pure: no Flask.
 
 :func:`sessions` finds every session in a prefetch the way the service finds the latest one
-(:func:`cds.extract.extract`: the same codes, statuses, validation and pain linking): the latest
-session is taken, its date's rounds removed, and the rest searched again, so each date gives the
-session that would have decided on it (the highest rung that day). :func:`render_svg` draws them:
+(:func:`cds.extract.extract`: the same codes, statuses, validation and pain linking), one day at a
+time, so each date gives the session that would have decided on it (the highest rung that day).
+:func:`render_svg` draws them:
 
 * reps per round (``rect.round-point``) over the target range ``reps_low``..``reps_high`` (``rect.band-target``);
 * the highest pain per session (``circle.session-point``, one per session; hollow at the axis when no
@@ -26,8 +26,8 @@ from .extract import extract
 from .ruleset.model import RuleSet
 from .templates import derived_parameters, fill, render_number
 
-#: bounds the work on a long history (each pass is one extract of the remaining data)
-MAX_SESSIONS = 200
+#: bounds the work on a very long history (the newest sessions are kept)
+MAX_SESSIONS = 500
 
 
 @dataclass(frozen=True)
@@ -45,45 +45,81 @@ class History:
     onset: dt.date | None
 
 
-def _without(value: Any, ids: set[str]) -> Any:
-    """A prefetch value with the resources of these ids left out (a Bundle's entries, or a resource)."""
-    if not isinstance(value, dict):
-        return value
-    if value.get("resourceType") != "Bundle":
-        return None if value.get("id") in ids else value
-    entries = [e for e in value.get("entry") or []
-               if not (isinstance(e, dict) and isinstance(e.get("resource"), dict) and e["resource"].get("id") in ids)]
-    out = dict(value)
-    out["entry"] = entries
+def _resources(prefetch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for value in prefetch.values():
+        if not isinstance(value, dict):
+            continue
+        if value.get("resourceType") == "Bundle":
+            out += [e["resource"] for e in value.get("entry") or []
+                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        else:
+            out.append(value)
     return out
 
 
+def _codes_of(resource: Mapping[str, Any]) -> set[tuple[Any, Any]]:
+    code = resource.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    return {(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)}
+
+
+def _day_key(resource: Mapping[str, Any]) -> str:
+    """The calendar date as written (``effectiveDateTime`` or ``effectivePeriod.start``), for grouping only:
+    whether it is a usable date is :func:`cds.extract.extract`'s decision."""
+    value = resource.get("effectiveDateTime")
+    period = resource.get("effectivePeriod")
+    if not isinstance(value, str) and isinstance(period, dict):
+        value = period.get("start")
+    return value[:10] if isinstance(value, str) else ""
+
+
+def _refs(resource: Mapping[str, Any]) -> set[str]:
+    return {str(r.get("reference")).rsplit("/", 1)[-1] for r in resource.get("derivedFrom") or ()
+            if isinstance(r, dict) and r.get("reference")}
+
+
 def sessions(prefetch: Mapping[str, Any], ruleset: RuleSet, *, patient_id: str) -> History:
-    """Every session of the patient (oldest first) and the onset of the condition that counts."""
+    """Every session of the patient (oldest first) and the onset of the condition that counts.
+
+    The rounds are grouped by the date they are written with, and each day is read by
+    :func:`cds.extract.extract` with its rounds and the pain scores that may belong to it (linked by
+    ``derivedFrom`` to one of its rounds, or without ``derivedFrom`` on its date): the session it finds
+    is the one the service would decide from on that day, with the same validation and pain linking."""
     doc = ruleset.document
     rung_of = {code: i for i, code in enumerate(doc.ladder.codes)}
-    data = dict(prefetch)
+    reps_codes = {(c.system, c.code) for c in doc.codes.reps_codes}
+    pain_codes = {(c.system, c.code) for c in doc.codes.pain_codes}
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    pains: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for resource in _resources(prefetch):
+        codes = _codes_of(resource) if resource.get("resourceType") == "Observation" else set()
+        if codes & reps_codes:
+            rounds.setdefault(_day_key(resource), []).append(resource)
+        elif codes & pain_codes:
+            pains.append(resource)
+        else:
+            others.append(resource)
+    onset = extract({"others": _bundle(others)}, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder).onset
     found: list[SessionPoint] = []
-    onset: dt.date | None = None
-    first = True
-    while len(found) < MAX_SESSIONS:
-        facts = extract(data, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder)
-        if first:
-            onset, first = facts.onset, False
+    for day in sorted(rounds, reverse=True)[:MAX_SESSIONS]:
+        ids = {str(r.get("id")) for r in rounds[day]}
+        linked = [p for p in pains if (_refs(p) & ids if p.get("derivedFrom") else _day_key(p) == day)]
+        facts = extract({"rounds": _bundle(rounds[day]), "pains": _bundle(linked)}, patient_id=patient_id,
+                        codes=doc.codes, ladder=doc.ladder)
         session = facts.latest_session
-        if session is None:
-            break
-        found.append(SessionPoint(
-            date=session.date, exercise=session.exercise, rung=rung_of[session.exercise],
-            reps=tuple(session.reps), max_pain=session.max_pain,
-        ))
-        ids = {r.resource_id for r in facts.rounds}
-        before = sum(len(v.get("entry") or []) for v in data.values() if isinstance(v, dict))
-        data = {k: _without(v, ids) for k, v in data.items()}
-        after = sum(len(v.get("entry") or []) for v in data.values() if isinstance(v, dict))
-        if after == before:  # rounds without an id cannot be taken out: stop rather than loop
-            break
-    return History(sessions=tuple(reversed(found)), onset=onset)
+        if session is not None:
+            found.append(SessionPoint(
+                date=session.date, exercise=session.exercise, rung=rung_of[session.exercise],
+                reps=tuple(session.reps), max_pain=session.max_pain,
+            ))
+    found.sort(key=lambda s: s.date)
+    return History(sessions=tuple(found), onset=onset)
+
+
+def _bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
 
 # -- the SVG ------------------------------------------------------------------------------------

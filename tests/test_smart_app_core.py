@@ -212,3 +212,21 @@ def test_the_demo_page_decides_like_the_service(client, ruleset):
 
     shown = [html.unescape(s) for s in re.findall(r'<h3 class="card-summary">(.*?)</h3>', page)]
     assert shown == [c.summary for c in outcome.cards] and shown
+
+
+@pytest.mark.parametrize("path", sorted(REQUESTS_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_the_latest_session_of_the_history_is_the_one_the_service_decides_from(ruleset, path):
+    body = json.loads(path.read_text())
+    prefetch = {k: v for k, v in (body.get("prefetch") or {}).items()}
+    pid = body["context"]["patientId"]
+    facts = extract(prefetch, patient_id=pid, codes=ruleset.document.codes, ladder=ruleset.document.ladder)
+    history = history_chart.sessions(prefetch, ruleset, patient_id=pid)
+    assert history.onset == facts.onset
+    latest = facts.latest_session
+    if latest is None:
+        assert history.sessions == ()
+        return
+    last = history.sessions[-1]
+    assert (last.date, last.exercise, list(last.reps), last.max_pain) == (latest.date, latest.exercise, latest.reps,
+                                                                          latest.max_pain)
+    assert [s.date for s in history.sessions] == sorted({s.date for s in history.sessions})
