@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import CdsError
 from .ruleset.model import RuleSet
 from .templates import derived_parameters, fill, render_number
 
@@ -43,7 +44,7 @@ class SessionForm(BaseModel):
     pain_after: int = Field(ge=0, le=PAIN_MAX)
 
 
-class FormErrors(Exception):
+class FormErrors(CdsError):
     """The fields that are wrong: input id -> message (``texts.app.errors``)."""
 
     def __init__(self, errors: dict[str, str]) -> None:

@@ -1,6 +1,6 @@
 """The SMART app's pure core: the record-a-session form and its Observations (cds.session_record), the
 history and its SVG (cds.history_chart), and the rule files' ``texts.app`` (checked by ``cds rules check``).
-Run on the frozen fixture rule set (tests/fixtures/rules)."""
+Run on the fixture rule set tests/fixtures/rules-app (tests/fixtures/rules with texts.app)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,31 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from conftest import REQUESTS_DIR, RULES_DIR, build_app, edit_rule_file, rule_problems
+from conftest import REQUESTS_DIR, ROOT, RULES_DIR, build_app, edit_rule_file, rule_problems
 from fhir.resources.R4B.observation import Observation
 
 from cds import history_chart, service, session_record
 from cds.extract import extract
+from cds.ruleset.loader import load_ruleset
+
+APP_RULES = ROOT / "tests" / "fixtures" / "rules-app"
+
+
+@pytest.fixture(scope="module")
+def ruleset():
+    return load_ruleset(APP_RULES)
+
+
+@pytest.fixture
+def rules_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "rules"
+    shutil.copytree(APP_RULES, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def client():
+    return build_app(rules_dir=APP_RULES).test_client()
 
 TODAY = dt.date(2026, 11, 20)
 GOOD = {"exercise": "bird-dog", "date": "2026-11-20", "reps-1": "20", "reps-2": "19", "pain_during": "1",
@@ -164,8 +184,6 @@ def test_rule_file_texts_are_escaped_in_the_chart(rules_copy: Path):
     edit_rule_file(rules_copy, "ruleset.yaml",
                    "    chart_title: Repetitions per round and pain per session over time, with the exercise rung\n",
                    '    chart_title: "<script>x</script> & Repetitions per round"\n')
-    from cds.ruleset.loader import load_ruleset
-
     ruleset = load_ruleset(rules_copy)
     svg = history_chart.render_svg(history_chart.History(sessions=(), onset=None), ruleset)
     assert "<script>" not in svg and "&lt;script&gt;x&lt;/script&gt; &amp; Repetitions" in svg
@@ -186,15 +204,9 @@ def test_a_missing_app_text_is_a_precise_rule_file_error(rules_copy: Path):
     assert re.match(r"ruleset\.yaml:\d+:\d+: .*record_button", problem), problem
 
 
-def test_a_rule_set_without_app_texts_still_loads_and_the_app_says_why_it_is_unavailable(tmp_path: Path):
-    folder = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, folder)
-    text = (folder / "ruleset.yaml").read_text()
-    start = text.index("  # The SMART on FHIR app")
-    end = text.index("\nevidence:")
-    (folder / "ruleset.yaml").write_text(text[:start] + text[end:])
-    assert rule_problems(folder) == []
-    app = build_app(rules_dir=folder)
+def test_a_rule_set_without_app_texts_still_loads_and_the_app_says_why_it_is_unavailable():
+    assert rule_problems(RULES_DIR) == []  # the main fixture set has no texts.app
+    app = build_app(rules_dir=RULES_DIR)
     answer = app.test_client().get("/app/?demo=bird-dog-28-27")
     assert answer.status_code == 503 and "texts.app" in answer.get_data(as_text=True)
 

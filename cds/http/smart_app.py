@@ -51,6 +51,7 @@ from werkzeug.wrappers import Response
 
 from .. import history_chart, service, session_record
 from ..active_rules import ActiveRules
+from ..errors import CdsError
 from ..explain import explain
 from ..extract import PrefetchShapeError, PrefetchTooLarge
 from ..fhir_client import PrefetchUnavailable, complete_prefetch
@@ -72,7 +73,7 @@ _SHA = re.compile(r"[0-9a-f]{64}")
 _md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
-class AppError(Exception):
+class AppError(CdsError):
     """An app page error: the status and a message for the user (never a token or internal answer)."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -94,9 +95,8 @@ def init_app(app: Any) -> None:
     settings = app.extensions["lbp_cds"].settings
     if not settings.app:
         return
-    secret = settings.app_secret or secrets.token_urlsafe(32)  # development: a key per process
-    if not settings.app_secret:
-        log.warning("CDS_APP_SECRET not set: a random app session key per process (development only)")
+    # without CDS_APP_SECRET (development only: cds.config refuses it elsewhere) a key per process
+    secret = settings.app_secret or secrets.token_urlsafe(32)
     key = base64.urlsafe_b64encode(hashlib.sha256(b"lbp-cds app session\0" + secret.encode()).digest())
     app.extensions["lbp_cds_app"] = AppState(
         fernet=Fernet(key),
