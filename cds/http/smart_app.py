@@ -44,7 +44,7 @@ with warnings.catch_warnings():  # Authlib 1.7+ points at its httpx2 client; the
     warnings.simplefilter("ignore", DeprecationWarning)
     from authlib.integrations.httpx_client import OAuth2Client
 from cryptography.fernet import Fernet, InvalidToken
-from flask import Blueprint, current_app, redirect, render_template, request
+from flask import Blueprint, current_app, make_response, redirect, render_template, request
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from werkzeug.wrappers import Response
@@ -533,14 +533,15 @@ def record():
                     break
                 pending.pop(0)
     log.info("app record: %d Observation(s) created, %d not", len(written), len(pending) if failed else 0)
+    # a new CSRF token after every write: the same form sent again (a reload) is refused, never written twice
+    data["csrf"] = view.csrf = secrets.token_urlsafe(24)
     if failed:
         view.write_error = {"written": written, "not_written": [_describe(r, active) for r in pending]}
-        try:
-            view.prefetch = _fetch(active, s)
-        except AppError:
-            view.prefetch = None  # no recommendation rather than one from no data
-        return _render(view, 502)
-    view.written = written
-    view.form = {}
-    view.prefetch = _fetch(active, s)  # the refreshed recommendation decides from what was just written
-    return _render(view)
+    else:
+        view.written = written
+        view.form = {}
+    try:
+        view.prefetch = _fetch(active, s)  # the refreshed recommendation decides from what was just written
+    except AppError:
+        view.prefetch = None  # no recommendation rather than one from no data
+    return _save_cookie(make_response(_render(view, 502 if failed else 200)), data)
