@@ -11,7 +11,7 @@ time, so each date gives the session that would have decided on it (the highest 
 * the rung as a step line (``path.rung-line``) on a lane of the ladder's rungs;
 * the onset of low back pain (``line.onset-mark``) when it is known.
 
-Every visible word comes from the rule files (``texts.app``, the ladder's displays); every value is escaped.
+Every visible word comes from the rule files (the ``app`` section, the ladder's displays); every value is escaped.
 """
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ def _f(v: float) -> str:
 def render_svg(history: History, ruleset: RuleSet) -> str:
     """The chart as an SVG element (``svg#history-chart``), ready to embed in HTML."""
     doc = ruleset.document
-    app = doc.texts.app
-    assert app is not None, "the app needs texts.app"
+    app = doc.app
+    assert app is not None, "the app needs the rule set's app section"
     params = doc.parameters
     values = {k: render_number(v) for k, v in {**params, **derived_parameters(params)}.items()}
     t = {k: escape(fill(getattr(app, k), values)) for k in (

@@ -3,7 +3,7 @@
 The SMART app's form (``cds.http.smart_app``) sends an exercise (a ladder code), a date, each round's
 reps and the highest pain during and after the exercise. :func:`parse_form` validates it against the
 rule set (:class:`SessionForm`; a wrong field is a :class:`FormErrors` keyed by the form's input id,
-worded by ``texts.app.errors``); :func:`round_observations` and :func:`pain_observations` build the
+worded by ``app.errors``); :func:`round_observations` and :func:`pain_observations` build the
 resources to create: one ``reps-to-technical-failure`` Observation per round (the exercise and round
 number as components) and one pain score each for during and after, linked by ``derivedFrom`` to the
 rounds once they have ids on the server. Every code comes from the rule files' ``codes`` and ``ladder``.
@@ -45,7 +45,7 @@ class SessionForm(BaseModel):
 
 
 class FormErrors(CdsError):
-    """The fields that are wrong: input id -> message (``texts.app.errors``)."""
+    """The fields that are wrong: input id -> message (``app.errors``)."""
 
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__(", ".join(errors))
@@ -85,7 +85,7 @@ def parse_form(form: Mapping[str, str], ruleset: RuleSet, today: dt.date) -> Ses
 
     Rounds ``reps-1`` .. ``reps-K`` (K from :func:`round_count`): all must be filled; pain
     ``pain_during`` and ``pain_after`` 0-10; ``date`` ISO, not after ``today``."""
-    app = ruleset.document.texts.app
+    app = ruleset.document.app
     parameters = ruleset.document.parameters
     params = {k: render_number(v) for k, v in {**parameters, **derived_parameters(parameters)}.items()}
     top = max_reps(ruleset)

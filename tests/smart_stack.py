@@ -25,18 +25,16 @@ from urllib.parse import urlencode
 from werkzeug.serving import make_server
 
 try:
-    from conftest import REQUESTS_DIR, ROOT, build_app
+    from conftest import REQUESTS_DIR, build_app
     from fhir_server import FhirData, FhirTestServer
     from smart_auth_server import SmartAuthServer
 except ImportError:  # pragma: no cover - run as a package
-    from tests.conftest import REQUESTS_DIR, ROOT, build_app
+    from tests.conftest import REQUESTS_DIR, build_app
     from tests.fhir_server import FhirData, FhirTestServer
     from tests.smart_auth_server import SmartAuthServer
 
 TOKEN = "stack-tok-4Rr9-SECRET-never-shown"
 CLIENT_ID = "lbp-cds-app"
-#: the fixture rule set with the app's wording (texts.app); pass rules_dir=ROOT / "rules" for the shipped one
-APP_RULES = ROOT / "tests" / "fixtures" / "rules-app"
 
 
 @dataclass
@@ -73,7 +71,6 @@ def smart_stack(example: str = "bird-dog-28-27", *, approve_page: bool = False, 
         fhir.required_token = TOKEN
         fhir.smart_configuration = auth.configuration()
         auth.approve_page = approve_page
-        settings.setdefault("rules_dir", APP_RULES)
         holder["app"] = build_app(app_fhir_servers=(fhir.base_url,), public_base_url=public, **settings)
         thread.start()
         try:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import REQUESTS_DIR, ROOT, build_app
+from conftest import REQUESTS_DIR, build_app
 from fhir.resources.R4B.observation import Observation
 
 try:
@@ -32,8 +32,6 @@ CLIENT_ID = "lbp-cds-app"
 PATIENT = "lbp-bird-dog-28-27"  # bird-dog 28, 27 on 2026-11-18: step up to single-leg reverse hyper
 EXAMPLE = REQUESTS_DIR / "bird-dog-28-27.json"
 OBS = "https://lbp-cds.org/fhir/CodeSystem/observation"
-#: the fixture rule set with the app's wording (texts.app)
-APP_RULES = ROOT / "tests" / "fixtures" / "rules-app"
 
 
 @pytest.fixture
@@ -53,7 +51,7 @@ def auth(fhir):
 
 @pytest.fixture
 def app(fhir):
-    return build_app(rules_dir=APP_RULES, app_fhir_servers=(fhir.base_url,), app_frame_ancestors=("https://ehr.example",))
+    return build_app(app_fhir_servers=(fhir.base_url,), app_frame_ancestors=("https://ehr.example",))
 
 
 @pytest.fixture
@@ -189,7 +187,7 @@ def test_a_confidential_client_authenticates_with_its_secret(fhir):
     with SmartAuthServer(client_id="conf", client_secret="s3cret-s3cret", redirect_uri=PUBLIC + "/app/callback",
                          access_token=TOKEN, fhir_base=fhir.base_url, standalone_patient=PATIENT) as auth:
         fhir.smart_configuration = auth.configuration()
-        client = build_app(rules_dir=APP_RULES, app_fhir_servers=(fhir.base_url,), app_client_id="conf",
+        client = build_app(app_fhir_servers=(fhir.base_url,), app_client_id="conf",
                            app_client_secret="s3cret-s3cret").test_client()
         assert sessions_shown(launched(client, fhir, auth)) == 3
 
@@ -367,7 +365,7 @@ def test_a_form_without_the_sessions_csrf_token_writes_nothing(client, fhir, aut
             "pain_after": "1"}
     assert client.post("/app/record", data=form).status_code == 403
     assert client.post("/app/record", data={**form, "csrf_token": "forged"}).status_code == 403
-    fresh = build_app(rules_dir=APP_RULES, app_fhir_servers=(fhir.base_url,)).test_client()
+    fresh = build_app(app_fhir_servers=(fhir.base_url,)).test_client()
     assert fresh.post("/app/record", data=form).status_code == 401
     assert not fhir.created
 

@@ -165,7 +165,7 @@ def _app_error(e: AppError):
 
 
 def _title() -> str:
-    app = _state().rules.current().ruleset.document.texts.app
+    app = _state().rules.current().ruleset.document.app
     return app.title if app is not None else "lbp-cds"
 
 
@@ -320,9 +320,10 @@ def _params(active: ActiveRules) -> dict[str, str]:
 
 
 def _texts(active: ActiveRules):
-    app = active.ruleset.document.texts.app
+    app = active.ruleset.document.app
     if app is None:
-        raise AppError(503, "the rule set has no app texts (texts.app): the app is not available with it")
+        raise AppError(503, "the rule set has no app section (rules/smart-app.yaml, the app's wording): the app is not available "
+                            "with this rule set")
     return app
 
 
