@@ -6,7 +6,9 @@ Import the fixtures you use into the test module (``from browser_support import 
   downloads a browser here: it launches that executable, headless, with the flags this machine's closed
   network needs (no background networking, no component updates, no QUIC) and a fresh temporary profile
   (Playwright makes a new empty ``--user-data-dir`` per launch). No chromium, or no ``playwright`` package:
-  every browser test is skipped with the reason, so a laptop without them still passes.
+  every browser test is skipped with the reason, so a laptop without them still passes; with
+  ``CDS_BROWSER_REQUIRED=1`` (``.ci/run`` once it has installed chromium, ``make screenshots``) that is an
+  error instead, so CI cannot pass by skipping them.
 * **one browser per session** (``browser``), a new context and page per test (``page``), so tests share
   no cookies; waits are Playwright's auto-waiting locators (no sleeps).
 * **servers** (one each per session, real threaded HTTP servers on 127.0.0.1, ephemeral ports): the
@@ -33,7 +35,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -62,6 +64,13 @@ VIEWPORT = {"width": 1280, "height": 900}
 
 def browser_unavailable() -> str | None:
     """Why browser tests cannot run here, or None."""
+    reason = _why_no_browser()
+    if reason and os.environ.get("CDS_BROWSER_REQUIRED") == "1":
+        raise RuntimeError(f"CDS_BROWSER_REQUIRED=1 but the browser tests cannot run: {reason}")
+    return reason
+
+
+def _why_no_browser() -> str | None:
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is missing (Debian package chromium; .ci/run installs it)"
     try:
@@ -152,22 +161,26 @@ def npm_script(package: str) -> Path:
     spec, filename = NPM_PACKAGES[package]
     folder = npm_cache()
     script = folder / "node_modules" / package / filename
-    if not script.exists() and package == "marked":
-        script = folder / "node_modules" / package / "lib" / "marked.umd.js"
     if script.exists():
         return script
     npm = shutil.which("npm")
     if npm is None:
-        pytest.skip(f"npm is not installed: {package} cannot be fetched from the npm registry")
+        _skip(f"npm is not installed: {package} cannot be fetched from the npm registry")
     folder.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [npm, "install", "--prefix", str(folder), "--no-save", "--no-audit", "--no-fund", "--loglevel=error", spec],
         capture_output=True, text=True, timeout=300,
     )
-    for candidate in (folder / "node_modules" / package / filename, folder / "node_modules" / package / "lib" / "marked.umd.js"):
-        if candidate.exists():
-            return candidate
-    pytest.skip(f"npm install {spec} failed: {result.stderr.strip()[-300:]}")
+    if script.exists():
+        return script
+    _skip(f"npm install {spec} failed: {result.stderr.strip()[-300:]}")
+
+
+def _skip(reason: str) -> NoReturn:
+    """Skip the test, or fail it when ``CDS_BROWSER_REQUIRED=1``."""
+    if os.environ.get("CDS_BROWSER_REQUIRED") == "1":
+        pytest.fail(f"CDS_BROWSER_REQUIRED=1: {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
