@@ -9,10 +9,11 @@ recommended rung was decided by the engine (:attr:`FiredRule.recommended`).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from .facts import PatientFacts
 from .fhir_validation import validate
 from .ruleset.model import RuleSet
 from .ruleset.schema import OrderCheck, Rung
+from .trend import TrendSession, chart_query, session_history
 from .templates import (
     LIST_TEXT_CHARS,
     PLACEHOLDERS,
@@ -35,6 +37,8 @@ from .templates import (
 )
 
 __all__ = [
+    "APP_LAUNCH_PATH",
+    "CHART_PATH",
     "EXTENSION_KEY",
     "RuleCard",
     "build_card",
@@ -42,6 +46,7 @@ __all__ = [
     "build_order_check_card",
     "recommended_order",
     "requester_reference",
+    "shows_trend",
     "template_values",
     "text_values",
 ]
@@ -50,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: key of the machine-readable recommendation in ``Card.extension``
 EXTENSION_KEY = "org.lbp-cds.recommendation"
+#: the trend chart (``cds.http.charts``) and the SMART app's launch URL, below the public base URL
+CHART_PATH = "/charts/trend.svg"
+APP_LAUNCH_PATH = "/app/launch"
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,52 @@ def _facts_table(values: dict[str, str], facts: PatientFacts, ruleset: RuleSet) 
     lines = [f"**{labels.heading.strip()}**", "", f"| {_cell(labels.fact)} | {_cell(labels.value)} |", "|---|---|"]
     lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
     return "\n".join(lines)
+
+
+def shows_trend(fired: FiredRule, ruleset: RuleSet) -> bool:
+    """Whether the card of ``fired`` shows the session trend: the rule set has ``texts.trend`` and the
+    rule's ``card.trend`` says so (default: the rule recommends a rung, a progression card)."""
+    rule = ruleset.rule(fired.rule_id)
+    if ruleset.document.texts.trend is None or rule.card is None:
+        return False
+    return rule.card.trend if rule.card.trend is not None else rule.recommend is not None
+
+
+def _markdown_alt(text: str) -> str:
+    return " ".join(text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]").split())
+
+
+def _trend_section(history: Sequence[TrendSession], ruleset: RuleSet, public_base_url: str | None) -> str:
+    """The trend: heading, a table of the sessions (oldest first) and, with a public base URL, the chart."""
+    doc = ruleset.document
+    labels = doc.texts.trend
+    if labels is None or not history:
+        return ""
+    unknown = doc.texts.not_recorded
+    header = (labels.date, labels.exercise, labels.rung, labels.reps, labels.max_pain)
+    lines = [f"**{labels.heading.strip()}**", "", "| " + " | ".join(_cell(h) for h in header) + " |",
+             "|---|---|---|---|---|"]
+    for s in history:
+        reps = REPS_SEPARATOR.join(render_number(r) for r in s.reps) or unknown
+        pain = render_number(s.max_pain) if s.max_pain is not None else unknown
+        row = (s.date.isoformat(), doc.ladder.rung(s.exercise).display, str(s.rung), reps, pain)
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    if public_base_url:
+        url = f"{public_base_url.rstrip('/')}{CHART_PATH}?{chart_query(history, ruleset)}"
+        lines += ["", f"![{_markdown_alt(labels.chart_alt)}]({url})"]
+    return "\n".join(lines)
+
+
+def _app_link(fired: FiredRule, evaluation: Evaluation, ruleset: RuleSet, public_base_url: str | None) -> Link | None:
+    """The SMART app link of a progression card: ``texts.app_link``, with the recommended rung and the
+    rule set's sha256 as ``appContext`` (a compact JSON string)."""
+    label = ruleset.document.texts.app_link
+    if label is None or not public_base_url or fired.recommended is None:
+        return None
+    context = json.dumps({"rung": fired.recommended, "ruleSetSha256": evaluation.ruleset.sha256},
+                         separators=(",", ":"))
+    return Link(label=label.strip(), url=f"{public_base_url.rstrip('/')}{APP_LAUNCH_PATH}", type="smart",
+                app_context=context)
 
 
 def _blockquote(text: str) -> str:
@@ -386,8 +440,10 @@ def build_card(
     patient_id: str,
     uuid_factory: Callable[[], str],
     user_id: str | None = None,
+    public_base_url: str | None = None,
+    history: Sequence[TrendSession] = (),
 ) -> Card:
-    """The card of one fired rule (see :func:`build_cards`)."""
+    """The card of one fired rule (see :func:`build_cards`); ``history``: the sessions of its trend."""
     doc = ruleset.document
     rule = ruleset.rule(fired.rule_id)
     if rule.card is None:
@@ -398,6 +454,8 @@ def build_card(
     sections = [fill(rule.card.detail, values).strip()]
     sections += [fill(ruleset.note(note_id).text, values).strip() for note_id in fired.notes]
     sections.append(_facts_table(values, facts, ruleset))
+    if history and shows_trend(fired, ruleset):
+        sections.append(_trend_section(history, ruleset, public_base_url))
     sections.append(fill(doc.texts.provenance, texts).strip())
     sections.append(_blockquote(doc.disclaimer))
     detail = "\n\n".join(s for s in sections if s)
@@ -427,7 +485,7 @@ def build_card(
         suggestions=suggestions,
         selection_behavior="at-most-one" if suggestions else None,
         override_reasons=_override_reasons(ruleset),
-        links=_evidence_links(ruleset),
+        links=[*_evidence_links(ruleset), *filter(None, [_app_link(fired, evaluation, ruleset, public_base_url)])],
         extension=_extension(fired, facts, evaluation),
     )
 
@@ -440,6 +498,8 @@ def build_cards(
     patient_id: str,
     uuid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
     user_id: str | None = None,
+    public_base_url: str | None = None,
+    prefetch: Mapping[str, Any] | None = None,
 ) -> list[RuleCard]:
     """One :class:`RuleCard` per fired rule that is not ``silent``, in firing order.
 
@@ -450,12 +510,21 @@ def build_cards(
     decision for machines (SPEC 2.1, plus ``notes``: the ids of the notes shown, when there are any).
     ``patient_id`` must be the hook context's patient (a FHIR id); ``user_id`` is the hook context's
     ``userId`` (the order's requester when it is a Practitioner or PractitionerRole).
+
+    Progression cards (see :func:`shows_trend`) also show the patient's last sessions, read from
+    ``prefetch`` (:func:`cds.trend.session_history`; without it, the latest session alone), as a table
+    and, with ``public_base_url`` (the URL the service is reached at), a chart image it serves; with
+    ``public_base_url`` and ``texts.app_link`` a card recommending a rung links the SMART app.
     """
+    fired_cards = [f for f in evaluation.fired if not ruleset.rule(f.rule_id).silent]
+    history: Sequence[TrendSession] = ()
+    if any(shows_trend(f, ruleset) for f in fired_cards):
+        history = session_history(prefetch or {}, facts, ruleset)
     return [
         RuleCard(fired, build_card(fired, evaluation, facts, ruleset, patient_id=patient_id,
-                                   uuid_factory=uuid_factory, user_id=user_id))
-        for fired in evaluation.fired
-        if not ruleset.rule(fired.rule_id).silent
+                                   uuid_factory=uuid_factory, user_id=user_id, public_base_url=public_base_url,
+                                   history=history))
+        for fired in fired_cards
     ]
 
 

@@ -135,6 +135,7 @@ def evaluate(
     user_id: str | None = None,
     stages: list[str] | None = None,
     max_entries_per_key: int = MAX_ENTRIES_PER_KEY,
+    public_base_url: str | None = None,
 ) -> Outcome:
     """Evaluate one patient with one rule-set version. ``prefetch`` holds every template key; a key
     still absent is :class:`~cds.fhir_client.PrefetchUnavailable` (412), this function never fetches.
@@ -142,11 +143,13 @@ def evaluate(
     ``user_id`` (the hook context's ``userId``) becomes the requester of proposed orders when it is a
     Practitioner or PractitionerRole; ``stages`` keeps only the cards of rules of those stages (a
     service's ``stages``; None: every stage). A prefetch Bundle of more than ``max_entries_per_key``
-    entries is :class:`~cds.extract.PrefetchTooLarge` (``CDS_MAX_ENTRIES_PER_KEY``).
+    entries is :class:`~cds.extract.PrefetchTooLarge` (``CDS_MAX_ENTRIES_PER_KEY``). ``public_base_url``
+    (the URL EHRs reach the service at) gives progression cards their trend chart and SMART app link.
     """
     evaluation, facts, timings = decide(active, prefetch, patient_id=patient_id, clock=clock, stages=stages,
                                         max_entries_per_key=max_entries_per_key)
     t2 = time.perf_counter()
-    cards = build_cards(evaluation, facts, active.ruleset, patient_id=patient_id, user_id=user_id)
+    cards = build_cards(evaluation, facts, active.ruleset, patient_id=patient_id, user_id=user_id,
+                        public_base_url=public_base_url, prefetch=prefetch)
     timings["cards"] = (time.perf_counter() - t2) * 1e3
     return Outcome(cards, evaluation, facts, timings)

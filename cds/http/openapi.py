@@ -198,6 +198,33 @@ def build_document(settings: Any, service_ids: list[str]) -> dict[str, Any]:
                 },
             }
         },
+        "/charts/trend.svg": {
+            "get": {
+                "operationId": "trendChart",
+                "summary": "The session trend chart of progression cards (numbers and dates only, no identifier)",
+                "parameters": [
+                    {"name": name, "in": "query", "required": name in ("d", "r"), "description": text,
+                     "schema": {"type": "string"}}
+                    for name, text in (
+                        ("d", "Session dates, YYYY-MM-DD, separated by ',' (at most 12)."),
+                        ("r", "Reps per round of each session: rounds separated by '_', sessions by ','."),
+                        ("g", "Rung of each session (1 = first), separated by ','."),
+                        ("p", "Highest pain (0-10) of each session, '-' when not recorded, separated by ','."),
+                        ("lo", "Low end of the target reps range (band)."),
+                        ("hi", "High end of the target reps range (band)."),
+                        ("gate", "The pain gate: highest allowed pain (band)."),
+                    )
+                ],
+                "responses": {
+                    "200": {"description": "The chart (SVG, cacheable).", "headers": request_id,
+                            "content": {"image/svg+xml": {"schema": {"type": "string"}}}},
+                    "400": _json(ref[ErrorResponse], "A query parameter that is unknown, repeated, malformed or out "
+                                 "of bounds (the issue's expression names it).", headers=request_id),
+                    "404": _json(ref[ErrorResponse], "The rule set has no trend chart (texts.trend).",
+                                 headers=request_id),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",

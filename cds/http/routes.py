@@ -119,7 +119,8 @@ def call_service(service_id: str):
             )
         else:
             outcome = service.evaluate(active, prefetch, patient_id=patient_id, clock=state.clock, user_id=user_id,
-                                       stages=svc.stages, max_entries_per_key=state.fetch_settings.max_entries)
+                                       stages=svc.stages, max_entries_per_key=state.fetch_settings.max_entries,
+                                       public_base_url=state.settings.public_base_url)
     except PrefetchUnavailable as e:  # from the fetch, or a key evaluate still misses
         state.observe_fetch_error(e.key)
         raise ApiError(412, str(e), **({"key": e.key} if e.key else {})) from None

@@ -426,6 +426,7 @@ class _Loader:
                 self.at("rules", (i,), f"{named}: required key 'card' is missing (write the card, or "
                         f"'silent: true' for a rule that answers no card)")
         self.check_services(doc)
+        self.check_trend(doc)
         self.check_order_checks(doc, compiled)
         if not self.problems:
             self.check_shadowing(doc, compiled)
@@ -446,6 +447,15 @@ class _Loader:
         if doc.order_checks and not any(s.hook == "order-sign" for s in services):
             self.at("order_checks", (), "order checks are declared but no service answers the 'order-sign' hook; "
                     "add one to 'services'", key=True)
+
+    def check_trend(self, doc: RuleSetDocument) -> None:
+        """``texts.trend``: the bands name parameters of the rule set."""
+        trend = doc.texts.trend
+        for key in ("target_low", "target_high", "pain_gate"):
+            name = getattr(trend, key) if trend is not None else None
+            if name is not None and name not in doc.parameters:
+                self.at("texts", ("trend", key), f"texts.trend.{key}: unknown parameter '{name}'"
+                        f"{_hint(name, doc.parameters)}")
 
     def check_order_checks(self, doc: RuleSetDocument, compiled: dict[str, CompiledCondition]) -> None:
         """``order_checks``: unique ids, conditions over the order facts, no check shadowed by another."""

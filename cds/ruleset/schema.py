@@ -175,6 +175,9 @@ class Recommend(_Doc):
 class CardTemplate(_Doc):
     summary: str = Field(min_length=1)
     detail: str = Field(min_length=1)
+    #: show the session trend (``texts.trend``) on this card: default (None) on the cards of rules
+    #: that recommend a rung (progression cards); ``false`` hides it, ``true`` shows it on any card
+    trend: bool | None = None
 
 
 class Rule(_Doc):
@@ -302,6 +305,54 @@ class SkippedTexts(_Doc):
         return _item_template(v)
 
 
+#: the most sessions a trend may show (the chart route accepts no more points)
+TREND_MAX_SESSIONS = 12
+
+
+class TrendTexts(_Doc):
+    """The session trend on progression cards (``texts.trend``; absent: no trend): a markdown table of
+    the last ``sessions`` sessions and, when the service knows its public URL, a chart image served by
+    the service (``/charts/trend.svg``). Every word the clinician reads is here; the bands are drawn
+    from the parameters named by ``target_low``/``target_high`` and ``pain_gate`` (omitted: no band)."""
+
+    sessions: int = Field(default=6, ge=1, le=TREND_MAX_SESSIONS)  # how many of the latest sessions
+    heading: Text  # above the table
+    date: Text  # table column: session date
+    exercise: Text  # table column: the exercise (its ladder display name)
+    rung: Text  # table column: its rung number (1 = first); also the chart's rung labels
+    reps: Text  # table column: reps per round (the rounds that decide)
+    max_pain: Text  # table column: highest pain of the session (0-10)
+    chart_alt: Text  # the chart image's alt text (markdown)
+    chart_title: Text  # the SVG's <title>
+    chart_desc: Text  # the SVG's <desc> (what it shows, for screen readers)
+    legend_reps: Text  # legend: reps per round (dots)
+    legend_pain: Text  # legend: highest pain (line)
+    legend_target: Text  # legend: the target reps range (band)
+    legend_gate: Text  # legend: the pain gate (band)
+    axis_reps: Text  # left axis title
+    axis_pain: Text  # right axis title
+    #: parameters drawn as bands: the target reps range and the highest allowed pain (optional)
+    target_low: str | None = Field(default=None, pattern=IDENT)
+    target_high: str | None = Field(default=None, pattern=IDENT)
+    pain_gate: str | None = Field(default=None, pattern=IDENT)
+
+    @field_validator("heading", "date", "exercise", "rung", "reps", "max_pain", "chart_alt", "chart_title",
+                     "chart_desc", "legend_reps", "legend_pain", "legend_target", "legend_gate", "axis_reps",
+                     "axis_pain")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return _plain_text(v)
+
+
+def _plain_text(v: str) -> str:
+    """A text shown as written: no placeholders (the chart route renders it without a patient's facts)."""
+    if "{" in v or "}" in v:
+        raise ValueError("this text takes no placeholders: write it without '{' and '}'")
+    if not v.strip():
+        raise ValueError("the text is blank")
+    return v
+
+
 class Texts(_Doc):
     """The wording every card shares (templates; see ``cds/templates.py``)."""
 
@@ -321,6 +372,14 @@ class Texts(_Doc):
     #: joins several items in one placeholder (e.g. two red-flag categories)
     list_separator: Text = ", "
     skipped: SkippedTexts | None = None  # optional: without it, {skipped_list} renders as not_recorded
+    trend: TrendTexts | None = None  # optional: without it, no card shows a session trend
+    #: the label of the SMART app link on progression cards (optional: without it, no link)
+    app_link: Text | None = None
+
+    @field_validator("app_link")
+    @classmethod
+    def _plain_link(cls, v: str | None) -> str | None:
+        return None if v is None else _plain_text(v)
 
 
 class RuleFile(_Doc):
