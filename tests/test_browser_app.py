@@ -39,7 +39,7 @@ def test_progression_card_as_the_sandbox_shows_it(page, service, marked_script):
     assert response.status_code == 200, response.text
     cards = response.json()["cards"]
     assert len(cards) == 1
-    render_cards(page, marked_script, cards)
+    images = render_cards(page, marked_script, cards)
 
     card = page.locator("article.card")
     assert card.count() == 1
@@ -50,4 +50,23 @@ def test_progression_card_as_the_sandbox_shows_it(page, service, marked_script):
     assert "|---|" not in page.locator(".card-detail").inner_text()
     assert page.locator(".card-detail strong", has_text="Single-leg reverse hyper").count() == 1
     assert page.locator("button.suggestion").all_inner_texts() == [s["label"] for s in cards[0]["suggestions"]]
-    shoot(page, "card-step-up", selector="article.card")
+
+    # the trend: a table of the recent sessions (one row each, oldest first) and the chart image the
+    # service draws, loaded by the browser from a URL with numbers and dates only
+    trend_table = page.locator(".card-detail table").nth(1)
+    rows = trend_table.locator("tbody tr")
+    assert rows.count() == 3
+    assert rows.nth(2).locator("td").all_inner_texts()[0] == "2026-11-18"
+    assert rows.nth(2).locator("td").all_inner_texts()[3] == "28, 27"
+    assert len(images) == 1
+    chart = images[0]
+    assert chart["src"].startswith(service + "/charts/trend.svg?"), chart
+    assert chart["width"] > 0, "the chart image did not load"
+    assert chart["alt"]
+    assert "lbp-" not in chart["src"] and "Patient" not in chart["src"]
+    # the SMART link to the app, with the recommended rung in its appContext
+    smart = page.locator("a.link-smart")
+    assert smart.count() == 1
+    assert smart.get_attribute("href") == service + "/app/launch"
+    assert '"rung":"single-leg-reverse-hyper"' in (smart.get_attribute("data-app-context") or "")
+    shoot(page, "card-trend", selector="article.card")
