@@ -67,6 +67,15 @@ ENV = {
     "CDS_AUDIT_KEY": "audit_key",
     "CDS_AUDIT_RETENTION_DAYS": "audit_retention_days",
     "CDS_RULES_POLL_SECONDS": "rules_poll_seconds",
+    # the SMART on FHIR app at /app/ (cds.http.smart_app; README "SMART app")
+    "CDS_APP": "app",
+    "CDS_APP_CLIENT_ID": "app_client_id",
+    "CDS_APP_CLIENT_SECRET": "app_client_secret",
+    "CDS_APP_FHIR_SERVERS": "app_fhir_servers",
+    "CDS_APP_SECRET": "app_secret",
+    "CDS_APP_FRAME_ANCESTORS": "app_frame_ancestors",
+    "CDS_APP_DEMO": "app_demo",
+    "CDS_APP_DEMO_DIR": "app_demo_dir",
 }
 _FIELD_TO_VAR = {f: v for v, f in ENV.items()}
 
@@ -163,6 +172,16 @@ class Settings(BaseSettings):
     audit_key: str = ""  # secret for the keyed hash of patient ids; required outside development
     audit_retention_days: int = Field(default=365, ge=1)
     rules_poll_seconds: float = Field(default=2.0, ge=0)  # 0 disables watching the rule files
+    # The SMART on FHIR app (/app/). Off by default in production; on in development (demo only unless
+    # CDS_APP_FHIR_SERVERS allows a FHIR base: a launch sends the user's token there).
+    app: bool = False
+    app_client_id: str = "lbp-cds-app"
+    app_client_secret: str = ""  # empty: a public client (PKCE only); set: confidential (client_secret_basic)
+    app_fhir_servers: tuple[str, ...] = ()  # FHIR bases (iss) the app may launch against, exactly as sent
+    app_secret: str = ""  # key of the encrypted session cookie; required serving in production with the app on
+    app_frame_ancestors: tuple[str, ...] = ("'self'",)  # CSP frame-ancestors: the EHR origins that embed the app
+    app_demo: bool = False  # /app/?demo=<example>: the bundled examples, writing disabled
+    app_demo_dir: Path = REPO_ROOT / "fhir_examples" / "requests"
     development: bool = False  # not an environment variable: `cds run --dev`, `make run`
 
     @classmethod
@@ -186,7 +205,7 @@ class Settings(BaseSettings):
             return v.strip().lower() in _TRUE
         return v
 
-    @field_validator("allow_http_fhir", "allow_http_jwks", mode="before")
+    @field_validator("allow_http_fhir", "allow_http_jwks", "app", "app_demo", mode="before")
     @classmethod
     def _flag(cls, v: object) -> object:
         if isinstance(v, str):
@@ -226,11 +245,38 @@ class Settings(BaseSettings):
             return "database" if info.data.get("database_url") else "memory"
         return v
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "app_frame_ancestors", mode="before")
     @classmethod
     def _comma_list(cls, v: object) -> object:
         if isinstance(v, str):
             return tuple(o.strip() for o in v.split(",") if o.strip())
+        return v
+
+    @field_validator("app_fhir_servers", mode="before")
+    @classmethod
+    def _json_or_comma_list(cls, v: object) -> object:
+        """A JSON list (``["https://a/fhir", ...]``) or a comma-separated list; trailing ``/`` ignored."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    v = json.loads(text)
+                except ValueError as e:
+                    raise ValueError(f"not a JSON list of URLs ({e})") from None
+                if not isinstance(v, list) or not all(isinstance(u, str) for u in v):
+                    raise ValueError("expected a JSON list of URL strings")
+            else:
+                v = text.split(",")
+        if isinstance(v, (list, tuple)):
+            out = []
+            for u in v:
+                u = str(u).strip().rstrip("/")
+                if not u:
+                    continue
+                if not u.startswith(("https://", "http://")):
+                    raise ValueError(f"{u!r} is not an http(s) URL")
+                out.append(u)
+            return tuple(out)
         return v
 
     @field_validator("audit_key")
@@ -238,6 +284,13 @@ class Settings(BaseSettings):
     def _key_length(cls, v: str) -> str:
         if v and len(v.encode()) < 16:
             raise ValueError("must be at least 16 characters")
+        return v
+
+    @field_validator("app_secret")
+    @classmethod
+    def _secret_length(cls, v: str) -> str:
+        if v and len(v.encode()) < 32:
+            raise ValueError("must be at least 32 characters")
         return v
 
     @field_validator("public_base_url")
@@ -254,6 +307,11 @@ class Settings(BaseSettings):
             )
         if self.jti_store == "database" and not self.database_url:
             raise ValueError("CDS_JTI_STORE: 'database' needs CDS_DATABASE_URL, which is empty")
+        if self.app and not self.app_secret and not self.development and _LOAD.get().serving:
+            raise ValueError(
+                "CDS_APP_SECRET: required when the SMART app is on (CDS_APP=on) outside development: the key of "
+                "its encrypted session cookie, at least 32 characters, the same on every instance"
+            )
         if self.database_url and not self.audit_key and not self.development and _LOAD.get().serving:
             raise ValueError(
                 "CDS_AUDIT_KEY: required when the audit is on (a secret of at least 16 characters, the same on "
@@ -264,7 +322,8 @@ class Settings(BaseSettings):
 
 def development_defaults() -> dict[str, object]:
     """``make run``: no auth, plain-http FHIR, and the examples' fixed evaluation date."""
-    defaults: dict[str, object] = {"auth": False, "allow_http_fhir": True, "development": True}
+    defaults: dict[str, object] = {"auth": False, "allow_http_fhir": True, "development": True,
+                                   "app": True, "app_demo": True}
     if EXAMPLES_CONFIG.exists():
         defaults["evaluation_date"] = json.loads(EXAMPLES_CONFIG.read_text())["evaluationDate"]
     return defaults

@@ -24,6 +24,7 @@ from .errors import CdsError
 from .ruleset.model import RuleSet
 
 __all__ = [
+    "APP_TEXT_PLACEHOLDERS",
     "DERIVED",
     "PLACEHOLDERS",
     "TEXT_KEY_PLACEHOLDERS",
@@ -73,6 +74,16 @@ PLACEHOLDERS: frozenset[str] = frozenset(
 DERIVED: dict[str, tuple[tuple[str, ...], Callable[..., float]]] = {
     "reps_target": (("reps_low", "reps_high"), lambda low, high: (low + high) / 2),  # middle of the range
 }
+
+#: placeholders of ``texts.app`` keys besides the parameters (key path -> names): the SMART app's wording
+APP_TEXT_PLACEHOLDERS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("round_label",): ("n",),  # the round number
+    ("opened_from",): ("exercise",),  # the display of the rung the launching card recommended
+    ("ruleset_differs",): ("card_sha256", "active_sha256"),  # the first 12 hex digits of each
+    ("demo_banner",): ("example",),  # the bundled example's name
+    ("errors", "reps"): ("max_reps",),  # the highest accepted number of reps
+}
+
 
 #: extra placeholders of the ``texts`` section (not of rule cards)
 TEXT_PLACEHOLDERS: frozenset[str] = frozenset({"dose", "rule_id", "ruleset_name", "ruleset_version"})

@@ -119,6 +119,14 @@ VALUES = {
     "CDS_AUDIT_KEY": (KEY, KEY),
     "CDS_AUDIT_RETENTION_DAYS": ("30", 30),
     "CDS_RULES_POLL_SECONDS": ("0", 0.0),
+    "CDS_APP": ("off", False),
+    "CDS_APP_CLIENT_ID": ("my-app", "my-app"),
+    "CDS_APP_CLIENT_SECRET": ("s3cret", "s3cret"),
+    "CDS_APP_FHIR_SERVERS": ('["https://ehr.example/fhir/", "https://b.example/r4"]', ("https://ehr.example/fhir", "https://b.example/r4")),
+    "CDS_APP_SECRET": ("x" * 32, "x" * 32),
+    "CDS_APP_FRAME_ANCESTORS": ("https://ehr.example, 'self'", ("https://ehr.example", "'self'")),
+    "CDS_APP_DEMO": ("1", True),
+    "CDS_APP_DEMO_DIR": ("/srv/examples", Path("/srv/examples")),
 }
 
 

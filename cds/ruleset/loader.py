@@ -22,7 +22,14 @@ from pydantic import ValidationError
 from ..assessment import FACT_FIELDS
 from ..errors import CdsError
 from ..order_facts import ORDER_FACT_VALUES, ORDER_PLACEHOLDERS, order_check_fact_types
-from ..templates import TEXT_KEY_PLACEHOLDERS, TEXT_PLACEHOLDERS, max_rendered_length, placeholders_for
+from ..templates import (
+    APP_TEXT_PLACEHOLDERS,
+    DERIVED,
+    TEXT_KEY_PLACEHOLDERS,
+    TEXT_PLACEHOLDERS,
+    max_rendered_length,
+    placeholders_for,
+)
 from . import yamlpos
 from .conditions import CompiledCondition, ConditionError, compile_condition
 from .model import RuleSet
@@ -537,6 +544,15 @@ class _Loader:
                                   "provenance", "list_separator")]
         templates += [("texts", (key,), getattr(texts, key), False, text_known | extra)
                       for key, extra in TEXT_KEY_PLACEHOLDERS.items()]
+        if texts.app is not None:  # the SMART app's wording: the parameters and each key's own placeholders
+            params = set(doc.parameters) | set(DERIVED)
+            app = texts.app.model_dump()
+            for key, value in app.items():
+                items = value.items() if isinstance(value, dict) else [(None, value)]
+                for sub, text in items:
+                    path = (key,) if sub is None else (key, sub)
+                    templates.append(("texts", ("app", *path), text, False,
+                                      params | set(APP_TEXT_PLACEHOLDERS.get(path, ()))))
         order_known = known | set(ORDER_PLACEHOLDERS)
         order_text_known = order_known | set(TEXT_PLACEHOLDERS)
         for i, check in enumerate(doc.order_checks):

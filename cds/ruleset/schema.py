@@ -353,6 +353,55 @@ def _plain_text(v: str) -> str:
     return v
 
 
+class AppErrorTexts(_Doc):
+    """The SMART app's messages for a wrong field of the record-a-session form (``texts.app.errors``)."""
+
+    exercise: Text  # no exercise, or one not on the ladder
+    date: Text  # no date, not a date, or a date in the future
+    reps: Text  # a round's reps missing or outside 0..{max_reps}; may name {max_reps}
+    pain: Text  # a pain score missing or outside 0-10
+
+
+class AppTexts(_Doc):
+    """The wording of the SMART on FHIR app at /app/ (``texts.app``; optional: without it the app
+    answers that the rule set has no app texts). Every text may name the parameters; the keys listed
+    in ``cds.templates.APP_TEXT_PLACEHOLDERS`` may also name their own placeholders."""
+
+    title: Text  # the page title and main heading
+    history_heading: Text
+    chart_title: Text  # the chart's <title>, read by screen readers
+    reps_axis: Text
+    pain_axis: Text
+    legend_reps: Text
+    legend_pain: Text
+    legend_rung: Text
+    legend_target: Text  # the target band; e.g. "Target range {reps_low}-{reps_high}"
+    legend_pain_gate: Text  # the pain-gate band; e.g. "Pain at most {pain_gate_max}/10"
+    legend_onset: Text
+    table_caption: Text
+    column_date: Text
+    column_exercise: Text
+    column_reps: Text
+    column_pain: Text
+    no_sessions: Text
+    recommendation_heading: Text
+    explanation_heading: Text
+    record_heading: Text
+    exercise_label: Text
+    date_label: Text
+    round_label: Text  # "Round {n}"
+    add_round: Text
+    pain_during_label: Text
+    pain_after_label: Text
+    record_button: Text
+    written_heading: Text
+    write_failed: Text  # a failed write; the lists of what was and was not written follow
+    opened_from: Text  # the launch's appContext: "Opened from the card recommending {exercise}."
+    ruleset_differs: Text  # the card's rule set differs: may name {card_sha256} and {active_sha256}
+    demo_banner: Text  # may name {example}
+    errors: AppErrorTexts
+
+
 class Texts(_Doc):
     """The wording every card shares (templates; see ``cds/templates.py``)."""
 
@@ -375,6 +424,7 @@ class Texts(_Doc):
     trend: TrendTexts | None = None  # optional: without it, no card shows a session trend
     #: the label of the SMART app link on progression cards (optional: without it, no link)
     app_link: Text | None = None
+    app: AppTexts | None = None  # optional: the SMART app's wording (cds.http.smart_app)
 
     @field_validator("app_link")
     @classmethod
