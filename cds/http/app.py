@@ -23,7 +23,7 @@ from ..live_rules import LiveRuleSet
 from ..logs import request_id
 from ..metrics import Metrics
 from ..storage import Store, pg_settings, upgrade
-from . import charts, openapi, ops, routes
+from . import charts, openapi, ops, routes, smart_app
 from .errors import error_body, register_error_handlers
 from .security import build_verifier, enable_cors, require_jwt
 
@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None, *, rules: LiveRuleSet | None = 
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(charts.bp)
+    smart_app.init_app(app)  # the SMART on FHIR app at /app/ when CDS_APP is on
     register_error_handlers(app)
     _allow_on_405(app)
     enable_cors(app, settings)

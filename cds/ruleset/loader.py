@@ -550,9 +550,9 @@ class _Loader:
             for key, value in app.items():
                 items = value.items() if isinstance(value, dict) else [(None, value)]
                 for sub, text in items:
-                    path = (key,) if sub is None else (key, sub)
-                    templates.append(("texts", ("app", *path), text, False,
-                                      params | set(APP_TEXT_PLACEHOLDERS.get(path, ()))))
+                    own = APP_TEXT_PLACEHOLDERS.get((key,) if sub is None else (key, sub), ())
+                    where: tuple[int | str, ...] = ("app", key) if sub is None else ("app", key, sub)
+                    templates.append(("texts", where, text, False, params | set(own)))
         order_known = known | set(ORDER_PLACEHOLDERS)
         order_text_known = order_known | set(TEXT_PLACEHOLDERS)
         for i, check in enumerate(doc.order_checks):
