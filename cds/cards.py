@@ -25,7 +25,6 @@ from .facts import PatientFacts
 from .fhir_validation import validate
 from .ruleset.model import RuleSet
 from .ruleset.schema import OrderCheck, Rung
-from .trend import TrendSession, chart_query, session_history
 from .templates import (
     LIST_TEXT_CHARS,
     PLACEHOLDERS,
@@ -35,6 +34,7 @@ from .templates import (
     join_list,
     render_number,
 )
+from .trend import TrendSession, chart_query, session_history
 
 __all__ = [
     "APP_LAUNCH_PATH",

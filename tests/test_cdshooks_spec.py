@@ -348,7 +348,8 @@ def test_served_cards_carry_source_topic_and_override_reasons_as_codings(client)
         for reason in card["overrideReasons"]:  # "MUST populate a display value for each reason's Coding"
             assert set(reason) == {"system", "code", "display"}
         for link in card["links"]:
-            assert link["type"] == "absolute" and re.match(r"https?://[^/]", link["url"])
+            assert link["type"] in ("absolute", "smart") and re.match(r"https?://[^/]", link["url"])
+            assert "appContext" not in link or link["type"] == "smart"  # appContext only on smart links
 
 
 # ------------------------------------------------------------------------------------------------

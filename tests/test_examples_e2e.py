@@ -19,7 +19,16 @@ import httpx
 import pytest
 import yaml
 from cdshooks_conformance import assert_conformant_response
-from conftest import EVALUATION_DATE, EXAMPLE_NAMES, RULES_DIR, SERVICE_URL, build_app, error_message, example_requests
+from conftest import (
+    EVALUATION_DATE,
+    EXAMPLE_NAMES,
+    RULES_DIR,
+    SERVICE_URL,
+    build_app,
+    error_message,
+    example_requests,
+    make_settings,
+)
 from loopback import serve_wsgi
 
 EXAMPLES = dict(example_requests())
@@ -60,7 +69,7 @@ def core_cards(name: str) -> list[dict[str, Any]]:
         request = EXAMPLES[name]
         outcome = service.evaluate(LiveRuleSet(RULES_DIR).current(), request["prefetch"],
                                    patient_id=request["context"]["patientId"], clock=FixedClock(EVALUATION_DATE),
-                                   user_id=request["context"]["userId"])
+                                   user_id=request["context"]["userId"], public_base_url=make_settings().public_base_url)
         _CORE[name] = strip_uuids(to_json(CdsResponse(cards=outcome.cards))["cards"])
     return _CORE[name]
 
