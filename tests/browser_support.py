@@ -255,9 +255,22 @@ class LateApp:
         return self.app(environ, start_response)
 
 
-def service_overrides(fhir_base: str, auth_base: str | None) -> dict[str, Any]:
-    """Settings of the served service beyond the test defaults (the SMART app's configuration)."""
-    return {}
+#: the bearer token the SMART authorization server issues and the FHIR server requires
+ACCESS_TOKEN = "browser-test-access-token"
+#: the SMART app's client id (the service's default ``CDS_APP_CLIENT_ID``), registered at the auth server
+CLIENT_ID = "lbp-cds-app"
+
+
+def service_overrides(fhir_base: str) -> dict[str, Any]:
+    """Settings of the served service beyond the test defaults: the SMART app on, allowed to launch
+    against the loopback FHIR server only, demo mode on."""
+    return {
+        "app": True,
+        "app_client_id": CLIENT_ID,
+        "app_fhir_servers": (fhir_base,),
+        "app_demo": True,
+        "app_secret": "browser-tests-cookie-key-0123456789abcdef",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -269,5 +282,34 @@ def service(fhir) -> Iterator[str]:
 
     late = LateApp()
     with serve_wsgi(late, name="browser-test-service") as base_url:
-        late.app = build_app(public_base_url=base_url, **service_overrides(fhir.base_url, None))
+        late.app = build_app(public_base_url=base_url, **service_overrides(fhir.base_url))
         yield base_url
+
+
+@pytest.fixture(scope="session")
+def auth(fhir, service) -> Iterator[Any]:
+    """The loopback SMART authorization server for the FHIR server (one per session): the app's client id
+    and redirect URI registered, ``aud`` checked against the FHIR base, :data:`ACCESS_TOKEN` issued; a
+    standalone launch selects the example patient."""
+    from smart_auth_server import SmartAuthServer
+
+    server = SmartAuthServer(client_id=CLIENT_ID, redirect_uri=service + "/app/callback", access_token=ACCESS_TOKEN,
+                             fhir_base=fhir.base_url, standalone_patient=patient_id())
+    with server:
+        yield server
+
+
+@pytest.fixture
+def smart(patient_data, auth) -> Any:
+    """Per test: the FHIR server holding only the example patient, requiring :data:`ACCESS_TOKEN` and
+    serving the auth server's ``.well-known/smart-configuration``; the auth server's records cleared.
+    Returns the FHIR server."""
+    fhir = patient_data
+    fhir.required_token = ACCESS_TOKEN
+    fhir.smart_configuration = auth.configuration()
+    fhir.created.clear()
+    fhir.fail_posts_after = None
+    auth.approve_page = False
+    auth.requests.clear()
+    auth.launches.clear()
+    return fhir

@@ -11,14 +11,23 @@ from pathlib import Path
 
 import httpx
 from browser_support import (  # noqa: F401 - fixtures
+    ACCESS_TOKEN,
+    CLIENT_ID,
+    PATIENT_EXAMPLE,
+    auth,
+    axe_script,
     browser,
     example_request,
     fhir,
     marked_script,
     page,
+    patient_data,
+    patient_id,
     requires_browser,
+    serious_violations,
     service,
     shoot,
+    smart,
 )
 
 pytestmark = requires_browser
@@ -70,3 +79,194 @@ def test_progression_card_as_the_sandbox_shows_it(page, service, marked_script):
     assert smart.get_attribute("href") == service + "/app/launch"
     assert '"rung":"single-leg-reverse-hyper"' in (smart.get_attribute("data-app-context") or "")
     shoot(page, "card-trend", selector="article.card")
+
+
+# --------------------------------------------------------------------------------------------------
+# The SMART app
+
+OBS = "https://lbp-cds.org/fhir/CodeSystem/observation"
+EXERCISE = "https://lbp-cds.org/fhir/CodeSystem/exercise"
+LOINC_PAIN = ("http://loinc.org", "72514-3")
+EHR_SCOPE = "launch patient/Observation.rs patient/Observation.c patient/Condition.rs"
+STANDALONE_SCOPE = "launch/patient patient/Observation.rs patient/Observation.c patient/Condition.rs"
+#: the day the recorded sessions are dated: the tests' fixed evaluation date (the app's "today")
+TODAY = "2026-11-20"
+#: every input of the record form, in the order a keyboard user tabs through them (then the submit button)
+FORM_INPUTS = ["exercise", "session-date", "reps-1", "reps-2", "pain-during", "pain-after"]
+
+
+def coding(concept: dict) -> tuple[str | None, str | None]:
+    c = concept["coding"][0]
+    return c.get("system"), c.get("code")
+
+
+def sessions_on_server(fhir) -> set[tuple[str, str]]:
+    """(date, exercise) of every session the FHIR server holds for the patient: what the chart must show."""
+    out = set()
+    for obs in fhir.data.of_type("Observation"):
+        if coding(obs["code"]) != (OBS, "reps-to-technical-failure") or obs.get("status") not in ("final", "amended", "corrected"):
+            continue
+        if obs["subject"]["reference"] != f"Patient/{patient_id()}":
+            continue
+        exercise = next(coding(c["valueCodeableConcept"])[1] for c in obs["component"] if coding(c["code"]) == (OBS, "exercise"))
+        out.add((obs["effectiveDateTime"][:10], exercise))
+    return out
+
+
+def ehr_launch(pg, service, fhir, auth, app_context: dict | None = None) -> None:
+    """Open the app as an EHR does (``/app/launch?iss=..&launch=..``) and wait for the launched page."""
+    launch = auth.new_launch(patient_id(), app_context=app_context)
+    pg.goto(f"{service}/app/launch?" + str(httpx.QueryParams({"iss": fhir.base_url, "launch": launch})))
+    pg.wait_for_url(f"{service}/app/")
+    pg.locator("#history-chart").wait_for()
+
+
+def hook_call(service, fhir) -> dict:
+    """The patient-view hook as an EHR sends it without prefetch: the service fetches from the FHIR server."""
+    request = example_request(PATIENT_EXAMPLE)
+    del request["prefetch"]
+    request["fhirServer"] = fhir.base_url
+    request["fhirAuthorization"] = {"access_token": ACCESS_TOKEN, "token_type": "Bearer", "expires_in": 300,
+                                    "scope": "patient/Observation.rs patient/Condition.rs patient/Patient.rs",
+                                    "subject": CLIENT_ID}
+    response = httpx.post(service + PATIENT_VIEW, json=request, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def recommendation(card: dict) -> dict:
+    return card["extension"]["org.lbp-cds.recommendation"]
+
+
+def test_ehr_launch_shows_the_history_and_the_recommendation(page, service, smart, auth):
+    ehr_launch(page, service, smart, auth)
+
+    # the launch went through the authorization server with PKCE and the EHR launch's scope
+    authorize = next(r for r in auth.requests if r.path == "/authorize")
+    assert authorize.params["scope"] == EHR_SCOPE
+    assert authorize.params["code_challenge_method"] == "S256" and authorize.params["code_challenge"]
+    assert authorize.params["aud"] == smart.base_url
+    assert authorize.params["redirect_uri"] == service + "/app/callback"
+    assert any(r.path == "/token" for r in auth.requests) and not auth.token_errors
+    # ... and the app read the patient's data with the user's token
+    assert any(r.path.endswith("/Observation") and r.authorization == f"Bearer {ACCESS_TOKEN}" for r in smart.requests)
+
+    sessions = sessions_on_server(smart)
+    assert len(sessions) == 3
+    chart = page.locator("svg#history-chart")
+    assert chart.get_attribute("role") == "img"
+    assert chart.get_attribute("data-sessions") == str(len(sessions))
+    assert chart.locator("circle.session-point").count() == len(sessions)
+    assert chart.locator("title").count() >= 1 and chart.locator("title").first.text_content().strip()
+    assert chart.locator("path.rung-line").count() == 1
+    assert chart.locator("rect.band-target").count() == 1
+    assert chart.locator("rect.band-pain").count() == 1
+    assert chart.locator("line.onset-mark").count() == 1  # the example's LBP condition has an onset
+    assert page.locator("#history-table tbody tr").count() == len(sessions)
+    table_dates = [row.locator("td, th").first.inner_text().strip() for row in page.locator("#history-table tbody tr").all()]
+    assert sorted(table_dates) == sorted(d for d, _ in sessions)
+
+    # the recommendation is the one the service gives for the same data
+    cards = hook_call(service, smart)["cards"]
+    summaries = page.locator("#recommendation h3.card-summary").all_inner_texts()
+    assert summaries == [c["summary"] for c in cards]
+    assert ACCESS_TOKEN not in page.content()
+    shoot(page, "app-history")
+
+
+def test_standalone_launch(page, service, smart, auth):
+    page.goto(f"{service}/app/launch?" + str(httpx.QueryParams({"iss": smart.base_url})))
+    page.wait_for_url(f"{service}/app/")
+    assert page.locator("svg#history-chart circle.session-point").count() == len(sessions_on_server(smart))
+    authorize = next(r for r in auth.requests if r.path == "/authorize")
+    assert authorize.params["scope"] == STANDALONE_SCOPE
+    assert "launch" not in authorize.params
+
+
+def test_launch_with_an_approval_page(page, service, smart, auth):
+    """The authorization server asks the user first (an "Allow" button): the app is reached after the click."""
+    auth.approve_page = True
+    launch = auth.new_launch(patient_id())
+    page.goto(f"{service}/app/launch?" + str(httpx.QueryParams({"iss": smart.base_url, "launch": launch})))
+    page.locator("#allow").click()
+    page.wait_for_url(f"{service}/app/")
+    assert page.locator("svg#history-chart circle.session-point").count() == 3
+
+
+def tab_order(pg, start: str, last: str, limit: int = 40) -> list[str]:
+    """The ids focused, in order, pressing Tab from ``#start`` until ``#last`` (consecutive repeats merged:
+    Tab moves through a date input's fields)."""
+    pg.focus(f"#{start}")
+    seen = [start]
+    for _ in range(limit):
+        pg.keyboard.press("Tab")
+        focused = pg.evaluate("document.activeElement && document.activeElement.id")
+        if focused and focused != seen[-1]:
+            seen.append(focused)
+        if focused == last:
+            break
+    return seen
+
+
+def test_record_a_session_with_the_keyboard(page, service, smart, auth):
+    ehr_launch(page, service, smart, auth)
+    order = tab_order(page, "exercise", "record")
+    assert [i for i in order if i in FORM_INPUTS + ["record"]] == FORM_INPUTS + ["record"], order
+
+    # keyboard only: choose the exercise by typing, type the values, submit with Enter
+    page.focus("#exercise")
+    page.keyboard.type("Bird")
+    assert page.locator("#exercise").input_value() == "bird-dog"
+    page.focus("#session-date")
+    page.keyboard.type("11202026")  # en-US: mm dd yyyy
+    assert page.locator("#session-date").input_value() == TODAY
+    for field, value in (("reps-1", "28"), ("reps-2", "27"), ("pain-during", "1"), ("pain-after", "0")):
+        page.focus(f"#{field}")
+        page.keyboard.press("Control+A")
+        page.keyboard.type(value)
+    page.keyboard.press("Enter")
+    page.locator("#written").wait_for()
+
+    check_recorded(page, service, smart, reps=[28, 27], pain=[1, 0])
+
+
+def check_recorded(page, service, fhir, *, reps: list[int], pain: list[int]) -> None:
+    """The Observations the app created on the FHIR server (SPEC section 2), the written list, and the
+    next hook call deciding from them."""
+    created = fhir.created
+    rounds = [o for o in created if coding(o["code"]) == (OBS, "reps-to-technical-failure")]
+    pains = [o for o in created if coding(o["code"]) == LOINC_PAIN]
+    assert len(rounds) + len(pains) == len(created)
+    assert [o["valueQuantity"]["value"] for o in rounds] == reps
+    for n, obs in enumerate(rounds, start=1):
+        assert obs["status"] == "final"
+        assert obs["subject"]["reference"] == f"Patient/{patient_id()}"
+        assert obs["effectiveDateTime"].startswith(TODAY)
+        components = {coding(c["code"]): c for c in obs["component"]}
+        assert coding(components[(OBS, "exercise")]["valueCodeableConcept"]) == (EXERCISE, "bird-dog")
+        assert components[(OBS, "round")]["valueInteger"] == n
+    assert sorted(o.get("valueInteger", o.get("valueQuantity", {}).get("value")) for o in pains) == sorted(pain)
+    round_refs = {f"Observation/{o['id']}" for o in rounds}
+    for obs in pains:
+        assert {d["reference"] for d in obs["derivedFrom"]} == round_refs
+        assert obs["subject"]["reference"] == f"Patient/{patient_id()}"
+    # every write carried the user's token
+    posts = [r for r in fhir.requests if r.method == "POST"]
+    assert len(posts) == len(created) and all(r.authorization == f"Bearer {ACCESS_TOKEN}" for r in posts)
+
+    written = page.locator("#written li.written-resource")
+    assert written.count() == len(created)
+    listed = written.all_inner_texts()
+    for obs, text in zip(created, listed, strict=True):
+        assert f"Observation/{obs['id']}" in text
+
+    # the next hook call (no prefetch: the service fetches) decides from the recorded session
+    card = hook_call(service, fhir)["cards"][0]
+    facts = recommendation(card)["facts"]
+    assert recommendation(card)["decision"] == "step-up"  # the example's own latest session says "continue"
+    assert facts["sessionDate"] == TODAY
+    assert facts["reps"] == reps
+    assert facts["maxPain"] == max(pain)
+    # ... and so does the app's refreshed recommendation, and its chart has one more session
+    assert page.locator("#recommendation h3.card-summary").first.inner_text() == card["summary"]
+    assert page.locator("svg#history-chart circle.session-point").count() == len(sessions_on_server(fhir))
