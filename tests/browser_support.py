@@ -111,8 +111,12 @@ def artefact_name(nodeid: str) -> str:
 
 @pytest.fixture
 def page(browser, request) -> Iterator[Any]:
-    """A page in a fresh context (no cookies shared between tests); a screenshot if the test failed."""
-    context = browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="UTC")
+    """A page in a fresh context (no cookies shared between tests); a screenshot if the test failed.
+
+    The pages' Content-Security-Policy is enforced, except in a test that uses ``axe_script``: the app's CSP
+    (rightly) refuses the injected axe-core script, so those tests' context bypasses it."""
+    context = browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="UTC",
+                                  bypass_csp="axe_script" in request.fixturenames)
     context.set_default_timeout(15_000)
     pg = context.new_page()
     failed_before = request.session.testsfailed
@@ -156,24 +160,25 @@ def npm_cache() -> Path:
 
 
 def npm_script(package: str) -> Path:
-    """The page script of an npm package of :data:`NPM_PACKAGES`, installed into :func:`npm_cache` if missing;
-    skips the test (with the reason) when npm is missing or the install fails."""
-    spec, filename = NPM_PACKAGES[package]
+    """The page script of an npm package of :data:`NPM_PACKAGES`, installed into :func:`npm_cache` if missing
+    (all of them in one ``npm install``: npm prunes what a later install does not name); skips the test
+    (with the reason) when npm is missing or the install fails."""
     folder = npm_cache()
-    script = folder / "node_modules" / package / filename
-    if script.exists():
-        return script
+    scripts = {name: folder / "node_modules" / name / filename for name, (_, filename) in NPM_PACKAGES.items()}
+    if scripts[package].exists():
+        return scripts[package]
     npm = shutil.which("npm")
     if npm is None:
         _skip(f"npm is not installed: {package} cannot be fetched from the npm registry")
     folder.mkdir(parents=True, exist_ok=True)
+    specs = [spec for spec, _ in NPM_PACKAGES.values()]
     result = subprocess.run(
-        [npm, "install", "--prefix", str(folder), "--no-save", "--no-audit", "--no-fund", "--loglevel=error", spec],
+        [npm, "install", "--prefix", str(folder), "--no-save", "--no-audit", "--no-fund", "--loglevel=error", *specs],
         capture_output=True, text=True, timeout=300,
     )
-    if script.exists():
-        return script
-    _skip(f"npm install {spec} failed: {result.stderr.strip()[-300:]}")
+    if scripts[package].exists():
+        return scripts[package]
+    _skip(f"npm install {' '.join(specs)} failed: {result.stderr.strip()[-300:]}")
 
 
 def _skip(reason: str) -> NoReturn:

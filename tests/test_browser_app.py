@@ -7,6 +7,7 @@ next hook call deciding from it, demo mode, accessibility). Skipped when ``/usr/
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -270,3 +271,164 @@ def check_recorded(page, service, fhir, *, reps: list[int], pain: list[int]) -> 
     # ... and so does the app's refreshed recommendation, and its chart has one more session
     assert page.locator("#recommendation h3.card-summary").first.inner_text() == card["summary"]
     assert page.locator("svg#history-chart circle.session-point").count() == len(sessions_on_server(fhir))
+
+
+def test_record_a_session_with_clicks_and_an_added_round(page, service, smart, auth):
+    ehr_launch(page, service, smart, auth)
+    assert page.locator("#reps-3").count() == 0  # the rule set prescribes 2 rounds
+    page.locator("#add-round").click()
+    page.locator("#reps-3").wait_for()
+    assert page.locator("label[for=reps-3]").inner_text().startswith("Round 3")
+    assert smart.created == []  # adding a round writes nothing
+
+    page.locator("#exercise").select_option("bird-dog")
+    page.locator("#session-date").fill(TODAY)
+    page.locator("#reps-1").fill("28")
+    page.locator("#reps-2").fill("27")
+    page.locator("#reps-3").fill("26")
+    page.locator("#pain-during").fill("1")
+    page.locator("#pain-after").fill("1")
+    page.locator("#record").click()
+    page.locator("#written").wait_for()
+    check_recorded(page, service, smart, reps=[28, 27, 26], pain=[1, 1])
+
+
+def test_every_form_input_has_a_visible_label(page, service, smart, auth):
+    ehr_launch(page, service, smart, auth)
+    form = page.locator("form#record-session")
+    assert form.get_attribute("method") == "post" and form.get_attribute("action") == "/app/record"
+    assert form.locator("input[type=hidden][name=csrf_token]").get_attribute("value")
+    options = page.locator("#exercise option")
+    assert [options.nth(i).get_attribute("value") for i in range(options.count())] == [
+        "hip-abduction", "bird-dog", "single-leg-reverse-hyper", "reverse-hyper"]
+    assert page.locator("#session-date").get_attribute("type") == "date"
+    assert page.locator("#session-date").input_value() == TODAY  # default: today (the service's clock)
+    for n in (1, 2):
+        assert page.locator(f"#reps-{n}").get_attribute("type") == "number"
+        assert page.locator(f"label[for=reps-{n}]").inner_text().startswith(f"Round {n}")
+    for field in form.locator("input:not([type=hidden]), select").all():
+        field_id = field.get_attribute("id")
+        label = page.locator(f"label[for='{field_id}']")
+        assert label.count() == 1, field_id
+        assert label.is_visible() and label.inner_text().strip(), field_id
+    assert page.locator("button#record[type=submit]").is_visible()
+
+
+def test_invalid_input_shows_field_errors_and_writes_nothing(page, service, smart, auth, axe_script):
+    ehr_launch(page, service, smart, auth)
+    page.locator("#exercise").select_option("bird-dog")
+    page.locator("#session-date").fill(TODAY)
+    page.locator("#reps-1").fill("-3")
+    page.locator("#reps-2").fill("27")
+    page.locator("#pain-during").fill("11")
+    page.locator("#pain-after").fill("1")
+    with page.expect_response(lambda r: r.url == service + "/app/record") as answer:
+        page.locator("#record").click()
+    assert answer.value.status == 400
+    page.locator(".field-error").first.wait_for()
+
+    wrong = {e.get_attribute("id") for e in page.locator("p.field-error").all()}
+    assert wrong == {"error-reps-1", "error-pain-during"}
+    for field in ("reps-1", "pain-during"):
+        assert page.locator(f"#{field}").get_attribute("aria-invalid") == "true"
+        assert page.locator(f"#{field}").get_attribute("aria-describedby") == f"error-{field}"
+        assert page.locator(f"#error-{field}").is_visible()
+    assert page.locator("#reps-2").get_attribute("aria-invalid") is None
+    # the form is re-filled with what was typed
+    assert page.locator("#reps-1").input_value() == "-3"
+    assert page.locator("#reps-2").input_value() == "27"
+    assert page.locator("#pain-during").input_value() == "11"
+    assert page.locator("#exercise").input_value() == "bird-dog"
+    # nothing written
+    assert smart.created == []
+    assert not [r for r in smart.requests if r.method == "POST"]
+    assert page.locator("#written").count() == 0
+    assert serious_violations(page, axe_script) == []
+    shoot(page, "app-record-error", selector="#record-section")
+
+
+def test_a_failed_write_says_what_was_written_and_keeps_the_form(page, service, smart, auth):
+    ehr_launch(page, service, smart, auth)
+    smart.fail_posts_after = 1  # the first round is created, the second answers 500
+    page.locator("#exercise").select_option("bird-dog")
+    page.locator("#session-date").fill(TODAY)
+    page.locator("#reps-1").fill("28")
+    page.locator("#reps-2").fill("27")
+    page.locator("#pain-during").fill("1")
+    page.locator("#pain-after").fill("0")
+    page.locator("#record").click()
+    alert = page.locator("#write-error[role=alert]")
+    alert.wait_for()
+    assert len(smart.created) == 1
+    assert alert.locator(".written-resource").count() == 1
+    assert f"Observation/{smart.created[0]['id']}" in alert.locator(".written-resource").inner_text()
+    assert alert.locator(".not-written-resource").count() >= 1
+    assert page.locator("#reps-2").input_value() == "27"
+    assert page.locator("#pain-after").input_value() == "0"
+
+
+def test_the_app_pages_have_no_serious_accessibility_violations(page, service, smart, auth, axe_script):
+    ehr_launch(page, service, smart, auth)
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert serious_violations(page, axe_script) == []
+    page.goto(service + "/app/demo")
+    assert serious_violations(page, axe_script) == []
+    page.goto(service + "/app/?demo=bird-dog-28-27")
+    assert serious_violations(page, axe_script) == []
+
+
+def test_demo_mode(page, service, smart):
+    page.goto(service + "/app/demo")
+    links = page.locator("a[href^='/app/?demo=']")
+    assert links.count() == len(list((Path(__file__).parents[1] / "fhir_examples" / "requests").glob("*.json")))
+    page.locator("a[href='/app/?demo=bird-dog-28-27']").click()
+    page.wait_for_url(service + "/app/?demo=bird-dog-28-27")
+    assert page.locator("#demo-banner[role=status]").is_visible()
+    assert page.locator("#record-session fieldset").get_attribute("disabled") is not None
+    assert page.locator("#reps-1").is_disabled()
+    assert page.locator("#record").is_disabled()
+    example_sessions = {
+        (e["resource"]["effectiveDateTime"][:10], e["resource"]["component"][0]["valueCodeableConcept"]["coding"][0]["code"])
+        for e in example_request("bird-dog-28-27")["prefetch"]["exerciseRounds"]["entry"]
+    }
+    chart = page.locator("svg#history-chart")
+    assert chart.get_attribute("data-sessions") == str(len(example_sessions))
+    assert chart.locator("circle.session-point").count() == len(example_sessions)
+    assert page.locator("#recommendation h3.card-summary").first.inner_text().startswith("Bird-dog too easy")
+    assert smart.requests == []  # no FHIR server in demo mode
+    shoot(page, "app-demo")
+
+    answer = page.goto(service + "/app/?demo=no-such-example")
+    assert answer is not None and answer.status == 404
+    assert "no-such-example" in page.locator("body").inner_text()
+
+
+def test_a_fhir_server_not_allowed_is_refused(page, service, smart, auth):
+    answer = page.goto(f"{service}/app/launch?" + str(httpx.QueryParams({"iss": "http://127.0.0.1:9/fhir", "launch": "x"})))
+    assert answer is not None and answer.status == 400
+    assert "iss" in page.locator("body").inner_text()
+    assert not auth.requests
+
+
+def test_the_card_link_launches_the_app_with_its_app_context(page, service, smart, auth, marked_script):
+    """The SMART link of a progression card, launched as an EHR does (adding iss and launch; the EHR
+    hands the link's appContext to the authorization server): the app says which card it was opened from."""
+    request = example_request("bird-dog-28-27")
+    cards = httpx.post(service + PATIENT_VIEW, json=request, timeout=30).json()["cards"]
+    render_cards(page, marked_script, cards)
+    link = page.locator("a.link-smart")
+    app_context = json.loads(link.get_attribute("data-app-context") or "")
+    launch = auth.new_launch(patient_id(), app_context=app_context)
+    page.goto(f"{link.get_attribute('href')}?" + str(httpx.QueryParams({"iss": smart.base_url, "launch": launch})))
+    page.wait_for_url(f"{service}/app/")
+    assert "Single-leg reverse hyper" in page.locator("#opened-from").inner_text()
+    assert page.locator("#ruleset-differs").count() == 0  # the card's rule set is the active one
+
+
+def test_the_accessibility_check_finds_serious_violations(page, axe_script):
+    """axe-core really runs: an input without a label and grey-on-white text are reported as serious."""
+    page.set_content('<!doctype html><html lang="en"><head><title>t</title></head><body><main>'
+                     '<p style="color:#ccc;background:#fff">faint text</p><input type="text"></main></body></html>')
+    found = serious_violations(page, axe_script)
+    assert any(v.startswith("label ") for v in found), found
+    assert any(v.startswith("color-contrast ") for v in found), found
