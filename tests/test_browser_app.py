@@ -291,6 +291,7 @@ def test_record_a_session_with_clicks_and_an_added_round(page, service, smart, a
     page.locator("#record").click()
     page.locator("#written").wait_for()
     check_recorded(page, service, smart, reps=[28, 27, 26], pain=[1, 1])
+    shoot(page, "app-recorded")
 
 
 def test_every_form_input_has_a_visible_label(page, service, smart, auth):
