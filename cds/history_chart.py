@@ -1,9 +1,9 @@
 """The patient's session history and its chart: a hand-written SVG, no plotting library. Pure: no Flask.
 
 :func:`sessions` finds every session in a prefetch the way the service finds the latest one
-(:func:`cds.extract.extract`: the same codes, statuses, validation and pain linking): the latest
-session is taken, its date's rounds removed, and the rest searched again, so each date gives the
-session that would have decided on it (the highest rung that day). :func:`render_svg` draws them:
+(:func:`cds.extract.extract`: the same codes, statuses, validation and pain linking), one day at a
+time, so each date gives the session that would have decided on it (the highest rung that day).
+:func:`render_svg` draws them:
 
 * reps per round (``rect.round-point``) over the target range ``reps_low``..``reps_high`` (``rect.band-target``);
 * the highest pain per session (``circle.session-point``, one per session; hollow at the axis when no
@@ -26,8 +26,8 @@ from .extract import extract
 from .ruleset.model import RuleSet
 from .templates import derived_parameters, fill, render_number
 
-#: bounds the work on a long history (each pass is one extract of the remaining data)
-MAX_SESSIONS = 200
+#: bounds the work on a very long history (the newest sessions are kept)
+MAX_SESSIONS = 500
 
 
 @dataclass(frozen=True)
@@ -45,52 +45,88 @@ class History:
     onset: dt.date | None
 
 
-def _without(value: Any, ids: set[str]) -> Any:
-    """A prefetch value with the resources of these ids left out (a Bundle's entries, or a resource)."""
-    if not isinstance(value, dict):
-        return value
-    if value.get("resourceType") != "Bundle":
-        return None if value.get("id") in ids else value
-    entries = [e for e in value.get("entry") or []
-               if not (isinstance(e, dict) and isinstance(e.get("resource"), dict) and e["resource"].get("id") in ids)]
-    out = dict(value)
-    out["entry"] = entries
+def _resources(prefetch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for value in prefetch.values():
+        if not isinstance(value, dict):
+            continue
+        if value.get("resourceType") == "Bundle":
+            out += [e["resource"] for e in value.get("entry") or []
+                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        else:
+            out.append(value)
     return out
 
 
+def _codes_of(resource: Mapping[str, Any]) -> set[tuple[Any, Any]]:
+    code = resource.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    return {(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)}
+
+
+def _day_key(resource: Mapping[str, Any]) -> str:
+    """The calendar date as written (``effectiveDateTime`` or ``effectivePeriod.start``), for grouping only:
+    whether it is a usable date is :func:`cds.extract.extract`'s decision."""
+    value = resource.get("effectiveDateTime")
+    period = resource.get("effectivePeriod")
+    if not isinstance(value, str) and isinstance(period, dict):
+        value = period.get("start")
+    return value[:10] if isinstance(value, str) else ""
+
+
+def _refs(resource: Mapping[str, Any]) -> set[str]:
+    return {str(r.get("reference")).rsplit("/", 1)[-1] for r in resource.get("derivedFrom") or ()
+            if isinstance(r, dict) and r.get("reference")}
+
+
 def sessions(prefetch: Mapping[str, Any], ruleset: RuleSet, *, patient_id: str) -> History:
-    """Every session of the patient (oldest first) and the onset of the condition that counts."""
+    """Every session of the patient (oldest first) and the onset of the condition that counts.
+
+    The rounds are grouped by the date they are written with, and each day is read by
+    :func:`cds.extract.extract` with its rounds and the pain scores that may belong to it (linked by
+    ``derivedFrom`` to one of its rounds, or without ``derivedFrom`` on its date): the session it finds
+    is the one the service would decide from on that day, with the same validation and pain linking."""
     doc = ruleset.document
     rung_of = {code: i for i, code in enumerate(doc.ladder.codes)}
-    data = dict(prefetch)
+    reps_codes = {(c.system, c.code) for c in doc.codes.reps_codes}
+    pain_codes = {(c.system, c.code) for c in doc.codes.pain_codes}
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    pains: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for resource in _resources(prefetch):
+        codes = _codes_of(resource) if resource.get("resourceType") == "Observation" else set()
+        if codes & reps_codes:
+            rounds.setdefault(_day_key(resource), []).append(resource)
+        elif codes & pain_codes:
+            pains.append(resource)
+        else:
+            others.append(resource)
+    onset = extract({"others": _bundle(others)}, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder).onset
     found: list[SessionPoint] = []
-    onset: dt.date | None = None
-    first = True
-    while len(found) < MAX_SESSIONS:
-        facts = extract(data, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder)
-        if first:
-            onset, first = facts.onset, False
+    for day in sorted(rounds, reverse=True)[:MAX_SESSIONS]:
+        ids = {str(r.get("id")) for r in rounds[day]}
+        linked = [p for p in pains if (_refs(p) & ids if p.get("derivedFrom") else _day_key(p) == day)]
+        facts = extract({"rounds": _bundle(rounds[day]), "pains": _bundle(linked)}, patient_id=patient_id,
+                        codes=doc.codes, ladder=doc.ladder)
         session = facts.latest_session
-        if session is None:
-            break
-        found.append(SessionPoint(
-            date=session.date, exercise=session.exercise, rung=rung_of[session.exercise],
-            reps=tuple(session.reps), max_pain=session.max_pain,
-        ))
-        ids = {r.resource_id for r in facts.rounds}
-        before = sum(len(v.get("entry") or []) for v in data.values() if isinstance(v, dict))
-        data = {k: _without(v, ids) for k, v in data.items()}
-        after = sum(len(v.get("entry") or []) for v in data.values() if isinstance(v, dict))
-        if after == before:  # rounds without an id cannot be taken out: stop rather than loop
-            break
-    return History(sessions=tuple(reversed(found)), onset=onset)
+        if session is not None:
+            found.append(SessionPoint(
+                date=session.date, exercise=session.exercise, rung=rung_of[session.exercise],
+                reps=tuple(session.reps), max_pain=session.max_pain,
+            ))
+    found.sort(key=lambda s: s.date)
+    return History(sessions=tuple(found), onset=onset)
+
+
+def _bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
 
 # -- the SVG ------------------------------------------------------------------------------------
 
 WIDTH, LEFT, RIGHT = 720, 70, 20
 REPS_TOP, REPS_BOTTOM = 40, 190
-PAIN_TOP, PAIN_BOTTOM = 220, 300
+PAIN_TOP, PAIN_BOTTOM = 215, 305
 RUNG_TOP, RUNG_BOTTOM = 330, 400
 HEIGHT = 470
 
@@ -167,13 +203,17 @@ def render_svg(history: History, ruleset: RuleSet) -> str:
     for i, _rung in enumerate(rungs):
         out.append(f'<text class="tick" x="{LEFT - 6}" y="{_f(rung_y(i) + 4)}" text-anchor="end">{i + 1}</text>')
 
-    days = [s.date for s in pts] + ([history.onset] if history.onset else [])
+    # the time axis spans the sessions; an onset before them is marked at the left edge, dated
+    days = [s.date for s in pts] or ([history.onset] if history.onset else [])
     if days:
         x = _x_scale(days)
         if history.onset is not None:
-            ox = _f(x(history.onset))
+            before = bool(pts) and history.onset < pts[0].date
+            ox = _f(LEFT + 3 if before else x(history.onset))
             out.append(f'<line class="onset-mark" x1="{ox}" x2="{ox}" y1="{REPS_TOP}" y2="{RUNG_BOTTOM}">'
                        f'<title>{t["legend_onset"]}: {history.onset.isoformat()}</title></line>')
+            label = ("\u2190 " if before else "") + history.onset.isoformat()
+            out.append(f'<text class="tick onset-date" x="{_f(float(ox) + 4)}" y="{REPS_TOP - 4}">{label}</text>')
         if pts:
             # the rung as a step line: flat until the next session, then up or down
             path = [f"M{_f(x(pts[0].date))},{_f(rung_y(pts[0].rung))}"]
@@ -203,8 +243,11 @@ def render_svg(history: History, ruleset: RuleSet) -> str:
                     label += f"; {t['pain_axis']}: {pain}"
                 out.append(f'<circle class="{klass}" cx="{_f(sx)}" cy="{_f(cy)}" r="5"><title>{label}</title></circle>')
             # date ticks: every session when few, else the first, the middle and the last
-            shown = pts if n <= 6 else [pts[0], pts[n // 2], pts[-1]]
-            for s in shown:
+            last_x = -1e9
+            for s in pts:
+                if x(s.date) - last_x < 80 and s is not pts[-1]:
+                    continue  # too close to the previous date shown
+                last_x = x(s.date)
                 out.append(f'<text class="tick date" x="{_f(x(s.date))}" y="{RUNG_BOTTOM + 16}" '
                            f'text-anchor="middle">{s.date.isoformat()}</text>')
     if not pts:

@@ -22,6 +22,12 @@ Bundles of a hook request file (``fhir_examples/requests/*.json``)::
         ... complete_prefetch(fhir_server=server.base_url, access_token="secret", ...)
         assert server.requests  # what it saw
 
+It also takes writes the SMART app makes: ``POST [base]/Observation`` (201 with ``Location``, an id
+assigned, stored so later searches find it; a bearer token required; anything but an Observation is
+400), with ``fail_posts_after`` (answer 500 once that many creates have succeeded) to test a failed
+write midway; and it serves ``[base]/.well-known/smart-configuration`` when ``smart_configuration`` is set
+(e.g. from ``tests/smart_auth_server.SmartAuthServer.configuration()``).
+
 Per test it can misbehave: require a bearer token (401 otherwise), answer a given status, sleep
 before answering or trickle its body, return garbage or any JSON, mix in resources of another patient,
 add an ``OperationOutcome`` entry to searchsets, or write ``next`` links pointing at another base URL.
@@ -223,6 +229,10 @@ class FhirTestServer(LoopbackServer):
         self.tarpit_closed = 0  # tarpit connections the client shut (the fetch watchdog)
         self.closed_unused = 0  # connections that ended before a request arrived (the client shut them first)
         self.requests: list[SeenRequest] = []
+        self.smart_configuration: dict[str, Any] | None = None  # served at [base]/.well-known/smart-configuration
+        self.created: list[dict[str, Any]] = []  # resources created by POST, in order, as stored
+        self.fail_posts_after: int | None = None  # POSTs answer 500 once this many creates succeeded
+        self._next_id = 0
         self._searches: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -257,6 +267,7 @@ class FhirTestServer(LoopbackServer):
         self.close_connections()
         with self._lock:
             self.requests.clear()
+        self.fail_posts_after = None
         self.required_token = None
         self.overrides = {}
         self.foreign_patient = None
@@ -281,6 +292,17 @@ class FhirTestServer(LoopbackServer):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:  # already closed by either side
                 pass
+
+    def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """Store a new resource with a server-assigned id (and meta), as a FHIR create does."""
+        with self._lock:
+            self._next_id += 1
+            rid = f"{resource['resourceType'].lower()}-{self._next_id}"
+        stored = {**resource, "id": rid, "meta": {"versionId": "1", "lastUpdated": "2026-11-20T12:00:00Z"}}
+        self.data.add(stored)
+        with self._lock:
+            self.created.append(stored)
+        return stored
 
     def record(self, seen: SeenRequest) -> None:
         with self._lock:
@@ -427,6 +449,10 @@ class _Handler(BaseHTTPRequestHandler):
             segments = [stored[0]]
         if not segments:
             return self._outcome(404, "not-found", "no resource type")
+        if segments == [".well-known", "smart-configuration"]:
+            if owner.smart_configuration is None:
+                return self._outcome(404, "not-found", "no SMART configuration")
+            return self._send(200, json.dumps(owner.smart_configuration).encode(), "application/json")
         rtype = segments[0]
 
         override = owner.overrides.get(rtype) or owner.overrides.get("*") or Override()
@@ -536,4 +562,38 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, bundle, override.trickle)
 
     def do_POST(self) -> None:  # noqa: N802
-        self._outcome(405, "not-supported", "read-only test server")
+        """``POST [base]/Observation``: a create (the only write this server takes)."""
+        owner = self.owner
+        self.served += 1
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        owner.record(SeenRequest("POST", parts.path, parse_qs(parts.query), self.headers.get("Authorization"),
+                                 self.headers.get("Accept"), raw=self.path))
+        path = parts.path
+        if owner.base_path:
+            if not path.startswith(owner.base_path + "/"):
+                return self._outcome(404, "not-found", "unknown base")
+            path = path[len(owner.base_path):]
+        if [s for s in path.split("/") if s] != ["Observation"]:
+            return self._outcome(405, "not-supported", "this test server creates Observations only")
+        authorization = self.headers.get("Authorization") or ""
+        if not authorization.startswith("Bearer ") or (
+                owner.required_token is not None and authorization != f"Bearer {owner.required_token}"):
+            return self._outcome(401, "login", "missing or wrong bearer token")
+        try:
+            resource = json.loads(raw)
+        except ValueError:
+            return self._outcome(400, "invalid", "body is not JSON")
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
+            return self._outcome(400, "invalid", "body is not an Observation")
+        if owner.fail_posts_after is not None and len(owner.created) >= owner.fail_posts_after:
+            return self._outcome(500, "exception", "configured failure")
+        stored = owner.create(resource)
+        body = json.dumps(stored).encode("utf-8")
+        self.send_response(201)
+        self.send_header("Content-Type", FHIR_JSON)
+        self.send_header("Location", f"{owner.base_url}/Observation/{stored['id']}/_history/1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

@@ -5,7 +5,9 @@ Responses are recorded from Flask's ``request_finished`` signal, so those of the
 loopback servers (``werkzeug.serving.make_server`` in a thread) are both seen; a response is kept only
 when its app is a cds app. After each test, each recorded response is checked by
 :class:`openapi_check.DocumentChecker` against the document of the app that gave it; each served document
-is itself validated with ``openapi-spec-validator``. ``tests/conftest.py`` imports the fixtures.
+is itself validated with ``openapi-spec-validator``. ``tests/conftest.py`` imports the fixtures. The SMART
+app's pages (blueprint ``smart_app``, under ``/app/``) are HTML for browsers, outside the API document:
+``tests/test_smart_app*.py`` check them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def _record_response(sender: Any, response: Any, **_: Any) -> None:
     from openapi_check import Exchange
 
     if "lbp_cds" not in sender.extensions or request.headers.get(RECORDER_HEADER):
+        return
+    if request.blueprint == "smart_app":  # the SMART app's HTML pages (/app/): a browser UI, not the API documented
         return
     body = b"" if response.is_streamed else response.get_data()
     exchange = Exchange(request.method, request.path, response.status_code, response.mimetype or "", body)

@@ -281,7 +281,7 @@ def callback():
     if not isinstance(patient, str) or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", patient):
         raise AppError(400, "patient: the launch did not select a patient")
     try:
-        expires_in = float(token.get("expires_in") or 3600)
+        expires_in = float(token["expires_in"]) if token.get("expires_in") is not None else 3600.0
     except (TypeError, ValueError):
         expires_in = 3600.0
     data["session"] = {
