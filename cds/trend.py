@@ -19,19 +19,21 @@ Flask, no I/O. Nothing here logs.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlencode
 
 from fhir.resources.R4B.observation import Observation
 
 from .assessment import rounds_used
 from .facts import PatientFacts, Session
-from .fhir_validation import validate
+from .fhir_validation import canonical_bytes, validate
 from .ruleset.model import RuleSet
 from .ruleset.schema import TREND_MAX_SESSIONS, Codes, Ladder
+from .trend_chart import MAX_REPS, MAX_ROUNDS
 
 __all__ = ["TrendSession", "chart_query", "format_value", "session_history"]
 
@@ -50,14 +52,6 @@ class TrendSession:
     exercise: str
     reps: tuple[float, ...]
     max_pain: float | None
-
-
-def _pairs(cc: Any) -> set[tuple[Any, Any]]:
-    """``system|code`` pairs of a raw CodeableConcept; empty for anything malformed."""
-    coding = cc.get("coding") if isinstance(cc, dict) else None
-    if not isinstance(coding, list):
-        return set()
-    return {(c.get("system"), c.get("code")) for c in coding if isinstance(c, dict)}
 
 
 def _raw_date(raw: Mapping[str, Any]) -> str | None:
@@ -97,9 +91,9 @@ def _day(obs: Observation) -> dt.date | None:
     return value if isinstance(value, dt.date) else None
 
 
-def _valid(raw: dict[str, Any]) -> Observation | None:
+def _valid(raw: dict[str, Any], key: bytes | None) -> Observation | None:
     try:
-        return validate(Observation, raw)
+        return validate(Observation, raw, key)
     except (ValueError, TypeError):
         return None
 
@@ -115,6 +109,13 @@ def _ref_id(reference: str) -> str | None:
     return parts[-1] if len(parts) >= 2 and parts[-2] == "Observation" and parts[-1] else None
 
 
+def _raw_refs(raw: Mapping[str, Any]) -> set[str]:
+    """The ids of the Observations a raw pain score's ``derivedFrom`` references."""
+    derived = raw.get("derivedFrom")
+    refs = (d.get("reference") for d in derived if isinstance(d, dict)) if isinstance(derived, list) else ()
+    return {i for i in (_ref_id(r) for r in refs if isinstance(r, str)) if i}
+
+
 @dataclass(frozen=True, slots=True)
 class _Round:
     rid: str
@@ -123,13 +124,22 @@ class _Round:
     date: dt.date
     number: int | None
     time: dt.datetime | None
-    position: int
+
+
+_Pain = tuple[float, dt.date, frozenset[str]]
+_MISSING = object()
 
 
 class _Reader:
-    def __init__(self, patient_id: str, codes: Codes, ladder: Ladder) -> None:
-        self.subject = f"Patient/{patient_id}"
-        self.suffix = f"/Patient/{patient_id}"
+    """What one rule set's ``codes`` and ``ladder`` make of an Observation. An EHR sends the same
+    history at every chart opening, so what a resource gave is memoised by its exact content
+    (``canonical_bytes``: the validation cache's key), in a bounded LRU per reader."""
+
+    MEMO_SIZE = 4096
+
+    def __init__(self, codes: Codes, ladder: Ladder) -> None:
+        self.memo: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
+        self.lock = threading.Lock()
         self.status = frozenset(codes.observation_status)
         self.reps_codes = frozenset((c.system, c.code) for c in codes.reps_codes)
         self.pain_codes = frozenset((c.system, c.code) for c in codes.pain_codes)
@@ -140,18 +150,55 @@ class _Reader:
         self.ladder_system = ladder.system
         self.rung = {code: i + 1 for i, code in enumerate(ladder.codes)}
 
-    def counted(self, raw: Mapping[str, Any], codes: frozenset[tuple[str, str]]) -> bool:
-        """The raw filter: an Observation of one of ``codes``, a counted status, the context patient."""
-        if raw.get("resourceType") != "Observation" or not isinstance(raw.get("id"), str):
-            return False
-        if raw.get("status") not in self.status or codes.isdisjoint(_pairs(raw.get("code"))):
+    def kind(self, raw: Any) -> str | None:
+        """"round" or "pain" for an Observation with one of those codes (the cheap first look), else None."""
+        if not isinstance(raw, dict) or raw.get("resourceType") != "Observation":
+            return None
+        code = raw.get("code")
+        coding = code.get("coding") if isinstance(code, dict) else None
+        if not isinstance(coding, list):
+            return None
+        found = None
+        for c in coding:
+            if isinstance(c, dict):
+                pair = (c.get("system"), c.get("code"))
+                if pair in self.reps_codes:
+                    return "round"  # a reps code wins, as in extraction
+                if pair in self.pain_codes:
+                    found = "pain"
+        return found
+
+    def counted(self, raw: Mapping[str, Any], patient_id: str) -> bool:
+        """The rest of the raw filter: an id, a counted status, the context patient."""
+        if not isinstance(raw.get("id"), str) or raw.get("status") not in self.status:
             return False
         subject = raw.get("subject")
         ref = subject.get("reference") if isinstance(subject, dict) else None
-        return isinstance(ref, str) and (ref == self.subject or ("://" in ref and ref.endswith(self.suffix)))
+        return isinstance(ref, str) and (ref == f"Patient/{patient_id}"
+                                         or ("://" in ref and ref.endswith(f"/Patient/{patient_id}")))
 
-    def round(self, raw: dict[str, Any], position: int) -> _Round | None:
-        obs = _valid(raw)
+    def memoised(self, kind: str, raw: dict[str, Any], read: Callable[[dict[str, Any], bytes | None], Any]) -> Any:
+        key = canonical_bytes(raw)
+        if key is None:
+            return read(raw, None)
+        memo_key = (kind, key)
+        found = self.memo.get(memo_key, _MISSING)
+        if found is _MISSING:
+            found = read(raw, key)
+            with self.lock:
+                self.memo[memo_key] = found
+                if len(self.memo) > self.MEMO_SIZE:
+                    self.memo.popitem(last=False)
+        return found
+
+    def round(self, raw: dict[str, Any]) -> _Round | None:
+        return self.memoised("round", raw, self.read_round)
+
+    def pain(self, raw: dict[str, Any]) -> _Pain | None:
+        return self.memoised("pain", raw, self.read_pain)
+
+    def read_round(self, raw: dict[str, Any], key: bytes | None) -> _Round | None:
+        obs = _valid(raw, key)
         day = _day(obs) if obs is not None else None
         if obs is None or day is None:
             return None
@@ -173,10 +220,10 @@ class _Reader:
                        if comp.valueInteger is not None and _has(comp.code, self.round_comp)), None)
         value = obs.effectiveDateTime or (obs.effectivePeriod.start if obs.effectivePeriod is not None else None)
         time = value if isinstance(value, dt.datetime) else None
-        return _Round(str(obs.id), exercise, reps, day, number, time, position)
+        return _Round(str(obs.id), exercise, reps, day, number, time)
 
-    def pain(self, raw: dict[str, Any]) -> tuple[float, dt.date, frozenset[str]] | None:
-        obs = _valid(raw)
+    def read_pain(self, raw: dict[str, Any], key: bytes | None) -> _Pain | None:
+        obs = _valid(raw, key)
         day = _day(obs) if obs is not None else None
         if obs is None or day is None:
             return None
@@ -195,10 +242,29 @@ class _Reader:
 _NO_TIME = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 
-def _ordered(rounds: list[_Round]) -> list[_Round]:
-    """Rounds in order, as extraction orders them: round number, then time, then resource order."""
-    return sorted(rounds, key=lambda r: (r.number is None, r.number or 0, r.time is None, r.time or _NO_TIME,
-                                         r.position))
+def _ordered(rounds: list[tuple[_Round, int]]) -> list[_Round]:
+    """Rounds (with their resource positions) in order, as extraction orders them: round number, then
+    time, then resource order."""
+    ordered = sorted(rounds, key=lambda rp: (rp[0].number is None, rp[0].number or 0, rp[0].time is None,
+                                             rp[0].time or _NO_TIME, rp[1]))
+    return [r for r, _ in ordered]
+
+
+_readers: OrderedDict[int, tuple[Any, _Reader]] = OrderedDict()
+_readers_lock = threading.Lock()
+
+
+def _reader(ruleset: RuleSet) -> _Reader:
+    """The reader of a rule set's document (one per document, the last few kept)."""
+    doc = ruleset.document
+    with _readers_lock:
+        entry = _readers.get(id(doc))
+        if entry is None or entry[0] is not doc:
+            entry = (doc, _Reader(doc.codes, doc.ladder))
+            _readers[id(doc)] = entry
+            while len(_readers) > 4:
+                _readers.popitem(last=False)
+        return entry[1]
 
 
 def session_history(
@@ -212,34 +278,44 @@ def session_history(
     doc = ruleset.document
     if limit is None:
         limit = doc.texts.trend.sessions if doc.texts.trend is not None else TREND_MAX_SESSIONS
-    reader = _Reader(facts.patient_id, doc.codes, doc.ladder)
+    reader = _reader(ruleset)
+    patient = facts.patient_id
     resources = _resources({k: prefetch[k] for k in (_ROUNDS_KEY, _PAIN_KEY) if k in prefetch} or prefetch)
     by_date: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     pains: list[dict[str, Any]] = []
+    before = latest.date.isoformat()  # the latest session is the decision's own
     for position, raw in enumerate(resources):
-        if reader.counted(raw, reader.reps_codes):
+        kind = reader.kind(raw)
+        if kind == "round":
             key = _raw_date(raw)
-            if key is not None and key < latest.date.isoformat():  # the latest session is the decision's
+            if key is not None and key < before:
                 by_date.setdefault(key, []).append((position, raw))
-        elif reader.counted(raw, reader.pain_codes):
+        elif kind == "pain":
             pains.append(raw)
 
     sessions: list[tuple[dt.date, str, list[_Round]]] = []
     for key in sorted(by_date, reverse=True):
         if len(sessions) >= limit - 1:
             break
-        usable = [r for r in (reader.round(raw, pos) for pos, raw in by_date[key]) if r is not None]
-        for day in sorted({r.date for r in usable}, reverse=True):  # the written date is the day
-            on_day = [r for r in usable if r.date == day]
-            exercise = max((r.exercise for r in on_day), key=reader.rung.__getitem__)
-            sessions.append((day, exercise, _ordered([r for r in on_day if r.exercise == exercise])))
+        found = ((reader.round(raw), pos) for pos, raw in by_date[key] if reader.counted(raw, patient))
+        usable = [(r, pos) for r, pos in found if r is not None]
+        for day in sorted({r.date for r, _ in usable}, reverse=True):  # the written date is the day
+            on_day = [(r, pos) for r, pos in usable if r.date == day]
+            exercise = max((r.exercise for r, _ in on_day), key=reader.rung.__getitem__)
+            sessions.append((day, exercise, _ordered([(r, pos) for r, pos in on_day if r.exercise == exercise])))
+    sessions = sessions[: limit - 1]
 
     parameters = doc.parameters
     dates = {day.isoformat() for day, _, _ in sessions}
-    candidates = [raw for raw in pains if _raw_date(raw) in dates or raw.get("derivedFrom")] if sessions else []
+    round_ids = {r.rid for _, _, rounds in sessions for r in rounds}
+    candidates = []
+    for raw in pains:  # linked by derivedFrom to a round of these sessions, else dated on one of them
+        refs = _raw_refs(raw)
+        if (refs & round_ids if refs else _raw_date(raw) in dates) and reader.counted(raw, patient):
+            candidates.append(raw)
     wanted = [p for p in map(reader.pain, candidates) if p is not None]
     out = []
-    for day, exercise, rounds in sessions[: limit - 1]:
+    for day, exercise, rounds in sessions:
         ids = {r.rid for r in rounds}
         scores = [score for score, on, refs in wanted if (bool(refs & ids) if refs else on == day)]
         used = rounds_used(len(rounds), parameters)
@@ -268,14 +344,16 @@ def chart_query(sessions: Sequence[TrendSession], ruleset: RuleSet) -> str:
     the target range and ``gate`` the pain gate, from the parameters ``texts.trend`` names."""
     trend = ruleset.document.texts.trend
     params = ruleset.document.parameters
-    query = {
-        "d": ",".join(s.date.isoformat() for s in sessions),
-        "g": ",".join(str(s.rung) for s in sessions),
-        "r": ",".join("_".join(format_value(v) for v in s.reps) for s in sessions),
-        "p": ",".join("-" if s.max_pain is None else format_value(s.max_pain) for s in sessions),
-    }
+    query = [
+        ("d", ",".join(s.date.isoformat() for s in sessions)),
+        ("g", ",".join(str(s.rung) for s in sessions)),
+        # within what the chart accepts: the first MAX_ROUNDS rounds, reps up to MAX_REPS (the table has all)
+        ("r", ",".join("_".join(format_value(min(v, MAX_REPS)) for v in s.reps[:MAX_ROUNDS]) for s in sessions)),
+        ("p", ",".join("-" if s.max_pain is None else format_value(s.max_pain) for s in sessions)),
+    ]
     if trend is not None:
         for key, name in (("lo", trend.target_low), ("hi", trend.target_high), ("gate", trend.pain_gate)):
             if name is not None and name in params:
-                query[key] = format_value(params[name])
-    return urlencode(query, safe=",_-")
+                query.append((key, format_value(params[name])))
+    # digits, '-', '.', ',' and '_' only: nothing to percent-encode
+    return "&".join(f"{key}={value}" for key, value in query)

@@ -24,7 +24,7 @@ __all__ = ["ALLOWED", "ChartData", "ChartQueryError", "MAX_ROUNDS", "parse_query
 ALLOWED = ("d", "g", "r", "p", "lo", "hi", "gate")
 MAX_ROUNDS = 8  # rounds per session in one chart
 MAX_REPS = 999
-MAX_RUNG = 20
+MAX_RUNG = 99
 MAX_QUERY_CHARS = 1024
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

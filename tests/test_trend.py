@@ -263,6 +263,13 @@ def test_the_oracle_profile_drops_app_context_from_this_link_and_keeps_the_link(
 # ---- the chart ---------------------------------------------------------------------------------------------
 
 
+def test_the_query_stays_within_what_the_chart_accepts(active):
+    """Absurd reps and more rounds than a chart takes are cut for the chart (the table shows them all)."""
+    sessions = [TrendSession(dt.date(2026, 11, 4), 1, "hip-abduction", (5000.0, *range(1, 10)), None)]
+    data = parse_query(parse_qs(chart_query(sessions, active.ruleset)))
+    assert data.reps == ((999.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0),)
+
+
 def test_the_query_round_trips_and_bounds_what_it_reads(active):
     sessions = [TrendSession(dt.date(2026, 11, 4), 1, "hip-abduction", (30.0, 29.5), None),
                 TrendSession(dt.date(2026, 11, 11), 2, "bird-dog", (16.0,), 1.0)]
@@ -289,7 +296,7 @@ BAD_QUERIES = [
     ("d=2026-11-04&r=1&p=11", "p"),
     ("d=2026-11-04&r=1&p=1,2", "p"),
     ("d=2026-11-04&r=1&g=0", "g"),
-    ("d=2026-11-04&r=1&g=21", "g"),
+    ("d=2026-11-04&r=1&g=100", "g"),
     ("d=2026-11-04&r=1&lo=20&hi=10", "lo"),
     ("d=2026-11-04&r=1&gate=10.5", "gate"),
     ("d=2026-11-04&r=1&patient=p1", "patient"),
