@@ -114,12 +114,14 @@ def sessions_on_server(fhir) -> set[tuple[str, str]]:
     return out
 
 
-def ehr_launch(pg, service, fhir, auth, app_context: dict | None = None) -> None:
-    """Open the app as an EHR does (``/app/launch?iss=..&launch=..``) and wait for the launched page."""
+def ehr_launch(pg, service, fhir, auth, app_context: dict | None = None) -> str:
+    """Open the app as an EHR does (``/app/launch?iss=..&launch=..``) and wait for the launched page;
+    the launch token."""
     launch = auth.new_launch(patient_id(), app_context=app_context)
     pg.goto(f"{service}/app/launch?" + str(httpx.QueryParams({"iss": fhir.base_url, "launch": launch})))
     pg.wait_for_url(f"{service}/app/")
     pg.locator("#history-chart").wait_for()
+    return launch
 
 
 def hook_call(service, fhir) -> dict:
@@ -140,10 +142,12 @@ def recommendation(card: dict) -> dict:
 
 
 def test_ehr_launch_shows_the_history_and_the_recommendation(page, service, smart, auth):
-    ehr_launch(page, service, smart, auth)
+    launch = ehr_launch(page, service, smart, auth)
 
     # the launch went through the authorization server with PKCE and the EHR launch's scope
     authorize = next(r for r in auth.requests if r.path == "/authorize")
+    assert authorize.params["response_type"] == "code" and authorize.params["client_id"] == CLIENT_ID
+    assert authorize.params["launch"] == launch and authorize.params["state"]
     assert authorize.params["scope"] == EHR_SCOPE
     assert authorize.params["code_challenge_method"] == "S256" and authorize.params["code_challenge"]
     assert authorize.params["aud"] == smart.base_url
@@ -171,7 +175,11 @@ def test_ehr_launch_shows_the_history_and_the_recommendation(page, service, smar
     cards = hook_call(service, smart)["cards"]
     summaries = page.locator("#recommendation h3.card-summary").all_inner_texts()
     assert summaries == [c["summary"] for c in cards]
+    # the user's token is in neither the page nor, readable, a cookie
     assert ACCESS_TOKEN not in page.content()
+    cookies = page.context.cookies()
+    assert cookies and all(ACCESS_TOKEN not in c["value"] for c in cookies)
+    assert all(c["httpOnly"] for c in cookies)
     shoot(page, "app-history")
 
 
