@@ -11,7 +11,7 @@ time, so each date gives the session that would have decided on it (the highest 
 * the rung as a step line (``path.rung-line``) on a lane of the ladder's rungs;
 * the onset of low back pain (``line.onset-mark``) when it is known.
 
-Every visible word comes from the rule files (``texts.app``, the ladder's displays); every value is escaped.
+Every visible word comes from the rule files (the ``app`` section, the ladder's displays); every value is escaped.
 """
 
 from __future__ import annotations
@@ -129,17 +129,18 @@ REPS_TOP, REPS_BOTTOM = 40, 190
 PAIN_TOP, PAIN_BOTTOM = 215, 305
 RUNG_TOP, RUNG_BOTTOM = 330, 400
 HEIGHT = 470
+PAD = 36  # room inside the plot before the first and after the last session
 
 
 def _x_scale(days: list[dt.date]) -> Any:
     lo, hi = min(days), max(days)
     span = max((hi - lo).days, 1)
-    inner = WIDTH - LEFT - RIGHT - 20
+    inner = WIDTH - LEFT - RIGHT - 2 * PAD
 
     def x(day: dt.date) -> float:
         if lo == hi:
-            return LEFT + 10 + inner / 2
-        return LEFT + 10 + inner * (day - lo).days / span
+            return LEFT + PAD + inner / 2
+        return LEFT + PAD + inner * (day - lo).days / span
 
     return x
 
@@ -156,8 +157,8 @@ def _f(v: float) -> str:
 def render_svg(history: History, ruleset: RuleSet) -> str:
     """The chart as an SVG element (``svg#history-chart``), ready to embed in HTML."""
     doc = ruleset.document
-    app = doc.texts.app
-    assert app is not None, "the app needs texts.app"
+    app = doc.app
+    assert app is not None, "the app needs the rule set's app section"
     params = doc.parameters
     values = {k: render_number(v) for k, v in {**params, **derived_parameters(params)}.items()}
     t = {k: escape(fill(getattr(app, k), values)) for k in (
@@ -242,12 +243,12 @@ def render_svg(history: History, ruleset: RuleSet) -> str:
                 if pain is not None:
                     label += f"; {t['pain_axis']}: {pain}"
                 out.append(f'<circle class="{klass}" cx="{_f(sx)}" cy="{_f(cy)}" r="5"><title>{label}</title></circle>')
-            # date ticks: every session when few, else the first, the middle and the last
-            last_x = -1e9
-            for s in pts:
-                if x(s.date) - last_x < 80 and s is not pts[-1]:
-                    continue  # too close to the previous date shown
-                last_x = x(s.date)
+            # date ticks, from the newest back, at least 80 px apart
+            ticks: list[SessionPoint] = []
+            for s in reversed(pts):
+                if not ticks or x(ticks[-1].date) - x(s.date) >= 80:
+                    ticks.append(s)
+            for s in ticks:
                 out.append(f'<text class="tick date" x="{_f(x(s.date))}" y="{RUNG_BOTTOM + 16}" '
                            f'text-anchor="middle">{s.date.isoformat()}</text>')
     if not pts:

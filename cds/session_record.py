@@ -3,7 +3,7 @@
 The SMART app's form (``cds.http.smart_app``) sends an exercise (a ladder code), a date, each round's
 reps and the highest pain during and after the exercise. :func:`parse_form` validates it against the
 rule set (:class:`SessionForm`; a wrong field is a :class:`FormErrors` keyed by the form's input id,
-worded by ``texts.app.errors``); :func:`round_observations` and :func:`pain_observations` build the
+worded by ``app.errors``); :func:`round_observations` and :func:`pain_observations` build the
 resources to create: one ``reps-to-technical-failure`` Observation per round (the exercise and round
 number as components) and one pain score each for during and after, linked by ``derivedFrom`` to the
 rounds once they have ids on the server. Every code comes from the rule files' ``codes`` and ``ladder``.
@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import CdsError
 from .ruleset.model import RuleSet
 from .templates import derived_parameters, fill, render_number
 
@@ -43,8 +44,8 @@ class SessionForm(BaseModel):
     pain_after: int = Field(ge=0, le=PAIN_MAX)
 
 
-class FormErrors(Exception):
-    """The fields that are wrong: input id -> message (``texts.app.errors``)."""
+class FormErrors(CdsError):
+    """The fields that are wrong: input id -> message (``app.errors``)."""
 
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__(", ".join(errors))
@@ -84,7 +85,7 @@ def parse_form(form: Mapping[str, str], ruleset: RuleSet, today: dt.date) -> Ses
 
     Rounds ``reps-1`` .. ``reps-K`` (K from :func:`round_count`): all must be filled; pain
     ``pain_during`` and ``pain_after`` 0-10; ``date`` ISO, not after ``today``."""
-    app = ruleset.document.texts.app
+    app = ruleset.document.app
     parameters = ruleset.document.parameters
     params = {k: render_number(v) for k, v in {**parameters, **derived_parameters(parameters)}.items()}
     top = max_reps(ruleset)

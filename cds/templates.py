@@ -75,7 +75,7 @@ DERIVED: dict[str, tuple[tuple[str, ...], Callable[..., float]]] = {
     "reps_target": (("reps_low", "reps_high"), lambda low, high: (low + high) / 2),  # middle of the range
 }
 
-#: placeholders of ``texts.app`` keys besides the parameters (key path -> names): the SMART app's wording
+#: placeholders of the ``app`` section's keys besides the parameters (key path -> names): the SMART app's wording
 APP_TEXT_PLACEHOLDERS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("round_label",): ("n",),  # the round number
     ("opened_from",): ("exercise",),  # the display of the rung the launching card recommended

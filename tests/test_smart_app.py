@@ -345,13 +345,28 @@ def test_a_failed_write_says_what_was_written_and_keeps_the_form(client, fhir, a
     assert 'value="24"' in text and 'value="23"' in text  # the form kept filled
 
 
+def test_the_same_form_sent_twice_is_written_once(client, fhir, auth):
+    """A reload of the page a write answered sends the form again: its CSRF token was used, so it is refused."""
+    page = launched(client, fhir, auth)
+    form = {"csrf_token": csrf(page), "exercise": "bird-dog", "date": "2026-11-20", "reps-1": "20", "reps-2": "20",
+            "pain_during": "1", "pain_after": "1"}
+    first = client.post("/app/record", data=form)
+    assert first.status_code == 200 and len(fhir.created) == 4
+    assert client.post("/app/record", data=form).status_code == 403
+    assert len(fhir.created) == 4
+    # the page the write answered carries the next token
+    again = client.post("/app/record", data={**form, "csrf_token": csrf(first.get_data(as_text=True))})
+    assert again.status_code == 200 and len(fhir.created) == 8
+
+
 def test_a_form_without_the_sessions_csrf_token_writes_nothing(client, fhir, auth):
     launched(client, fhir, auth)
     form = {"exercise": "bird-dog", "date": "2026-11-20", "reps-1": "20", "reps-2": "20", "pain_during": "1",
             "pain_after": "1"}
     assert client.post("/app/record", data=form).status_code == 403
     assert client.post("/app/record", data={**form, "csrf_token": "forged"}).status_code == 403
-    assert build_app(app_fhir_servers=(fhir.base_url,)).test_client().post("/app/record", data=form).status_code == 401
+    fresh = build_app(app_fhir_servers=(fhir.base_url,)).test_client()
+    assert fresh.post("/app/record", data=form).status_code == 401
     assert not fhir.created
 
 

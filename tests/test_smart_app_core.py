@@ -1,6 +1,6 @@
 """The SMART app's pure core: the record-a-session form and its Observations (cds.session_record), the
-history and its SVG (cds.history_chart), and the rule files' ``texts.app`` (checked by ``cds rules check``).
-Run on the frozen fixture rule set (tests/fixtures/rules)."""
+history and its SVG (cds.history_chart), and the rule files' ``app`` section (checked by ``cds rules check``).
+Run on the frozen fixture rule set (tests/fixtures/rules, whose smart-app.yaml holds the app's wording)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import copy
 import datetime as dt
 import json
 import re
-import shutil
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from conftest import REQUESTS_DIR, RULES_DIR, build_app, edit_rule_file, rule_problems
+from conftest import REQUESTS_DIR, build_app, edit_rule_file, rule_problems
 from fhir.resources.R4B.observation import Observation
 
 from cds import history_chart, service, session_record
 from cds.extract import extract
+from cds.ruleset.loader import load_ruleset
 
 TODAY = dt.date(2026, 11, 20)
 GOOD = {"exercise": "bird-dog", "date": "2026-11-20", "reps-1": "20", "reps-2": "19", "pain_during": "1",
@@ -54,7 +54,7 @@ def test_each_wrong_field_is_named_by_its_input_id(ruleset, change, wrong):
 def test_the_messages_come_from_the_rule_files(ruleset):
     with pytest.raises(session_record.FormErrors) as e:
         session_record.parse_form({"reps-1": "x"}, ruleset, TODAY)
-    app = ruleset.document.texts.app
+    app = ruleset.document.app
     assert e.value.errors == {
         "exercise": app.errors.exercise, "session-date": app.errors.date, "pain-during": app.errors.pain,
         "pain-after": app.errors.pain,
@@ -122,7 +122,7 @@ def test_no_data_is_an_empty_history(ruleset):
     svg = history_chart.render_svg(history, ruleset)
     root = ElementTree.fromstring(svg)
     assert root.get("data-sessions") == "0" and 'class="onset-mark"' not in svg
-    assert ruleset.document.texts.app.no_sessions in svg
+    assert ruleset.document.app.no_sessions in svg
 
 
 def _svg_classes(svg: str) -> list[str]:
@@ -137,7 +137,7 @@ def test_the_chart_draws_the_contracts_elements(ruleset):
     root = ElementTree.fromstring(svg)  # well-formed XML
     ns = "{http://www.w3.org/2000/svg}"
     assert root.get("id") == "history-chart" and root.get("role") == "img" and root.get("data-sessions") == "3"
-    assert root.find(f"{ns}title").text == ruleset.document.texts.app.chart_title
+    assert root.find(f"{ns}title").text == ruleset.document.app.chart_title
     classes = _svg_classes(svg)
     assert classes.count("session-point") == 3 and classes.count("round-point") == 6
     assert classes.count("rung-line") == 1 and classes.count("band-target") == 1 and classes.count("band-pain") == 1
@@ -161,42 +161,35 @@ def test_a_session_without_pain_is_drawn_hollow(ruleset):
 
 
 def test_rule_file_texts_are_escaped_in_the_chart(rules_copy: Path):
-    edit_rule_file(rules_copy, "ruleset.yaml",
-                   "    chart_title: Repetitions per round and pain per session over time, with the exercise rung\n",
-                   '    chart_title: "<script>x</script> & Repetitions per round"\n')
-    from cds.ruleset.loader import load_ruleset
-
+    edit_rule_file(rules_copy, "smart-app.yaml",
+                   "  chart_title: Repetitions per round and pain per session over time, with the exercise rung\n",
+                   '  chart_title: "<script>x</script> & Repetitions per round"\n')
     ruleset = load_ruleset(rules_copy)
     svg = history_chart.render_svg(history_chart.History(sessions=(), onset=None), ruleset)
     assert "<script>" not in svg and "&lt;script&gt;x&lt;/script&gt; &amp; Repetitions" in svg
 
 
 def test_an_unknown_placeholder_in_the_app_texts_is_a_precise_rule_file_error(rules_copy: Path):
-    edit_rule_file(rules_copy, "ruleset.yaml", 'round_label: "Round {n}', 'round_label: "Round {round}')
+    edit_rule_file(rules_copy, "smart-app.yaml", 'round_label: "Round {n}', 'round_label: "Round {round}')
     (problem,) = rule_problems(rules_copy)
-    line = next(i for i, text in enumerate((rules_copy / "ruleset.yaml").read_text().splitlines(), 1)
+    line = next(i for i, text in enumerate((rules_copy / "smart-app.yaml").read_text().splitlines(), 1)
                 if "round_label:" in text)
-    assert re.match(rf"ruleset\.yaml:{line}:\d+: .*unknown fact '{{round}}'", problem), problem
+    assert re.match(rf"smart-app\.yaml:{line}:\d+: .*unknown fact '{{round}}'", problem), problem
 
 
 def test_a_missing_app_text_is_a_precise_rule_file_error(rules_copy: Path):
-    text = (rules_copy / "ruleset.yaml").read_text()
-    (rules_copy / "ruleset.yaml").write_text(re.sub(r"\n    record_button: [^\n]*", "", text))
+    text = (rules_copy / "smart-app.yaml").read_text()
+    (rules_copy / "smart-app.yaml").write_text(re.sub(r"\n  record_button: [^\n]*", "", text))
     (problem,) = rule_problems(rules_copy)
-    assert re.match(r"ruleset\.yaml:\d+:\d+: .*record_button", problem), problem
+    assert re.match(r"smart-app\.yaml:\d+:\d+: .*record_button", problem), problem
 
 
-def test_a_rule_set_without_app_texts_still_loads_and_the_app_says_why_it_is_unavailable(tmp_path: Path):
-    folder = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, folder)
-    text = (folder / "ruleset.yaml").read_text()
-    start = text.index("  # The SMART on FHIR app")
-    end = text.index("\nevidence:")
-    (folder / "ruleset.yaml").write_text(text[:start] + text[end:])
-    assert rule_problems(folder) == []
-    app = build_app(rules_dir=folder)
+def test_a_rule_set_without_app_texts_still_loads_and_the_app_says_why_it_is_unavailable(rules_copy: Path):
+    (rules_copy / "smart-app.yaml").unlink()
+    assert rule_problems(rules_copy) == []
+    app = build_app(rules_dir=rules_copy)
     answer = app.test_client().get("/app/?demo=bird-dog-28-27")
-    assert answer.status_code == 503 and "texts.app" in answer.get_data(as_text=True)
+    assert answer.status_code == 503 and "rules/smart-app.yaml" in answer.get_data(as_text=True)
 
 
 def test_the_demo_page_decides_like_the_service(client, ruleset):

@@ -44,13 +44,14 @@ with warnings.catch_warnings():  # Authlib 1.7+ points at its httpx2 client; the
     warnings.simplefilter("ignore", DeprecationWarning)
     from authlib.integrations.httpx_client import OAuth2Client
 from cryptography.fernet import Fernet, InvalidToken
-from flask import Blueprint, current_app, redirect, render_template, request
+from flask import Blueprint, current_app, make_response, redirect, render_template, request
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from werkzeug.wrappers import Response
 
 from .. import history_chart, service, session_record
 from ..active_rules import ActiveRules
+from ..errors import CdsError
 from ..explain import explain
 from ..extract import PrefetchShapeError, PrefetchTooLarge
 from ..fhir_client import PrefetchUnavailable, complete_prefetch
@@ -72,7 +73,7 @@ _SHA = re.compile(r"[0-9a-f]{64}")
 _md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
-class AppError(Exception):
+class AppError(CdsError):
     """An app page error: the status and a message for the user (never a token or internal answer)."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -94,9 +95,8 @@ def init_app(app: Any) -> None:
     settings = app.extensions["lbp_cds"].settings
     if not settings.app:
         return
-    secret = settings.app_secret or secrets.token_urlsafe(32)  # development: a key per process
-    if not settings.app_secret:
-        log.warning("CDS_APP_SECRET not set: a random app session key per process (development only)")
+    # without CDS_APP_SECRET (development only: cds.config refuses it elsewhere) a key per process
+    secret = settings.app_secret or secrets.token_urlsafe(32)
     key = base64.urlsafe_b64encode(hashlib.sha256(b"lbp-cds app session\0" + secret.encode()).digest())
     app.extensions["lbp_cds_app"] = AppState(
         fernet=Fernet(key),
@@ -165,7 +165,7 @@ def _app_error(e: AppError):
 
 
 def _title() -> str:
-    app = _state().rules.current().ruleset.document.texts.app
+    app = _state().rules.current().ruleset.document.app
     return app.title if app is not None else "lbp-cds"
 
 
@@ -320,9 +320,10 @@ def _params(active: ActiveRules) -> dict[str, str]:
 
 
 def _texts(active: ActiveRules):
-    app = active.ruleset.document.texts.app
+    app = active.ruleset.document.app
     if app is None:
-        raise AppError(503, "the rule set has no app texts (texts.app): the app is not available with it")
+        raise AppError(503, "the rule set has no app section (rules/smart-app.yaml, the app's wording): the app is not available "
+                            "with this rule set")
     return app
 
 
@@ -533,14 +534,15 @@ def record():
                     break
                 pending.pop(0)
     log.info("app record: %d Observation(s) created, %d not", len(written), len(pending) if failed else 0)
+    # a new CSRF token after every write: the same form sent again (a reload) is refused, never written twice
+    data["csrf"] = view.csrf = secrets.token_urlsafe(24)
     if failed:
         view.write_error = {"written": written, "not_written": [_describe(r, active) for r in pending]}
-        try:
-            view.prefetch = _fetch(active, s)
-        except AppError:
-            view.prefetch = None  # no recommendation rather than one from no data
-        return _render(view, 502)
-    view.written = written
-    view.form = {}
-    view.prefetch = _fetch(active, s)  # the refreshed recommendation decides from what was just written
-    return _render(view)
+    else:
+        view.written = written
+        view.form = {}
+    try:
+        view.prefetch = _fetch(active, s)  # the refreshed recommendation decides from what was just written
+    except AppError:
+        view.prefetch = None  # no recommendation rather than one from no data
+    return _save_cookie(make_response(_render(view, 502 if failed else 200)), data)

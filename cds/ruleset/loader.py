@@ -544,15 +544,14 @@ class _Loader:
                                   "provenance", "list_separator")]
         templates += [("texts", (key,), getattr(texts, key), False, text_known | extra)
                       for key, extra in TEXT_KEY_PLACEHOLDERS.items()]
-        if texts.app is not None:  # the SMART app's wording: the parameters and each key's own placeholders
+        if doc.app is not None:  # the SMART app's wording: the parameters and each key's own placeholders
             params = set(doc.parameters) | set(DERIVED)
-            app = texts.app.model_dump()
-            for key, value in app.items():
+            for key, value in doc.app.model_dump().items():
                 items = value.items() if isinstance(value, dict) else [(None, value)]
                 for sub, text in items:
                     own = APP_TEXT_PLACEHOLDERS.get((key,) if sub is None else (key, sub), ())
-                    where: tuple[int | str, ...] = ("app", key) if sub is None else ("app", key, sub)
-                    templates.append(("texts", where, text, False, params | set(own)))
+                    where: tuple[int | str, ...] = (key,) if sub is None else (key, sub)
+                    templates.append(("app", where, text, False, params | set(own)))
         order_known = known | set(ORDER_PLACEHOLDERS)
         order_text_known = order_known | set(TEXT_PLACEHOLDERS)
         for i, check in enumerate(doc.order_checks):

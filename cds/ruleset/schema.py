@@ -354,7 +354,7 @@ def _plain_text(v: str) -> str:
 
 
 class AppErrorTexts(_Doc):
-    """The SMART app's messages for a wrong field of the record-a-session form (``texts.app.errors``)."""
+    """The SMART app's messages for a wrong field of the record-a-session form (``app.errors``)."""
 
     exercise: Text  # no exercise, or one not on the ladder
     date: Text  # no date, not a date, or a date in the future
@@ -363,8 +363,8 @@ class AppErrorTexts(_Doc):
 
 
 class AppTexts(_Doc):
-    """The wording of the SMART on FHIR app at /app/ (``texts.app``; optional: without it the app
-    answers that the rule set has no app texts). Every text may name the parameters; the keys listed
+    """The wording of the SMART on FHIR app at /app/ (the ``app`` section, in ``rules/smart-app.yaml``; optional:
+    without it the app answers that the rule set has no app texts). Every text may name the parameters; the keys listed
     in ``cds.templates.APP_TEXT_PLACEHOLDERS`` may also name their own placeholders."""
 
     title: Text  # the page title and main heading
@@ -424,7 +424,6 @@ class Texts(_Doc):
     trend: TrendTexts | None = None  # optional: without it, no card shows a session trend
     #: the label of the SMART app link on progression cards (optional: without it, no link)
     app_link: Text | None = None
-    app: AppTexts | None = None  # optional: the SMART app's wording (cds.http.smart_app)
 
     @field_validator("app_link")
     @classmethod
@@ -448,6 +447,7 @@ class RuleFile(_Doc):
     notes: list[Note] | None = None
     services: list[Service] | None = None
     order_checks: list[OrderCheck] | None = None
+    app: AppTexts | None = None
 
     @field_validator("parameters")
     @classmethod
@@ -488,3 +488,4 @@ class RuleSetDocument(_Doc):
     notes: list[Note] = []
     services: list[Service] = []  # empty: the one default patient-view service (see cds.service)
     order_checks: list[OrderCheck] = []
+    app: AppTexts | None = None  # the SMART app's wording (cds.http.smart_app); None: the app is unavailable
