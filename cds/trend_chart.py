@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from html import escape
 
+from .errors import CdsError
 from .ruleset.schema import TREND_MAX_SESSIONS, TrendTexts
 
 __all__ = ["ALLOWED", "ChartData", "ChartQueryError", "MAX_ROUNDS", "parse_query", "render"]
@@ -32,7 +33,7 @@ _NUMBER = re.compile(r"[0-9]{1,3}(?:\.[0-9])?")
 _RUNG = re.compile(r"[0-9]{1,2}")
 
 
-class ChartQueryError(ValueError):
+class ChartQueryError(CdsError, ValueError):
     """A chart query that is not accepted; ``parameter`` names the culprit."""
 
     def __init__(self, parameter: str, message: str) -> None:
