@@ -318,3 +318,19 @@ def smart(patient_data, auth) -> Any:
     auth.requests.clear()
     auth.launches.clear()
     return fhir
+
+
+def watch_errors(pg: Any) -> list[str]:
+    """From now on, every console error (a Content-Security-Policy refusal, a failed stylesheet or image) and
+    uncaught page error of ``pg``, as text, in the list returned. The browser's own ``/favicon.ico`` request
+    is left out: the service serves no icon, and no page asks for one."""
+    errors: list[str] = []
+
+    def on_console(message: Any) -> None:
+        url = message.location.get("url") or ""
+        if message.type == "error" and not url.endswith("/favicon.ico"):
+            errors.append(f"console: {message.text} ({url})")
+
+    pg.on("console", on_console)
+    pg.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    return errors

@@ -29,6 +29,7 @@ from browser_support import (  # noqa: F401 - fixtures
     service,
     shoot,
     smart,
+    watch_errors,
 )
 
 pytestmark = requires_browser
@@ -49,7 +50,9 @@ def test_progression_card_as_the_sandbox_shows_it(page, service, marked_script):
     assert response.status_code == 200, response.text
     cards = response.json()["cards"]
     assert len(cards) == 1
+    errors = watch_errors(page)
     images = render_cards(page, marked_script, cards)
+    assert errors == []
 
     card = page.locator("article.card")
     assert card.count() == 1
@@ -142,7 +145,11 @@ def recommendation(card: dict) -> dict:
 
 
 def test_ehr_launch_shows_the_history_and_the_recommendation(page, service, smart, auth):
+    errors = watch_errors(page)
     launch = ehr_launch(page, service, smart, auth)
+    # the page loaded whole under its own CSP: its stylesheet applied, nothing refused, no script error
+    assert errors == []
+    assert page.evaluate("document.styleSheets.length") >= 1
 
     # the launch went through the authorization server with PKCE and the EHR launch's scope
     authorize = next(r for r in auth.requests if r.path == "/authorize")
@@ -387,6 +394,7 @@ def test_the_app_pages_have_no_serious_accessibility_violations(page, service, s
 
 
 def test_demo_mode(page, service, smart):
+    errors = watch_errors(page)
     page.goto(service + "/app/demo")
     links = page.locator("a[href^='/app/?demo=']")
     assert links.count() == len(list((Path(__file__).parents[1] / "fhir_examples" / "requests").glob("*.json")))
@@ -405,6 +413,7 @@ def test_demo_mode(page, service, smart):
     assert chart.locator("circle.session-point").count() == len(example_sessions)
     assert page.locator("#recommendation h3.card-summary").first.inner_text().startswith("Bird-dog too easy")
     assert smart.requests == []  # no FHIR server in demo mode
+    assert errors == []
     shoot(page, "app-demo")
 
     answer = page.goto(service + "/app/?demo=no-such-example")
