@@ -386,6 +386,14 @@ def test_demo_mode_shows_a_bundled_example_without_a_fhir_server_and_disables_wr
     assert sessions_shown(empty) == 0
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in REQUESTS_DIR.glob("*.json")))
+def test_every_bundled_example_opens_in_demo_mode(client, name):
+    answer = client.get("/app/", query_string={"demo": name})
+    assert answer.status_code == 200, name
+    text = answer.get_data(as_text=True)
+    assert '<div id="demo-banner" role="status">' in text and sessions_shown(text) >= 0
+
+
 @pytest.mark.parametrize("name", ["no-such-example", "../config", "order-sign", "bird-dog-28-27.json"])
 def test_an_unknown_demo_example_is_a_404_naming_it(client, name):
     answer = client.get("/app/", query_string={"demo": name})

@@ -87,7 +87,6 @@ class AppState:
     fernet: Fernet
     secure_cookie: bool
     examples_dir: Path
-    examples: dict[str, Path] = field(default_factory=dict)
 
 
 def init_app(app: Any) -> None:
