@@ -160,8 +160,8 @@ class _Reader:
             return None
         found = None
         for c in coding:
-            if isinstance(c, dict):
-                pair = (c.get("system"), c.get("code"))
+            if isinstance(c, dict) and isinstance(c.get("system"), str) and isinstance(c.get("code"), str):
+                pair = (c["system"], c["code"])
                 if pair in self.reps_codes:
                     return "round"  # a reps code wins, as in extraction
                 if pair in self.pain_codes:
@@ -170,7 +170,8 @@ class _Reader:
 
     def counted(self, raw: Mapping[str, Any], patient_id: str) -> bool:
         """The rest of the raw filter: an id, a counted status, the context patient."""
-        if not isinstance(raw.get("id"), str) or raw.get("status") not in self.status:
+        status = raw.get("status")
+        if not isinstance(raw.get("id"), str) or not isinstance(status, str) or status not in self.status:
             return False
         subject = raw.get("subject")
         ref = subject.get("reference") if isinstance(subject, dict) else None

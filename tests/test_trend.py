@@ -149,6 +149,25 @@ def test_sessions_follow_the_extraction_rules():
     ]
 
 
+def test_malformed_raw_json_in_the_history_is_passed_over(active):
+    """What the raw look reads may be any JSON: it is passed over (extraction counts it), never a crash."""
+    rounds, pains = weekly(3)
+    good = session_history(prefetch(rounds, pains), evaluate(active, prefetch(rounds, pains)).facts, active.ruleset)
+    odd = [
+        {**rounds[0], "id": "o1", "status": ["final"]},
+        {**rounds[0], "id": "o2", "code": {"coding": [{"system": ["x"], "code": {"a": 1}}]}},
+        {**rounds[0], "id": 7},
+        {**rounds[0], "id": "o4", "effectiveDateTime": ["2026-11-04"]},
+        {**rounds[0], "id": "o5", "subject": "Patient/p1"},
+        {**rounds[0], "id": "o6", "code": ["reps"]},
+        "not a resource", None, [],
+        {**pains[0], "id": "o7", "derivedFrom": [{"reference": ["Observation/s0-1"]}, "x", None]},
+        {**pains[0], "id": "o8", "derivedFrom": {"reference": "Observation/s0-1"}, "valueInteger": 9},
+    ]
+    data = prefetch(rounds + odd[:6], pains + odd[6:])
+    assert session_history(data, evaluate(active, data).facts, active.ruleset) == good
+
+
 def test_no_session_no_trend_but_the_link(active):
     outcome = evaluate(active, prefetch([], []), public_base_url=BASE)
     card = progression_card(outcome)  # start: first rung
