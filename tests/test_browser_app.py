@@ -450,3 +450,11 @@ def test_the_accessibility_check_finds_serious_violations(page, axe_script):
     found = serious_violations(page, axe_script)
     assert any(v.startswith("label ") for v in found), found
     assert any(v.startswith("color-contrast ") for v in found), found
+
+
+def test_a_callback_with_a_wrong_state_is_refused(page, service, smart, auth):
+    """An authorization answer this browser did not ask for (wrong state) is a 400 page, and no token is fetched."""
+    answer = page.goto(f"{service}/app/callback?code=stolen&state=forged")
+    assert answer is not None and answer.status == 400
+    assert "state" in page.locator("body").inner_text()
+    assert not [r for r in auth.requests if r.path == "/token"]
