@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export CDS_RULES_DIR ?= $(CURDIR)/rules
 
-.PHONY: run test bench bench-http drill check-rules rules-test clean
+.PHONY: run test bench bench-http drill check-rules rules-test screenshots clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 (or 3.12) is required: durable-rules does not build on 3.13"; exit 1; }
@@ -46,6 +46,11 @@ bench-http: $(STAMP)
 # restarted under load (bench/README.md); needs nginx and postgresql installed, installs nothing itself
 drill: $(STAMP)
 	$(BIN)/python bench/drill.py
+
+# docs/img/*.png: the browser tests' named screenshots (the card with its trend, the app's history and record
+# form), taken in Debian's chromium from the tests' own fixtures; fails rather than skips without chromium
+screenshots: $(STAMP)
+	CDS_BROWSER_REQUIRED=1 CDS_SCREENSHOTS_DIR=$(CURDIR)/docs/img $(BIN)/python -m pytest -q tests/test_browser_app.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -351,6 +351,8 @@ def _plain_text(v: str) -> str:
     if not v.strip():
         raise ValueError("the text is blank")
     return v
+
+
 class AppErrorTexts(_Doc):
     """The SMART app's messages for a wrong field of the record-a-session form (``app.errors``)."""
 
