@@ -314,7 +314,8 @@ def main() -> int:
             "PYTHONPATH": str(ROOT), "HOME": str(tmp),
             "CDS_HOST": "127.0.0.1", "CDS_PORT": str(real_port),
             "CDS_WORKERS": str(args.workers), "CDS_THREADS": str(args.threads),
-            "CDS_AUTH": "on", "CDS_TRUSTED_ISSUERS": str(issuers), "CDS_PUBLIC_BASE_URL": base,
+            "CDS_AUTH": "on", "CDS_TRUSTED_ISSUERS": str(issuers), "CDS_ALLOW_HTTP_JWKS": "1",  # loopback JWKS
+            "CDS_PUBLIC_BASE_URL": base,
             "CDS_DATABASE_URL": database_url, "CDS_JTI_STORE": args.jti_store,
             "CDS_AUDIT_KEY": "bench-only-audit-key-0123456789", "CDS_RULES_DIR": str(ROOT / "rules"),
             "CDS_EVALUATION_DATE": EVALUATION_DATE.isoformat(), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),

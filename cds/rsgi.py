@@ -153,11 +153,29 @@ class BufferedWSGI:
         return int(status.split(" ", 1)[0]), headers, b"".join(written)
 
 
+#: a file the launcher names for its workers: one that refuses to start writes its exit code there
+REFUSED_ENV = "_CDS_SERVE_REFUSED_FILE"
+
+
 def production_app() -> BufferedWSGI:
     """The production target (cds/serve.py, a granian factory called in each worker): ``cds.wsgi:app``
     behind the bridge, with ``CDS_THREADS`` threads, the app's body limit and ``CDS_BODY_TIMEOUT``."""
-    from .serve import load_server_settings
-    from .wsgi import app
+    import os
+    import signal
 
+    from .serve import load_server_settings
+
+    try:
+        from .wsgi import app
+    except SystemExit as e:
+        # cds.wsgi refused to start (its one line is printed): a configuration error or invalid rule
+        # files. Respawning would only refuse again, forever: stop the whole server, as gunicorn does
+        # on a worker's exit 4, and tell it to exit with this code (cds.serve.main).
+        flag = os.environ.get(REFUSED_ENV)
+        if flag:
+            with open(flag, "w") as f:
+                f.write(str(e.code if isinstance(e.code, int) else 1))
+        os.kill(os.getppid(), signal.SIGTERM)  # granian's main process spawned this worker
+        raise
     settings = load_server_settings()
     return BufferedWSGI(app, settings.threads, app.config.get("MAX_CONTENT_LENGTH"), settings.body_timeout)

@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,14 @@ def main() -> int:
     reset_multiproc_dir()
     # a fresh interpreter per worker: atexit handlers (the audit flush) run when it stops
     multiprocessing.set_start_method("spawn", force=True)
-    build_server(settings).serve()
+    from .rsgi import REFUSED_ENV
+
+    with tempfile.TemporaryDirectory(prefix="cds-serve-") as folder:
+        refused = Path(folder) / "refused"
+        os.environ[REFUSED_ENV] = str(refused)  # inherited by the workers
+        build_server(settings).serve()
+        if refused.exists():  # a worker refused to start and stopped the server: exit as it did
+            return int(refused.read_text() or 1) or 1
     return 0
 
 

@@ -224,3 +224,20 @@ def test_sighup_replaces_every_worker_and_keeps_serving(tmp_path):
         assert _hook_call(port) == 200
     finally:
         harness.stop(procs)
+
+
+def test_a_worker_that_refuses_to_start_stops_the_server_instead_of_respawning_forever(tmp_path):
+    """Invalid rule files: each worker prints its one line and the server exits (non-zero), as gunicorn
+    does on a worker's exit 4, instead of respawning workers that can only refuse again."""
+    empty_rules = tmp_path / "rules"
+    empty_rules.mkdir()
+    env = harness.server_env(tmp_path, harness.free_port(), empty_rules, workers=2, threads=2)
+    started = time.monotonic()
+    proc = subprocess.run(["/bin/sh", str(ROOT / "docker" / "entrypoint.sh")], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-2000:]
+    assert f"refusing to start: the rule files in {empty_rules} are invalid" in output
+    assert "Traceback" not in output
+    assert output.count("Respawning") <= 2  # at most the workers that died before the stop arrived
+    assert time.monotonic() - started < 90
