@@ -5,7 +5,8 @@
 1. starts a loopback JWKS server (an ES384 key made here) and the production entry point as the image
    runs it (`sh docker/entrypoint.sh`: `cds db upgrade`, then granian through cds/serve.py, CDS_WORKERS=2
    workers x CDS_THREADS=8 threads; `--server gunicorn` runs the image's server before, gunicorn gthread
-   with cds.gunicorn_conf, and `--server granian-wsgi` granian's own WSGI interface, for comparison) with auth on (trusted issuers = the loopback JWKS), the JWT replay store and
+   with cds.gunicorn_conf, and `--server granian-wsgi` granian's own WSGI interface, for comparison)
+   with auth on (trusted issuers = the loopback JWKS), the JWT replay store and
    the audit on a throw-away loopback PostgreSQL (or SQLite: --database sqlite), the repository's rules;
 2. starts the fixed reference: bench/fixed_card_app.py (bare Flask, one fixed card: the real service's
    card for the typical example) under gunicorn with 2 sync workers;

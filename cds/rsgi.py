@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,8 @@ from typing import Any
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _TIMEOUT_BODY = b'{"message": "request body not received in time"}'
+_ERROR_BODY = b'{"message": "internal error"}'
+log = logging.getLogger("cds.server")
 
 
 def _split_host_port(value: str, default_port: str) -> tuple[str, str]:
@@ -85,14 +88,19 @@ class BufferedWSGI:
                 break
         try:
             body, seen_length = await asyncio.wait_for(self._read_body(protocol, length), self.body_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             protocol.response_bytes(408, [("content-type", "application/json"), ("connection", "close")], _TIMEOUT_BODY)
             return
         except Exception:  # the client went away while sending
             return
         environ = self._environ(scope, headers, body, seen_length)
         loop = asyncio.get_running_loop()
-        status, response_headers, payload = await loop.run_in_executor(self._pool, self._call, environ)
+        try:
+            status, response_headers, payload = await loop.run_in_executor(self._pool, self._call, environ)
+        except Exception:  # the app answers its own errors; this is a fault of the bridge or the server
+            log.exception("request failed outside the application")
+            protocol.response_bytes(500, [("content-type", "application/json")], _ERROR_BODY)
+            return
         protocol.response_bytes(status, response_headers, payload)
 
     def _environ(self, scope: Any, headers: list[tuple[str, str]], body: bytes, length: int | None) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """The production server: ``python -m cds.serve`` (docker/entrypoint.sh runs it after ``cds db upgrade``).
 
-granian (Rust: tokio + hyper) serves ``cds.wsgi:app`` through its WSGI interface. Connections, header
-parsing and request bodies are handled by the Rust runtime, so a client that sends its headers or its
-body one byte a second costs a socket and a small task, never a Python thread: the Python threads only run
-requests that have fully arrived (issue 12 point 1; bench/bench_slow_clients.py, tests/test_slow_clients.py).
+granian (Rust: tokio + hyper) serves ``cds.wsgi:app`` through its RSGI interface and the bridge in
+:mod:`cds.rsgi`. Connections and header parsing are handled by the Rust runtime and request bodies are
+awaited on each worker's event loop, so a client that sends its headers or its body one byte a second
+costs a socket and a small task, never a Python thread: the ``CDS_THREADS`` threads only run requests that
+have fully arrived (issue 12 point 1; bench/bench_slow_clients.py, tests/test_slow_clients.py). granian's
+own WSGI interface would not do: it hands a request to a thread when its headers are in and lets the
+thread block on ``wsgi.input`` while the body trickles in (measured: 20 slow bodies starve 2 x 8 threads).
 
 Configuration from the environment (a bad value stops start-up with one line, exit 2):
 
@@ -11,8 +14,9 @@ Configuration from the environment (a bad value stops start-up with one line, ex
 - ``CDS_WORKERS``: worker processes, default the CPUs this container may use (:func:`available_cpus`);
   each imports :mod:`cds.wsgi` itself: its own rule engine, engine lock, watcher, pool and audit writer;
 - ``CDS_THREADS``: Python threads per worker running requests (granian's blocking threads; default 8);
-- ``CDS_HEADER_TIMEOUT``: seconds a client has to send its request headers (default 10); a slower one
-  is answered 408 and closed;
+- ``CDS_HEADER_TIMEOUT``: seconds a client has to send its request headers (default 10, at most 60);
+  a slower one is closed;
+- ``CDS_BODY_TIMEOUT``: seconds a client has to send its whole body (default 15); then 408;
 - ``CDS_GRACEFUL_TIMEOUT``: seconds a worker has on SIGTERM to finish its requests and drain its audit
   queue before it is killed (default 20, below Kubernetes' 30 s grace period).
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 from conftest import EVALUATION_DATE, REQUESTS_DIR, ROOT, RULES_DIR, SERVICE_URL
-
 from prometheus_client.mmap_dict import MmapedDict
 
 from cds.metrics import sweep_dead_processes

@@ -241,3 +241,96 @@ def test_a_worker_that_refuses_to_start_stops_the_server_instead_of_respawning_f
     assert "Traceback" not in output
     assert output.count("Respawning") <= 2  # at most the workers that died before the stop arrived
     assert time.monotonic() - started < 90
+
+
+# ---- the bridge in process (a fake RSGI protocol) ------------------------------------------------
+
+
+class _Headers:
+    def __init__(self, items):
+        self._items = items
+
+    def items(self):
+        return list(self._items)
+
+
+class _Scope:
+    proto, http_version, scheme, server, client = "http", "1.1", "http", "127.0.0.1:8080", "127.0.0.1:50000"
+
+    def __init__(self, method="GET", path="/", query_string="", headers=()):
+        self.method, self.path, self.query_string, self.headers = method, path, query_string, _Headers(headers)
+
+
+class _Protocol:
+    def __init__(self, body=b"", chunks=None):
+        self.body, self.chunks, self.sent, self.read = body, chunks, None, 0
+
+    async def __call__(self):
+        self.read += len(self.body)
+        return self.body
+
+    def __aiter__(self):
+        async def gen():
+            for chunk in self.chunks or []:
+                self.read += len(chunk)
+                yield chunk
+        return gen()
+
+    def response_bytes(self, status, headers, body):
+        self.sent = (status, headers, body)
+
+
+def _run(bridge, scope, protocol):
+    import asyncio
+
+    async def main():
+        bridge.__rsgi_init__(asyncio.get_running_loop())
+        try:
+            await bridge.__rsgi__(scope, protocol)
+        finally:
+            bridge.__rsgi_del__(asyncio.get_running_loop())
+
+    asyncio.run(main())
+    return protocol.sent
+
+
+def test_the_bridge_gives_the_app_a_plain_wsgi_environ():
+    from cds.rsgi import BufferedWSGI
+
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ, body=environ["wsgi.input"].read())
+        start_response("201 Created", [("X-A", "1")])
+        return [b"he", b"llo"]
+
+    scope = _Scope("POST", "/a b/é", "x=%20y", [("content-type", "application/json"), ("content-length", "2"),
+                                                  ("x-a", "1"), ("x-a", "2")])
+    assert _run(BufferedWSGI(app, 2, 100, 5), scope, _Protocol(b"{}")) == (201, [("X-A", "1")], b"hello")
+    assert seen["PATH_INFO"] == "/a b/é".encode().decode("latin-1")  # WSGI: the bytes as latin-1
+    assert (seen["QUERY_STRING"], seen["CONTENT_TYPE"], seen["CONTENT_LENGTH"]) == ("x=%20y", "application/json", "2")
+    assert seen["HTTP_X_A"] == "1,2" and seen["body"] == b"{}"
+    assert (seen["SERVER_NAME"], seen["SERVER_PORT"], seen["REMOTE_ADDR"]) == ("127.0.0.1", "8080", "127.0.0.1")
+
+
+def test_the_bridge_never_reads_a_body_over_the_limit_and_answers_500_for_its_own_faults():
+    from cds.rsgi import BufferedWSGI
+
+    lengths = []
+
+    def app(environ, start_response):
+        lengths.append((environ["CONTENT_LENGTH"], environ["wsgi.input"].read()))
+        start_response("413 Payload Too Large", [])
+        return []
+
+    over = _Protocol(b"x" * 500)
+    _run(BufferedWSGI(app, 1, 100, 5), _Scope("POST", headers=[("content-length", "500")]), over)
+    chunked = _Protocol(chunks=[b"x" * 60] * 10)
+    _run(BufferedWSGI(app, 1, 100, 5), _Scope("POST", headers=[("transfer-encoding", "chunked")]), chunked)
+    assert over.read == 0 and chunked.read == 120  # nothing read; read up to just past the limit
+    assert lengths == [("500", b""), ("120", b"")]
+
+    def broken(environ, start_response):
+        return [b"no start_response"]
+
+    assert _run(BufferedWSGI(broken, 1, None, 5), _Scope(), _Protocol())[0] == 500
