@@ -299,6 +299,14 @@ def test_the_nginx_config_buffers_requests_and_times_out_slow_clients():
     assert 0 < seconds("client_body_timeout") <= 15
     assert 0 < seconds("send_timeout") <= 30
     assert re.search(r"^\s*proxy_request_buffering\s+on;", conf, re.M)
+    # the upstream's idle connections are dropped by nginx before the service closes them (else a POST
+    # sent on a connection the service is closing is a 502)
+    upstream = conf[conf.index("upstream "):]
+    upstream = upstream[:upstream.index("}")]
+    idle = re.search(r"keepalive_timeout\s+(\d+)s;", upstream)
+    from cds.serve import load_server_settings
+
+    assert idle and int(idle.group(1)) < load_server_settings({}).header_timeout
     size = re.search(r"^\s*client_max_body_size\s+(\d+)m;", conf, re.M)
     from cds.config import Settings
 
