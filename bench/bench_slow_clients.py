@@ -347,8 +347,10 @@ def main() -> int:
     print("  " + health.line(args.bound))
     print("  " + hook.line(args.bound))
     low = {k: min(c[k] for c in counts) for k in ("header", "body")} if counts else {}
-    print(f"  slow connections open at every probe: at least {low.get('header', 0)} header + {low.get('body', 0)} body; "
-          f"closed by the server and reopened: {reopened}; connects refused: {refused}")
+    mid = {k: sorted(c[k] for c in counts)[len(counts) // 2] for k in ("header", "body")} if counts else {}
+    print(f"  slow connections open at the probes: median {mid.get('header', 0)} header + {mid.get('body', 0)} body, "
+          f"at least {low.get('header', 0)} + {low.get('body', 0)}; "
+          f"closed by the server (deadlines) and reopened at once: {reopened}; connects refused: {refused}")
     print("after:      " + after_health.line(args.bound) + " | " + after_hook.line(args.bound))
     return 0
 
