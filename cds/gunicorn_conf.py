@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import os
 
-from cds.serve import MULTIPROC_ENV, ServerConfigError, load_server_settings, reset_multiproc_dir
+from cds.serve import (  # noqa: F401 - available_cpus: its old home, kept for importers
+    MULTIPROC_ENV,
+    ServerConfigError,
+    available_cpus,
+    load_server_settings,
+    reset_multiproc_dir,
+)
 
 try:
     _settings = load_server_settings()

@@ -4,8 +4,8 @@ Two modes, chosen by the environment like prometheus-client itself chooses its v
 
 - single process (``cds run``, ``cds run --dev``, the tests' ``create_app``): an ordinary registry,
   rendered as is;
-- multiprocess (``PROMETHEUS_MULTIPROC_DIR`` set, as the production entry point does for its gunicorn
-  workers, :mod:`cds.gunicorn_conf`): every worker writes its values to files in that folder and
+- multiprocess (``PROMETHEUS_MULTIPROC_DIR`` set, as the production entry point does for its worker
+  processes, :mod:`cds.serve`): every worker writes its values to files in that folder and
   ``/metrics``, whichever worker answers it, renders the sum over all of them through a
   ``MultiProcessCollector``; counters of workers that exited still count. The production server
   (granian, :mod:`cds.serve`) has no hook in the parent when a worker exits, so each scrape removes the
