@@ -40,11 +40,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CdsError
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TARGET = "cds.rsgi:production_app"  # a factory, called in each worker
 
 
-class ServerConfigError(ValueError):
+class ServerConfigError(CdsError, ValueError):
     """A bad server setting: one line for the operator."""
 
 

@@ -334,3 +334,22 @@ def test_the_bridge_never_reads_a_body_over_the_limit_and_answers_500_for_its_ow
         return [b"no start_response"]
 
     assert _run(BufferedWSGI(broken, 1, None, 5), _Scope(), _Protocol())[0] == 500
+
+
+def test_sigterm_lets_a_request_in_progress_finish_and_refuses_new_connections(tmp_path):
+    port = harness.free_port()
+    procs = harness.start("image", tmp_path, port, RULES_DIR, workers=1, threads=2, extra_env={"CDS_DATABASE_URL": ""})
+    (proc,) = procs
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(_post_head(len(BODY)) + BODY[:100])  # a hook call whose body is still arriving
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            with pytest.raises(OSError):  # no new connection while stopping
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            sock.sendall(BODY[100:])
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")  # the request in progress is answered
+        assert proc.wait(timeout=30) == 0
+    finally:
+        harness.stop(procs)
