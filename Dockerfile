@@ -17,9 +17,11 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 COPY rules ./rules
-# entrypoint: `cds db upgrade`, then gunicorn with cds.gunicorn_conf (CDS_WORKERS, default one per CPU of
-# the container, x CDS_THREADS); /metrics sums the workers (PROMETHEUS_MULTIPROC_DIR, default under /tmp,
-# which must be writable: an emptyDir with a read-only root file system, deploy/deployment.yaml)
+# entrypoint: `cds db upgrade`, then granian through cds/serve.py (CDS_WORKERS, default one per CPU of the
+# container, x CDS_THREADS; slow clients held by granian's Rust I/O, not by Python threads); /metrics
+# sums the workers (PROMETHEUS_MULTIPROC_DIR, default under /tmp, which must be writable: an emptyDir
+# with a read-only root file system, deploy/deployment.yaml). SIGTERM: graceful stop (CDS_GRACEFUL_TIMEOUT),
+# SIGHUP: every worker restarted. Plain HTTP/1.1: terminate TLS in front (docs/operations.md "Production").
 COPY docker/entrypoint.sh /usr/local/bin/entrypoint.sh
 RUN mkdir -p /app/var && chown -R cds:cds /app/var
 USER cds

@@ -2,9 +2,11 @@
 
 `make bench-http` (or `.venv/bin/python bench/bench_http.py [--requests N] [--connections C] [--rounds R]`):
 
-1. starts a loopback JWKS server (an ES384 key made here) and the production entry point
-   (docker/entrypoint.sh: `cds db upgrade`, then gunicorn with cds.gunicorn_conf, CDS_WORKERS=2 gthread
-   workers x 8 threads) with auth on (trusted issuers = the loopback JWKS), the JWT replay store and
+1. starts a loopback JWKS server (an ES384 key made here) and the production entry point as the image
+   runs it (`sh docker/entrypoint.sh`: `cds db upgrade`, then granian through cds/serve.py, CDS_WORKERS=2
+   workers x CDS_THREADS=8 threads; `--server gunicorn` runs the image's server before, gunicorn gthread
+   with cds.gunicorn_conf, and `--server granian-wsgi` granian's own WSGI interface, for comparison)
+   with auth on (trusted issuers = the loopback JWKS), the JWT replay store and
    the audit on a throw-away loopback PostgreSQL (or SQLite: --database sqlite), the repository's rules;
 2. starts the fixed reference: bench/fixed_card_app.py (bare Flask, one fixed card: the real service's
    card for the typical example) under gunicorn with 2 sync workers;
@@ -249,6 +251,21 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
+_MIGRATE = 'mkdir -p "$PROMETHEUS_MULTIPROC_DIR"; if [ "${CDS_DATABASE_URL-unset}" != "" ]; then cds db upgrade; fi; '
+#: how the real service is started: the image's entry point, or other servers for comparison
+SERVERS = {
+    "image": ["/bin/sh", str(ROOT / "docker" / "entrypoint.sh")],
+    "gunicorn": ["/bin/sh", "-c", _MIGRATE + "exec gunicorn --config python:cds.gunicorn_conf cds.wsgi:app"],
+    "granian-wsgi": ["/bin/sh", "-c", _MIGRATE + 'exec granian --interface wsgi --http 1 --no-ws --host "$CDS_HOST" '
+                     '--port "$CDS_PORT" --workers "$CDS_WORKERS" --blocking-threads "$CDS_THREADS" cds.wsgi:app'],
+}
+SERVER_NAMES = {
+    "image": "sh docker/entrypoint.sh (granian, cds.serve)",
+    "gunicorn": "gunicorn gthread (cds.gunicorn_conf, the image's server before)",
+    "granian-wsgi": "granian --interface wsgi",
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=16)
@@ -262,6 +279,8 @@ def main() -> int:
     parser.add_argument("--database", choices=["postgres", "sqlite", "none"], default="postgres" if (PG_BIN / "initdb").exists()
                         else "sqlite", help="a throw-away PostgreSQL (default, when installed), a SQLite file, or none "
                         "(no audit; implies --jti-store memory)")
+    parser.add_argument("--server", choices=sorted(SERVERS), default="image",
+                        help="image: sh docker/entrypoint.sh (default); gunicorn / granian-wsgi: for comparison")
     parser.add_argument("--quick", action="store_true", help="a tenth of the requests, one round")
     args = parser.parse_args()
     if args.quick:
@@ -296,12 +315,13 @@ def main() -> int:
             "PYTHONPATH": str(ROOT), "HOME": str(tmp),
             "CDS_HOST": "127.0.0.1", "CDS_PORT": str(real_port),
             "CDS_WORKERS": str(args.workers), "CDS_THREADS": str(args.threads),
-            "CDS_AUTH": "on", "CDS_TRUSTED_ISSUERS": str(issuers), "CDS_PUBLIC_BASE_URL": base,
+            "CDS_AUTH": "on", "CDS_TRUSTED_ISSUERS": str(issuers), "CDS_ALLOW_HTTP_JWKS": "1",  # loopback JWKS
+            "CDS_PUBLIC_BASE_URL": base,
             "CDS_DATABASE_URL": database_url, "CDS_JTI_STORE": args.jti_store,
             "CDS_AUDIT_KEY": "bench-only-audit-key-0123456789", "CDS_RULES_DIR": str(ROOT / "rules"),
             "CDS_EVALUATION_DATE": EVALUATION_DATE.isoformat(), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
         }
-        real = start_server(["/bin/sh", str(ROOT / "docker" / "entrypoint.sh")], env, real_port, tmp / "real.log", "/readyz")
+        real = start_server(SERVERS[args.server], env, real_port, tmp / "real.log", "/readyz")
         # warm-up (both workers, every example), then the fixed card: the real answer to the typical example
         warm = drive(real_port, bodies, args.connections, max(3, len(bodies) // args.connections + 1), key_pem, base + URL)
         conn = http.client.HTTPConnection("127.0.0.1", real_port, timeout=30)
@@ -351,7 +371,7 @@ def main() -> int:
           f"{platform.machine()}, {os.cpu_count()} CPUs; load average {load_before:.2f} before the runs")
     print(f"{args.connections} keep-alive connections (2 load processes on the same machine), "
           f"{per_conn * args.connections} requests per run, the {len(bodies)} examples round-robin, a fresh ES384 token each")
-    print(f"real:      docker/entrypoint.sh, {args.workers} gthread workers x {args.threads} threads, auth on, jti store "
+    print(f"real:      {SERVER_NAMES[args.server]}, {args.workers} workers x {args.threads} threads, auth on, jti store "
           f"{args.jti_store}, audit on "
           f"{ {'postgres': 'PostgreSQL 15 (loopback, fsync off)', 'sqlite': 'SQLite', 'none': 'nothing (off)'}[args.database]}")
     print("reference: bare Flask, one fixed card, gunicorn 2 sync workers")

@@ -4,20 +4,24 @@ Two modes, chosen by the environment like prometheus-client itself chooses its v
 
 - single process (``cds run``, ``cds run --dev``, the tests' ``create_app``): an ordinary registry,
   rendered as is;
-- multiprocess (``PROMETHEUS_MULTIPROC_DIR`` set, as the production entry point does for its gunicorn
-  workers, :mod:`cds.gunicorn_conf`): every worker writes its values to files in that folder and
+- multiprocess (``PROMETHEUS_MULTIPROC_DIR`` set, as the production entry point does for its worker
+  processes, :mod:`cds.serve`): every worker writes its values to files in that folder and
   ``/metrics``, whichever worker answers it, renders the sum over all of them through a
-  ``MultiProcessCollector``; counters of workers that exited still count, the master removes their
-  live gauges (``mark_process_dead`` in gunicorn's ``child_exit``).
+  ``MultiProcessCollector``; counters of workers that exited still count. The production server
+  (granian, :mod:`cds.serve`) has no hook in the parent when a worker exits, so each scrape removes the
+  live-mode gauge files of processes that no longer run (:func:`sweep_dead_processes`, prometheus-client's
+  ``mark_process_dead``); gunicorn's ``child_exit`` (:mod:`cds.gunicorn_conf`) does the same at once.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+import re
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: label children kept bound per metric (issue 13): past this many label sets, ``labels()`` as before
@@ -28,6 +32,31 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 def multiprocess_dir() -> str | None:
     """The multiprocess folder when that mode is on (the variable prometheus-client reads at import)."""
     return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+
+
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: running
+        return True
+    return True
+
+
+def sweep_dead_processes(folder: str) -> list[int]:
+    """``mark_process_dead`` for every process with files in ``folder`` that no longer runs: its live
+    gauges (``livesum``, ``liveall``, ...) go, its counters, histograms and other gauges stay (they keep
+    counting). The pids whose files were swept. A pid the kernel gave to a new process since looks alive,
+    so its live gauges would stay until that process ends too (no such gauge is defined today)."""
+    pids = {int(m.group(1)) for p in Path(folder).glob("*.db") if (m := _PID_FILE.search(p.name))}
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not _running(pid))
+    for pid in dead:
+        mark_process_dead(pid, folder)
+    return dead
 
 
 class Metrics:
@@ -106,6 +135,9 @@ class Metrics:
         if not self.multiprocess:
             return generate_latest(self.registry)
         self._sync_audit()
+        folder = multiprocess_dir()
+        if folder:
+            sweep_dead_processes(folder)
         registry = CollectorRegistry()  # per scrape, as prometheus-client's multiprocess mode requires
         MultiProcessCollector(registry)
         return generate_latest(registry)

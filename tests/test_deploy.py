@@ -27,8 +27,8 @@ from cds.config import ENV
 DEPLOY = ROOT / "deploy"
 MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
-#: variables read by the gunicorn configuration of the entry point, not by the app's settings
-SERVER_VARS = set(re.findall(r'"(CDS_[A-Z_]+)"', (ROOT / "cds" / "gunicorn_conf.py").read_text()))
+#: variables read by the server of the entry point (cds/serve.py), not by the app's settings
+SERVER_VARS = set(re.findall(r'"(CDS_[A-Z_]+)"', (ROOT / "cds" / "serve.py").read_text()))
 OTHER_VARS = {"PROMETHEUS_MULTIPROC_DIR"}  # prometheus-client's multiprocess folder (cds.metrics)
 
 
@@ -174,7 +174,7 @@ def test_the_read_only_root_file_system_leaves_somewhere_to_write():
     writable = [m["mountPath"] for m in container["volumeMounts"] if "emptyDir" in volumes[m["name"]]]
     multiproc = _env()["PROMETHEUS_MULTIPROC_DIR"]["value"]
     assert any(Path(multiproc).is_relative_to(w) for w in writable), "the metrics folder must be writable"
-    assert "/tmp" in writable  # gunicorn's worker heartbeat files
+    assert "/tmp" in writable  # the metrics folder and Python's temporary files
 
 
 def _configmap_from_folder(name: str, folder: Path) -> dict[str, Any]:
@@ -285,8 +285,37 @@ def test_the_nginx_config_proxies_to_the_cds_service():
     assert conf.count("{") == conf.count("}")
 
 
-def test_the_entrypoint_serves_with_the_gunicorn_configuration():
+def test_the_nginx_config_buffers_requests_and_times_out_slow_clients():
+    """nginx answers slow clients itself: header and body deadlines, whole bodies buffered before the
+    upstream sees them, and a body limit no smaller than the service's (which answers its own 413)."""
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+
+    def seconds(name: str) -> int:
+        found = re.search(rf"^\s*{name}\s+(\d+)s;", conf, re.M)
+        assert found, f"{name} missing"
+        return int(found.group(1))
+
+    assert 0 < seconds("client_header_timeout") <= 15
+    assert 0 < seconds("client_body_timeout") <= 15
+    assert 0 < seconds("send_timeout") <= 30
+    assert re.search(r"^\s*proxy_request_buffering\s+on;", conf, re.M)
+    # the upstream's idle connections are dropped by nginx before the service closes them (else a POST
+    # sent on a connection the service is closing is a 502)
+    upstream = conf[conf.index("upstream "):]
+    upstream = upstream[:upstream.index("}")]
+    idle = re.search(r"keepalive_timeout\s+(\d+)s;", upstream)
+    from cds.serve import load_server_settings
+
+    assert idle and int(idle.group(1)) < load_server_settings({}).header_timeout
+    size = re.search(r"^\s*client_max_body_size\s+(\d+)m;", conf, re.M)
+    from cds.config import Settings
+
+    assert size and int(size.group(1)) * 1024 * 1024 >= Settings.model_fields["max_body_bytes"].default
+
+
+def test_the_entrypoint_migrates_then_runs_the_production_server():
     script = (ROOT / "docker" / "entrypoint.sh").read_text()
-    assert "    cds db upgrade" in script.split("exec gunicorn")[0]  # migrations first
-    assert "--config python:cds.gunicorn_conf cds.wsgi:app" in script
+    assert "    cds db upgrade" in script.split("exec python -m cds.serve")[0]  # migrations first
+    assert script.rstrip().endswith("exec python -m cds.serve")  # exec: the server gets the signals
     assert "PROMETHEUS_MULTIPROC_DIR" in script
+    assert "granian" in (ROOT / "pyproject.toml").read_text()
