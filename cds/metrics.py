@@ -16,9 +16,9 @@ Two modes, chosen by the environment like prometheus-client itself chooses its v
 from __future__ import annotations
 
 import os
-from typing import Any
 import re
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
