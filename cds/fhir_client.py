@@ -15,11 +15,11 @@ Design choices (documented here because the 412 behaviour depends on them):
   (default 2.5 s) bounds the whole call, all keys and pages together (docs/operations.md says why).
   The caller waits for the workers at most until the deadline, then raises :class:`PrefetchUnavailable`
   (HTTP 412) at once, whatever the workers are doing.
-  At the deadline the caller is the watchdog: it shuts down the sockets the unfinished workers opened
-  (remembered through httpcore's ``trace`` hook), so their blocked reads return at once even when the
-  server dribbles its headers a byte at a time, and the workers end. Bodies are also streamed with the
-  deadline checked after every read. (A fetch on a reused keep-alive connection is bounded by the read
-  timeout, the budget left, instead.)
+  At the deadline the caller is the watchdog: it shuts down the sockets the unfinished workers are
+  using, new or reused keep-alive connections alike (each connection's stream tells the fetch job of the
+  thread writing a request on it: :class:`_TrackingBackend`), so their blocked reads return at once even
+  when the server dribbles its headers a byte at a time, and the workers end. Bodies are also streamed
+  with the deadline checked after every read.
 * **Counts**: more than ``max_entries`` Bundle entries for one key (one page, or all pages together) is
   a 412 naming the key.
 * **Paging**: ``Bundle.link[relation=next]`` is followed and the pages are merged into one searchset
@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+import httpcore
 import httpx
 
 from .errors import CdsError
@@ -193,13 +194,83 @@ def render_template(template: str, context: Mapping[str, Any]) -> str:
 # httpx plumbing
 
 
+#: the fetch job the current worker thread runs (:meth:`_Job.run`): the connection streams tell it
+#: their socket, so the watchdog can shut it at the deadline
+_current = threading.local()
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    """A connection's byte stream that, before each write (a request going out, on a new or a reused
+    connection), hands its socket to the fetch job of the writing thread."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        job = getattr(_current, "job", None)
+        sock = self._stream.get_extra_info("socket")
+        if job is not None and isinstance(sock, socket.socket):
+            job.track(sock)
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _TrackedStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _TrackingBackend(httpcore.NetworkBackend):
+    """httpcore's synchronous sockets, each connection wrapped in a :class:`_TrackedStream`."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _TrackedStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:  # pragma: no cover - unused
+        return _TrackedStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore's retries only
+        self._backend.sleep(seconds)
+
+
+class _TrackingTransport(httpx.HTTPTransport):
+    """httpx's transport over a connection pool of :class:`_TrackingBackend` connections (mounted for
+    every URL, so proxies from the environment still take precedence where they apply)."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_TrackingBackend(),
+        )
+
+
+def _tracked_client(limits: httpx.Limits, **kwargs: Any) -> httpx.Client:
+    return httpx.Client(mounts={"all://": _TrackingTransport(limits)}, limits=limits, **kwargs)
+
+
 def make_client(settings: FetchSettings | None = None) -> httpx.Client:
     """A client suitable for :func:`complete_prefetch`, to keep and reuse across requests."""
     settings = settings or FetchSettings()
-    return httpx.Client(
+    return _tracked_client(
+        httpx.Limits(max_connections=32, max_keepalive_connections=8, keepalive_expiry=30.0),
         timeout=httpx.Timeout(settings.total_timeout, connect=settings.connect_timeout),
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8, keepalive_expiry=30.0),
         headers={"User-Agent": "lbp-cds"},
     )
 
@@ -238,13 +309,13 @@ def _client_for(base: _Base, settings: FetchSettings) -> httpx.Client:
                 evicted.close()
             except Exception:  # pragma: no cover - a connection in use elsewhere; it ends by itself
                 pass
-        client = httpx.Client(
-            follow_redirects=False,
-            limits=httpx.Limits(
+        client = _tracked_client(
+            httpx.Limits(
                 max_connections=settings.connections_per_host,
                 max_keepalive_connections=settings.connections_per_host,
                 keepalive_expiry=30.0,
             ),
+            follow_redirects=False,
             headers={"User-Agent": "lbp-cds"},
         )
         _clients[key] = client
@@ -457,7 +528,7 @@ class _Job:
         self.settings = settings
         self.deadline = deadline
         self.abandoned = abandoned
-        self._sockets: list[socket.socket] = []  # connections this job opened (the watchdog shuts them)
+        self._sockets: list[socket.socket] = []  # connections this job sends on (the watchdog shuts them)
         self._sockets_lock = threading.Lock()
         resource_path = path.split("?", 1)[0].strip("/")
         segments = [s for s in resource_path.split("/") if s]
@@ -468,16 +539,13 @@ class _Job:
         self.is_read = "?" not in path and len(segments) == 2 and not segments[1].startswith("_")
 
     # -- HTTP ------------------------------------------------------------------------------------
-    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
-        """httpcore's trace hook: remember the socket of each connection this job opens."""
-        if event.endswith(("connect_tcp.complete", "start_tls.complete")):
-            stream = info.get("return_value")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if isinstance(sock, socket.socket):
-                with self._sockets_lock:
-                    self._sockets.append(sock)
-                if self.abandoned.is_set():
-                    self.abort()
+    def track(self, sock: socket.socket) -> None:
+        """A connection this job is sending a request on (:class:`_TrackedStream`): shut it at the deadline."""
+        with self._sockets_lock:
+            if sock not in self._sockets:
+                self._sockets.append(sock)
+        if self.abandoned.is_set():
+            self.abort()
 
     def abort(self) -> None:
         """The watchdog (the caller, at the deadline): shut down the sockets this job opened, so a
@@ -513,7 +581,6 @@ class _Job:
                 return stack.enter_context(
                     self.client.stream(
                         "GET", url, headers=self.headers, timeout=timeout, follow_redirects=False,
-                        extensions={"trace": self._trace},
                     )
                 )
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
@@ -611,9 +678,11 @@ class _Job:
 
     # -- run -------------------------------------------------------------------------------------
     def run(self) -> Any:
+        _current.job = self
         try:
             return self._run()
         finally:  # finished: its connections went back to the pool, they are no longer the job's
+            _current.job = None
             with self._sockets_lock:
                 self._sockets = []
 

@@ -90,6 +90,29 @@ def test_a_tarpit_does_not_starve_an_honest_server(hook_request) -> None:
         assert any("waiting for a free connection" in str(e) for e in failures)
 
 
+def test_the_deadline_shuts_a_reused_keep_alive_connection_too(hook_request) -> None:
+    """A server that answers once, then turns into a tarpit on the SAME keep-alive connections: the
+    fetch is 412 at the deadline and the watchdog shuts those reused sockets too (the tarpit dribbles a
+    byte every 0.1 s, so a read timeout alone would never end the workers)."""
+    data = FhirData.from_prefetch(hook_request["prefetch"])
+    with FhirTestServer(data) as server:
+        _call(hook_request, server.base_url)  # every key fetched: the connections stay in the pool
+        opened = server.connections
+        server.overrides["*"] = Override(tarpit=0.1)
+        started = time.monotonic()
+        exc = _fails(hook_request, server.base_url)
+        assert time.monotonic() - started < DEV.total_timeout + 0.3
+        assert "timed out" in exc.reason
+        end = time.monotonic() + 2.0
+        while server.tarpit_closed < len(TEMPLATES) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert server.connections - opened < len(TEMPLATES), "the second call must reuse pooled connections"
+        assert server.tarpit_closed == len(TEMPLATES)  # each reused socket shut by the client
+        while any(t.name.startswith("cds-prefetch") for t in threading.enumerate()) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert not any(t.name.startswith("cds-prefetch") for t in threading.enumerate())
+
+
 def test_more_entries_than_the_cap_is_412_naming_the_key(hook_request) -> None:
     pid = hook_request["context"]["patientId"]
     page = {"resourceType": "Bundle", "type": "searchset", "entry": [
