@@ -250,7 +250,7 @@ class _TrackingTransport(httpx.HTTPTransport):
     every URL, so proxies from the environment still take precedence where they apply)."""
 
     def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
+        # not super().__init__(): it would build a pool (and an SSL context, ~12 ms) only to be replaced
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(),
             max_connections=limits.max_connections,
