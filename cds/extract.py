@@ -1019,20 +1019,23 @@ class _Extractor:
             else:
                 by_day.setdefault(p.date, []).append(i)
         rung = self.rung
+        ladder_key = tuple(rung)
+        memo = session_memo
+        memo_get = memo.get
         out: list[Session] = []
         for day in sorted(by_date):
             on_day = by_date[day]
-            exercise = on_day[0].exercise
-            if len(on_day) > 1:
-                exercise = max((r.exercise for r in on_day), key=rung.__getitem__)
-                on_day = sorted((r for r in on_day if r.exercise == exercise), key=lambda r: _round_order(r, positions))
-            linked = by_day.get(day, [])
+            candidates = by_day.get(day, [])  # its pain scores are among these
             if by_ref:
                 refs = [i for r in on_day for i in by_ref.get(r.resource_id, ())]
                 if refs:
-                    linked = sorted(set(linked).union(refs))
-            out.append(Session(exercise=exercise, date=day, rounds=tuple(on_day),
-                               pain_scores=tuple(pains[i] for i in linked)))
+                    candidates = sorted(set(candidates).union(refs))
+            key = (ladder_key, tuple(map(id, on_day)), tuple([id(pains[i]) for i in candidates]) if candidates else ())
+            session = memo_get(key)
+            if session is None:
+                session = _session(day, on_day, [pains[i] for i in candidates], rung, positions)
+                memo.put(key, (tuple(on_day), tuple(pains[i] for i in candidates)), session)
+            out.append(session)
         return out, by_date[max(by_date)]
 
     def mark_in_session(self, session: Session | None) -> None:
@@ -1053,6 +1056,54 @@ class _Extractor:
 
 
 _NO_TIME = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+def _session(
+    day: dt.date, on_day: list[ExerciseRound], candidates: list[PainScore], rung: Mapping[str, int],
+    positions: Mapping[str, int],
+) -> Session:
+    """The session of one date from its usable rounds (resource order) and the pain scores that may
+    belong to it (resource order): the highest rung's rounds in round order, with the pain scores
+    linked by derivedFrom to one of them, or without derivedFrom (those are dated on ``day``)."""
+    exercise = on_day[0].exercise
+    if len(on_day) > 1:
+        exercise = max({r.exercise for r in on_day}, key=rung.__getitem__)
+        on_day = sorted((r for r in on_day if r.exercise == exercise), key=lambda r: _round_order(r, positions))
+    ids = {r.resource_id for r in on_day}
+    pains = tuple(p for p in candidates if not p.derived_from or not ids.isdisjoint(p.derived_from))
+    return Session(exercise=exercise, date=day, rounds=tuple(on_day), pain_scores=pains)
+
+
+class _SessionMemo:
+    """Session facts by the identity of the round and pain facts they are built from (and the ladder).
+
+    The round and pain facts of a resource seen before are the very objects :data:`fact_memo` keeps,
+    so when a new session is added to a history, every older date finds its Session here instead of
+    being grouped, sorted and validated again. An entry keeps the facts of its key alive, so an ``id``
+    in a key can never belong to another object while the entry exists. Bounded (the oldest entries
+    go first); thread-safe."""
+
+    def __init__(self, maxsize: int = 16384) -> None:
+        self.maxsize = maxsize
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[Any, ...], tuple[tuple[Any, ...], Session]] = {}
+
+    def get(self, key: tuple[Any, ...]) -> Session | None:
+        found = self._entries.get(key)  # no LRU refresh (a lock per date): a hot entry evicted comes back
+        return found[1] if found is not None else None
+
+    def put(self, key: tuple[Any, ...], keep: tuple[Any, ...], session: Session) -> None:
+        with self._lock:
+            self._entries[key] = (keep, session)
+            while len(self._entries) > self.maxsize:
+                del self._entries[next(iter(self._entries))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+session_memo = _SessionMemo()
 
 
 def _round_order(r: ExerciseRound, positions: Mapping[str, int]) -> tuple[Any, ...]:

@@ -1086,3 +1086,19 @@ def test_sessions_are_kept_by_the_extraction_memo() -> None:
     first = [run(rounds=rounds, pains=[pain_obs("p", "2026-11-10", 3)]) for _ in range(4)]
     assert all(f == first[0] for f in first)
     assert [(s.date.day, s.max_pain) for s in first[-1].sessions] == [(3, None), (10, 3.0), (17, None)]
+
+
+def test_a_new_session_reuses_the_older_sessions_and_a_changed_one_is_rebuilt() -> None:
+    """Older dates of a history seen before give the very same Session facts (extract_module.session_memo);
+    a changed resource of an older date gives that date a new session, never the remembered one."""
+    rounds = [round_obs(f"r{d}", f"2026-11-{d:02d}", reps=20 + d, round_no=1) for d in (3, 10)]
+    pains = [pain_obs("p10", "2026-11-10", 3)]
+    before = run(rounds=rounds, pains=pains)
+    added = run(rounds=[*rounds, round_obs("r17", "2026-11-17", reps=40, round_no=1)], pains=pains)
+    assert added.sessions[0] is before.sessions[0] and added.sessions[1] is before.sessions[1]
+    changed = run(rounds=[*rounds, round_obs("r17", "2026-11-17", reps=40, round_no=1)],
+                  pains=[pain_obs("p10", "2026-11-10", 5)])
+    assert [s.max_pain for s in changed.sessions] == [None, 5.0, None]
+    assert changed.sessions[0] is before.sessions[0] and changed.sessions[1] is not before.sessions[1]
+    extract_module.session_memo.clear()
+    assert run(rounds=[*rounds, round_obs("r17", "2026-11-17", reps=40, round_no=1)], pains=pains) == added
