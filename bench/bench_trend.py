@@ -90,7 +90,7 @@ def main() -> None:
 
     # 1. the chart
     outcome = service.evaluate(active, long["prefetch"], patient_id=long["context"]["patientId"], clock=clock)
-    history = session_history(long["prefetch"], outcome.facts, active.ruleset)
+    history = session_history(outcome.facts, active.ruleset)
     query = chart_query(history, active.ruleset)
     args = parse_qs(query)
     data = parse_query(args)
@@ -119,13 +119,13 @@ def card_figures(name: str, request: dict[str, Any], active: ActiveRules, bare: 
     evaluation, facts, _ = service.decide(active, prefetch, patient_id=patient, clock=clock)
 
     def with_trend() -> None:
-        build_cards(evaluation, facts, active.ruleset, patient_id=patient, public_base_url=BASE, prefetch=prefetch)
+        build_cards(evaluation, facts, active.ruleset, patient_id=patient, public_base_url=BASE)
 
     def without() -> None:
-        build_cards(evaluation, facts, bare.ruleset, patient_id=patient, public_base_url=BASE, prefetch=prefetch)
+        build_cards(evaluation, facts, bare.ruleset, patient_id=patient, public_base_url=BASE)
 
     def history() -> None:
-        session_history(prefetch, facts, active.ruleset)
+        session_history(facts, active.ruleset)
 
     with_trend()  # warm-up: the trend's memo filled, as after the first chart opening
     with_t, without_t, hist = [], [], []

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -499,7 +499,6 @@ def build_cards(
     uuid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
     user_id: str | None = None,
     public_base_url: str | None = None,
-    prefetch: Mapping[str, Any] | None = None,
 ) -> list[RuleCard]:
     """One :class:`RuleCard` per fired rule that is not ``silent``, in firing order.
 
@@ -512,14 +511,14 @@ def build_cards(
     ``userId`` (the order's requester when it is a Practitioner or PractitionerRole).
 
     Progression cards (see :func:`shows_trend`) also show the patient's last sessions, read from
-    ``prefetch`` (:func:`cds.trend.session_history`; without it, the latest session alone), as a table
+    ``facts.sessions`` (:func:`cds.trend.session_history`), as a table
     and, with ``public_base_url`` (the URL the service is reached at), a chart image it serves; with
     ``public_base_url`` and ``texts.app_link`` a card recommending a rung links the SMART app.
     """
     fired_cards = [f for f in evaluation.fired if not ruleset.rule(f.rule_id).silent]
     history: Sequence[TrendSession] = ()
     if any(shows_trend(f, ruleset) for f in fired_cards):
-        history = session_history(prefetch or {}, facts, ruleset)
+        history = session_history(facts, ruleset)
     return [
         RuleCard(fired, build_card(fired, evaluation, facts, ruleset, patient_id=patient_id,
                                    uuid_factory=uuid_factory, user_id=user_id, public_base_url=public_base_url,

@@ -14,8 +14,9 @@ Two stages, so the cost follows what the rules need rather than the length of th
      onset may be written to the year or month), and every Condition in a red-flag or risk-factor
      category of the rule files (``codes.red_flags``, ``codes.red_flag_risks``; codes matched exactly
      or by ``match: prefix``, see :class:`CodeList`);
-   - every exercise round; the latest session is the most recent date with a usable round;
-   - every pain score; those of the latest session are the ones referencing one of its rounds in
+   - every exercise round; each date with a usable round is a session (``PatientFacts.sessions``,
+     oldest first: the highest rung of the date), the latest session is the most recent one;
+   - every pain score; those of a session are the ones referencing one of its rounds in
      ``derivedFrom``, and those without an Observation ``derivedFrom`` on its date.
 
 A resource whose data cannot be used -- it fails validation, its effective date is missing or not
@@ -949,19 +950,18 @@ class _Extractor:
         seen.converted = True
         return fact
 
-    def latest_rounds(self) -> tuple[list[ExerciseRound], dict[str, int]]:
-        """Usable rounds of the most recent date that has any. Every round is turned into a fact
-        (validated: the caches make a known one cheap), so every unusable one is reported."""
-        usable: list[tuple[ExerciseRound, int]] = []
+    def usable_rounds(self) -> tuple[list[ExerciseRound], dict[str, int]]:
+        """Every usable round, in resource order, and each one's position in the prefetch. Every round
+        is turned into a fact (validated: the caches make a known one cheap), so every unusable one is
+        reported."""
+        usable: list[ExerciseRound] = []
+        positions: dict[str, int] = {}
         for c in self.rounds:
             r = self.memoised(c, self.exercise_round)
             if r is not None:
-                usable.append((r, c.order))
-        if not usable:
-            return [], {}
-        latest = max(r.date for r, _ in usable)
-        on_latest = [(r, order) for r, order in usable if r.date == latest]
-        return [r for r, _ in on_latest], {r.resource_id: order for r, order in on_latest}
+                usable.append(r)
+                positions[r.resource_id] = c.order
+        return usable, positions
 
     def pain_score(self, c: _Candidate) -> PainScore | None:
         dated = self.dated_observation(c)
@@ -992,15 +992,51 @@ class _Extractor:
         """Every usable pain score (each one validated, so every unusable one is reported)."""
         return [p for p in (self.memoised(c, self.pain_score) for c in self.pains) if p is not None]
 
-    @staticmethod
-    def session_pains(pains: list[PainScore], rounds: list[ExerciseRound]) -> list[PainScore]:
-        """Pain scores of the latest session: linked by derivedFrom to its rounds, else on its date."""
-        round_ids = {r.resource_id for r in rounds}
-        session_date = rounds[0].date
-        return [
-            p for p in pains
-            if (bool(set(p.derived_from) & round_ids) if p.derived_from else p.date == session_date)
-        ]
+    def sessions(
+        self, rounds: list[ExerciseRound], positions: Mapping[str, int], pains: list[PainScore],
+    ) -> tuple[list[Session], list[ExerciseRound]]:
+        """Every session, oldest first, and every usable round of the latest date (resource order).
+
+        A session is the rounds of the highest rung of one date, in round order, with the pain scores
+        linked by derivedFrom to one of its rounds, else (no derivedFrom) dated on its date, in resource
+        order. One pass over the rounds and one over the pains (indexed by date and by referenced round
+        id): no per-date scan of every pain score."""
+        by_date: dict[dt.date, list[ExerciseRound]] = {}
+        for r in rounds:
+            on_date = by_date.get(r.date)
+            if on_date is None:
+                by_date[r.date] = [r]
+            else:
+                on_date.append(r)
+        if not by_date:
+            return [], []
+        by_ref: dict[str, list[int]] = {}
+        by_day: dict[dt.date, list[int]] = {}
+        for i, p in enumerate(pains):
+            if p.derived_from:
+                for ref in p.derived_from:
+                    by_ref.setdefault(ref, []).append(i)
+            else:
+                by_day.setdefault(p.date, []).append(i)
+        rung = self.rung
+        ladder_key = tuple(rung)
+        memo = session_memo
+        memo_get = memo.get
+        out: list[Session] = []
+        for day in sorted(by_date):
+            on_day = by_date[day]
+            candidates = by_day.get(day, [])  # its pain scores are among these
+            if by_ref:
+                refs = [i for r in on_day for i in by_ref.get(r.resource_id, ())]
+                if refs:
+                    candidates = sorted(set(candidates).union(refs))
+            key = (ladder_key, tuple(map(id, on_day)), tuple([id(pains[i]) for i in candidates]) if candidates else ())
+            session = memo_get(key)
+            if session is None:
+                session = _session(day, on_day, [pains[i] for i in candidates], rung, positions)
+                memo.put(key, (tuple(on_day), tuple(pains[i] for i in candidates)), session)
+            out.append(session)
+        return out, by_date[max(by_date)]
 
     def mark_in_session(self, session: Session | None) -> None:
         """Flag the unusable pain scores and rounds that could have belonged to the latest session:
@@ -1020,6 +1056,54 @@ class _Extractor:
 
 
 _NO_TIME = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+def _session(
+    day: dt.date, on_day: list[ExerciseRound], candidates: list[PainScore], rung: Mapping[str, int],
+    positions: Mapping[str, int],
+) -> Session:
+    """The session of one date from its usable rounds (resource order) and the pain scores that may
+    belong to it (resource order): the highest rung's rounds in round order, with the pain scores
+    linked by derivedFrom to one of them, or without derivedFrom (those are dated on ``day``)."""
+    exercise = on_day[0].exercise
+    if len(on_day) > 1:
+        exercise = max({r.exercise for r in on_day}, key=rung.__getitem__)
+        on_day = sorted((r for r in on_day if r.exercise == exercise), key=lambda r: _round_order(r, positions))
+    ids = {r.resource_id for r in on_day}
+    pains = tuple(p for p in candidates if not p.derived_from or not ids.isdisjoint(p.derived_from))
+    return Session(exercise=exercise, date=day, rounds=tuple(on_day), pain_scores=pains)
+
+
+class _SessionMemo:
+    """Session facts by the identity of the round and pain facts they are built from (and the ladder).
+
+    The round and pain facts of a resource seen before are the very objects :data:`fact_memo` keeps,
+    so when a new session is added to a history, every older date finds its Session here instead of
+    being grouped, sorted and validated again. An entry keeps the facts of its key alive, so an ``id``
+    in a key can never belong to another object while the entry exists. Bounded (the oldest entries
+    go first); thread-safe."""
+
+    def __init__(self, maxsize: int = 16384) -> None:
+        self.maxsize = maxsize
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[Any, ...], tuple[tuple[Any, ...], Session]] = {}
+
+    def get(self, key: tuple[Any, ...]) -> Session | None:
+        found = self._entries.get(key)  # no LRU refresh (a lock per date): a hot entry evicted comes back
+        return found[1] if found is not None else None
+
+    def put(self, key: tuple[Any, ...], keep: tuple[Any, ...], session: Session) -> None:
+        with self._lock:
+            self._entries[key] = (keep, session)
+            while len(self._entries) > self.maxsize:
+                del self._entries[next(iter(self._entries))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+session_memo = _SessionMemo()
 
 
 def _round_order(r: ExerciseRound, positions: Mapping[str, int]) -> tuple[Any, ...]:
@@ -1089,17 +1173,9 @@ def extract(
 
     conditions = ex.lbp_conditions()
     red_flags, risk_factors = ex.flagged_conditions()
-    rounds, positions = ex.latest_rounds()
-    all_pains = ex.all_pains()
-    session: Session | None = None
-    pains: list[PainScore] = []
-    if rounds:
-        exercise = max((r.exercise for r in rounds), key=ex.rung.__getitem__)
-        session_rounds = sorted((r for r in rounds if r.exercise == exercise), key=lambda r: _round_order(r, positions))
-        pains = ex.session_pains(all_pains, session_rounds)
-        session = Session(
-            exercise=exercise, date=session_rounds[0].date, rounds=tuple(session_rounds), pain_scores=tuple(pains)
-        )
+    rounds, positions = ex.usable_rounds()
+    sessions, latest_rounds = ex.sessions(rounds, positions, ex.all_pains())
+    session = sessions[-1] if sessions else None
     ex.mark_in_session(session)
     ex.log_summary()
     facts = PatientFacts(
@@ -1107,9 +1183,10 @@ def extract(
         conditions=tuple(conditions),
         red_flags=tuple(red_flags),
         risk_factors=tuple(risk_factors),
-        pain_scores=tuple(pains),
-        rounds=tuple(rounds),
+        pain_scores=session.pain_scores if session is not None else (),
+        rounds=tuple(latest_rounds),
         latest_session=session,
+        sessions=tuple(sessions),
         skipped=tuple(ex.skipped),
     )
     if content_key is not None:

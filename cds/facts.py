@@ -136,7 +136,10 @@ class PatientFacts(_Fact):
     risk_factors: tuple[FlaggedCondition, ...] = ()  # conditions in a ``codes.red_flag_risks`` category
     pain_scores: tuple[PainScore, ...] = ()
     rounds: tuple[ExerciseRound, ...] = ()
-    latest_session: Session | None = None
+    latest_session: Session | None = None  # the last of ``sessions``
+    #: every session of the history, oldest first (one per date: the highest rung of the date); the
+    #: last one is ``latest_session``
+    sessions: tuple[Session, ...] = ()
     skipped: tuple[SkippedResource, ...] = ()
 
     @property

@@ -1,8 +1,8 @@
 """The patient's session history and its chart: a hand-written SVG, no plotting library. Pure: no Flask.
 
-:func:`sessions` finds every session in a prefetch the way the service finds the latest one
-(:func:`cds.extract.extract`: the same codes, statuses, validation and pain linking), one day at a
-time, so each date gives the session that would have decided on it (the highest rung that day).
+:func:`sessions` reads every session from the extracted facts (``PatientFacts.sessions``: the same
+codes, statuses, validation and pain linking as the decision), so each date gives the session that
+would have decided on it (the highest rung that day).
 :func:`render_svg` draws them:
 
 * reps per round (``rect.round-point``) over the target range ``reps_low``..``reps_high`` (``rect.band-target``);
@@ -17,12 +17,11 @@ Every visible word comes from the rule files (the ``app`` section, the ladder's 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from .extract import extract
+from .facts import PatientFacts
 from .ruleset.model import RuleSet
 from .templates import derived_parameters, fill, render_number
 
@@ -45,81 +44,18 @@ class History:
     onset: dt.date | None
 
 
-def _resources(prefetch: Mapping[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for value in prefetch.values():
-        if not isinstance(value, dict):
-            continue
-        if value.get("resourceType") == "Bundle":
-            out += [e["resource"] for e in value.get("entry") or []
-                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-        else:
-            out.append(value)
-    return out
-
-
-def _codes_of(resource: Mapping[str, Any]) -> set[tuple[Any, Any]]:
-    code = resource.get("code")
-    codings = code.get("coding") if isinstance(code, dict) else None
-    return {(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)}
-
-
-def _day_key(resource: Mapping[str, Any]) -> str:
-    """The calendar date as written (``effectiveDateTime`` or ``effectivePeriod.start``), for grouping only:
-    whether it is a usable date is :func:`cds.extract.extract`'s decision."""
-    value = resource.get("effectiveDateTime")
-    period = resource.get("effectivePeriod")
-    if not isinstance(value, str) and isinstance(period, dict):
-        value = period.get("start")
-    return value[:10] if isinstance(value, str) else ""
-
-
-def _refs(resource: Mapping[str, Any]) -> set[str]:
-    return {str(r.get("reference")).rsplit("/", 1)[-1] for r in resource.get("derivedFrom") or ()
-            if isinstance(r, dict) and r.get("reference")}
-
-
-def sessions(prefetch: Mapping[str, Any], ruleset: RuleSet, *, patient_id: str) -> History:
-    """Every session of the patient (oldest first) and the onset of the condition that counts.
-
-    The rounds are grouped by the date they are written with, and each day is read by
-    :func:`cds.extract.extract` with its rounds and the pain scores that may belong to it (linked by
-    ``derivedFrom`` to one of its rounds, or without ``derivedFrom`` on its date): the session it finds
-    is the one the service would decide from on that day, with the same validation and pain linking."""
-    doc = ruleset.document
-    rung_of = {code: i for i, code in enumerate(doc.ladder.codes)}
-    reps_codes = {(c.system, c.code) for c in doc.codes.reps_codes}
-    pain_codes = {(c.system, c.code) for c in doc.codes.pain_codes}
-    rounds: dict[str, list[dict[str, Any]]] = {}
-    pains: list[dict[str, Any]] = []
-    others: list[dict[str, Any]] = []
-    for resource in _resources(prefetch):
-        codes = _codes_of(resource) if resource.get("resourceType") == "Observation" else set()
-        if codes & reps_codes:
-            rounds.setdefault(_day_key(resource), []).append(resource)
-        elif codes & pain_codes:
-            pains.append(resource)
-        else:
-            others.append(resource)
-    onset = extract({"others": _bundle(others)}, patient_id=patient_id, codes=doc.codes, ladder=doc.ladder).onset
-    found: list[SessionPoint] = []
-    for day in sorted(rounds, reverse=True)[:MAX_SESSIONS]:
-        ids = {str(r.get("id")) for r in rounds[day]}
-        linked = [p for p in pains if (_refs(p) & ids if p.get("derivedFrom") else _day_key(p) == day)]
-        facts = extract({"rounds": _bundle(rounds[day]), "pains": _bundle(linked)}, patient_id=patient_id,
-                        codes=doc.codes, ladder=doc.ladder)
-        session = facts.latest_session
-        if session is not None:
-            found.append(SessionPoint(
-                date=session.date, exercise=session.exercise, rung=rung_of[session.exercise],
-                reps=tuple(session.reps), max_pain=session.max_pain,
-            ))
-    found.sort(key=lambda s: s.date)
-    return History(sessions=tuple(found), onset=onset)
-
-
-def _bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+def sessions(facts: PatientFacts, ruleset: RuleSet) -> History:
+    """Every session of the patient (oldest first; the newest ``MAX_SESSIONS``) and the onset of the
+    condition that counts, from the extracted facts (:func:`cds.extract.extract`): the sessions are
+    ``facts.sessions``, so the latest is the one the service decides from, with the same validation
+    and pain linking."""
+    rung_of = {code: i for i, code in enumerate(ruleset.document.ladder.codes)}
+    found = tuple(
+        SessionPoint(date=s.date, exercise=s.exercise, rung=rung_of[s.exercise], reps=tuple(s.reps),
+                     max_pain=s.max_pain)
+        for s in facts.sessions[-MAX_SESSIONS:]
+    )
+    return History(sessions=found, onset=facts.onset)
 
 
 # -- the SVG ------------------------------------------------------------------------------------

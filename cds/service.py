@@ -150,6 +150,6 @@ def evaluate(
                                         max_entries_per_key=max_entries_per_key)
     t2 = time.perf_counter()
     cards = build_cards(evaluation, facts, active.ruleset, patient_id=patient_id, user_id=user_id,
-                        public_base_url=public_base_url, prefetch=prefetch)
+                        public_base_url=public_base_url)
     timings["cards"] = (time.perf_counter() - t2) * 1e3
     return Outcome(cards, evaluation, facts, timings)

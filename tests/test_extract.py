@@ -1041,3 +1041,64 @@ def test_the_whole_prefetch_key_is_computed_only_for_an_outline_seen_before(monk
     changed["exerciseRounds"]["entry"][0]["resource"]["valueQuantity"]["value"] = 30
     facts = extract(changed, patient_id=PID, codes=CODES, ladder=LADDER)
     assert keys == 3 and facts.latest_session is not None and facts.latest_session.reps == [30.0, 18.0]
+
+
+# --- the whole history: PatientFacts.sessions -----------------------------------------------------
+
+
+def test_sessions_group_a_multi_day_history_oldest_first() -> None:
+    """One session per date, oldest first: the highest rung of the date, its rounds in round order;
+    a pain score linked by derivedFrom to an older session's round stays with that session (whatever
+    its date); one without derivedFrom belongs to the session of its date; the last is latest_session."""
+    facts = run(
+        rounds=[
+            round_obs("c2", "2026-11-18", reps=18, round_no=2), round_obs("c1", "2026-11-18", reps=20, round_no=1),
+            round_obs("a1", "2026-11-04", "hip-abduction", 30, 1), round_obs("a2", "2026-11-04", "hip-abduction", 29, 2),
+            round_obs("b3", "2026-11-11", reps=9, round_no=3), round_obs("b1", "2026-11-11", reps=16, round_no=1),
+            round_obs("h1", "2026-11-11", "hip-abduction", 40, 1),  # lower rung on the same date: not the session
+            round_obs("b2", "2026-11-11", reps=14, round_no=2),
+            round_obs("x1", "2026-11-06", reps=20, round_no=1, status="preliminary"),  # not counted: no session
+        ],
+        pains=[
+            pain_obs("p-a", "2026-11-18", 4, derived=("a1",)),  # recorded on the latest date, for 2026-11-04
+            pain_obs("p-b", "2026-11-11", 1),
+            pain_obs("p-h", "2026-11-04", 6, derived=("h1",)),  # linked to a round that is no session's
+            pain_obs("p-c", "2026-11-18", 0),
+            pain_obs("p-b2", "2026-11-20", 2, derived=("b2", "b3")),  # two rounds of one session: once
+        ],
+    )
+    got = [(s.date.isoformat(), s.exercise, [r.resource_id for r in s.rounds], [p.resource_id for p in s.pain_scores])
+           for s in facts.sessions]
+    assert got == [
+        ("2026-11-04", "hip-abduction", ["a1", "a2"], ["p-a"]),
+        ("2026-11-11", "bird-dog", ["b1", "b2", "b3"], ["p-b", "p-b2"]),
+        ("2026-11-18", "bird-dog", ["c1", "c2"], ["p-c"]),
+    ]
+    assert facts.latest_session == facts.sessions[-1]
+    assert facts.pain_scores == facts.sessions[-1].pain_scores
+    assert [r.resource_id for r in facts.rounds] == ["c2", "c1"]  # every round of the latest date, resource order
+    assert [s.max_pain for s in facts.sessions] == [4.0, 2.0, 0.0]
+
+
+def test_sessions_are_kept_by_the_extraction_memo() -> None:
+    """A prefetch seen before gives the same facts, sessions included, from the memo."""
+    rounds = [round_obs(f"r{d}", f"2026-11-{d:02d}", reps=20 + d, round_no=1) for d in (3, 10, 17)]
+    first = [run(rounds=rounds, pains=[pain_obs("p", "2026-11-10", 3)]) for _ in range(4)]
+    assert all(f == first[0] for f in first)
+    assert [(s.date.day, s.max_pain) for s in first[-1].sessions] == [(3, None), (10, 3.0), (17, None)]
+
+
+def test_a_new_session_reuses_the_older_sessions_and_a_changed_one_is_rebuilt() -> None:
+    """Older dates of a history seen before give the very same Session facts (extract_module.session_memo);
+    a changed resource of an older date gives that date a new session, never the remembered one."""
+    rounds = [round_obs(f"r{d}", f"2026-11-{d:02d}", reps=20 + d, round_no=1) for d in (3, 10)]
+    pains = [pain_obs("p10", "2026-11-10", 3)]
+    before = run(rounds=rounds, pains=pains)
+    added = run(rounds=[*rounds, round_obs("r17", "2026-11-17", reps=40, round_no=1)], pains=pains)
+    assert added.sessions[0] is before.sessions[0] and added.sessions[1] is before.sessions[1]
+    changed = run(rounds=[*rounds, round_obs("r17", "2026-11-17", reps=40, round_no=1)],
+                  pains=[pain_obs("p10", "2026-11-10", 5)])
+    assert [s.max_pain for s in changed.sessions] == [None, 5.0, None]
+    assert changed.sessions[0] is before.sessions[0] and changed.sessions[1] is not before.sessions[1]
+    extract_module.session_memo.clear()
+    assert run(rounds=[*rounds, round_obs("r17", "2026-11-17", reps=40, round_no=1)], pains=pains) == added

@@ -87,6 +87,12 @@ def test_the_observations_are_the_spec_profile_and_read_back_as_the_session(rule
     assert session.max_pain == 2 and {p.derived_from for p in session.pain_scores} == {("r1", "r2")}
 
 
+def _history(prefetch: dict, ruleset, patient_id: str) -> history_chart.History:
+    """The history chart's sessions, read from the facts extraction gives the prefetch."""
+    facts = extract(prefetch, patient_id=patient_id, codes=ruleset.document.codes, ladder=ruleset.document.ladder)
+    return history_chart.sessions(facts, ruleset)
+
+
 def _prefetch(name: str) -> tuple[dict, str]:
     body = json.loads((REQUESTS_DIR / f"{name}.json").read_text())
     return body["prefetch"], body["context"]["patientId"]
@@ -94,7 +100,7 @@ def _prefetch(name: str) -> tuple[dict, str]:
 
 def test_the_history_has_every_session_oldest_first(ruleset):
     prefetch, pid = _prefetch("bird-dog-28-27")
-    history = history_chart.sessions(prefetch, ruleset, patient_id=pid)
+    history = _history(prefetch, ruleset, pid)
     assert [(s.date.isoformat(), s.exercise, s.reps, s.max_pain) for s in history.sessions] == [
         ("2026-11-04", "hip-abduction", (19, 18), 1), ("2026-11-11", "hip-abduction", (23, 22), 1),
         ("2026-11-18", "bird-dog", (28, 27), 1)]
@@ -106,18 +112,18 @@ def test_the_history_has_every_session_oldest_first(ruleset):
 
 def test_the_history_takes_the_highest_rung_of_a_day_and_pain_linked_by_derived_from(ruleset):
     prefetch, pid = _prefetch("two-exercises-same-day")
-    history = history_chart.sessions(prefetch, ruleset, patient_id=pid)
+    history = _history(prefetch, ruleset, pid)
     facts = extract(prefetch, patient_id=pid, codes=ruleset.document.codes, ladder=ruleset.document.ladder)
     assert history.sessions[-1].exercise == facts.latest_session.exercise
     assert len({s.date for s in history.sessions}) == len(history.sessions)
     prefetch, pid = _prefetch("pain-derived-from-older-session")
-    history = history_chart.sessions(prefetch, ruleset, patient_id=pid)
+    history = _history(prefetch, ruleset, pid)
     assert len(history.sessions) >= 2 and all(s.max_pain is None or 0 <= s.max_pain <= 10 for s in history.sessions)
 
 
 def test_no_data_is_an_empty_history(ruleset):
     prefetch = {k: None for k in service.prefetch_templates(ruleset)}
-    history = history_chart.sessions(prefetch, ruleset, patient_id="x")
+    history = _history(prefetch, ruleset, "x")
     assert history == history_chart.History(sessions=(), onset=None)
     svg = history_chart.render_svg(history, ruleset)
     root = ElementTree.fromstring(svg)
@@ -132,7 +138,7 @@ def _svg_classes(svg: str) -> list[str]:
 
 def test_the_chart_draws_the_contracts_elements(ruleset):
     prefetch, pid = _prefetch("bird-dog-28-27")
-    history = history_chart.sessions(prefetch, ruleset, patient_id=pid)
+    history = _history(prefetch, ruleset, pid)
     svg = history_chart.render_svg(history, ruleset)
     root = ElementTree.fromstring(svg)  # well-formed XML
     ns = "{http://www.w3.org/2000/svg}"
@@ -156,7 +162,7 @@ def test_the_chart_draws_the_contracts_elements(ruleset):
 
 def test_a_session_without_pain_is_drawn_hollow(ruleset):
     prefetch, pid = _prefetch("no-pain-recorded")
-    svg = history_chart.render_svg(history_chart.sessions(prefetch, ruleset, patient_id=pid), ruleset)
+    svg = history_chart.render_svg(_history(prefetch, ruleset, pid), ruleset)
     assert "session-point pain-unknown" in _svg_classes(svg)
 
 
@@ -213,7 +219,7 @@ def test_the_latest_session_of_the_history_is_the_one_the_service_decides_from(r
     prefetch = {k: v for k, v in (body.get("prefetch") or {}).items()}
     pid = body["context"]["patientId"]
     facts = extract(prefetch, patient_id=pid, codes=ruleset.document.codes, ladder=ruleset.document.ladder)
-    history = history_chart.sessions(prefetch, ruleset, patient_id=pid)
+    history = _history(prefetch, ruleset, pid)
     assert history.onset == facts.onset
     latest = facts.latest_session
     if latest is None:

@@ -110,7 +110,7 @@ def table_rows(detail: str) -> list[list[str]]:
 def test_the_last_sessions_oldest_first_ending_with_the_decisions_session(active):
     rounds, pains = weekly(8)
     outcome = evaluate(active, prefetch(rounds, pains))
-    history = session_history(prefetch(rounds, pains), outcome.facts, active.ruleset)
+    history = session_history(outcome.facts, active.ruleset)
     assert len(history) == 6  # texts.trend.sessions
     assert [s.date for s in history] == [dt.date(2026, 11, 18) - dt.timedelta(days=7 * k) for k in range(5, -1, -1)]
     assert [s.reps for s in history] == [(18.0 + i, 17.0 + i) for i in range(2, 8)]
@@ -118,7 +118,7 @@ def test_the_last_sessions_oldest_first_ending_with_the_decisions_session(active
     latest = outcome.facts.latest_session
     assert (history[-1].date, history[-1].exercise, list(history[-1].reps)) == (latest.date, latest.exercise, latest.reps)
     assert {s.rung for s in history} == {2}
-    assert session_history(prefetch(rounds, pains), outcome.facts, active.ruleset, limit=2) == history[-2:]
+    assert session_history(outcome.facts, active.ruleset, limit=2) == history[-2:]
 
 
 def test_sessions_follow_the_extraction_rules():
@@ -141,7 +141,7 @@ def test_sessions_follow_the_extraction_rules():
              a_pain("p-b", "2026-11-11", 1), a_pain("p-c", "2026-11-18", 0)]
     data = prefetch(rounds, pains)
     outcome = evaluate(active, data)
-    history = session_history(data, outcome.facts, active.ruleset)
+    history = session_history(outcome.facts, active.ruleset)
     assert history == [
         TrendSession(dt.date(2026, 11, 4), 1, "hip-abduction", (30.0, 29.0), 4.0),
         TrendSession(dt.date(2026, 11, 11), 2, "bird-dog", (16.0, 14.0), 1.0),
@@ -152,7 +152,7 @@ def test_sessions_follow_the_extraction_rules():
 def test_malformed_raw_json_in_the_history_is_passed_over(active):
     """What the raw look reads may be any JSON: it is passed over (extraction counts it), never a crash."""
     rounds, pains = weekly(3)
-    good = session_history(prefetch(rounds, pains), evaluate(active, prefetch(rounds, pains)).facts, active.ruleset)
+    good = session_history(evaluate(active, prefetch(rounds, pains)).facts, active.ruleset)
     odd = [
         {**rounds[0], "id": "o1", "status": ["final"]},
         {**rounds[0], "id": "o2", "code": {"coding": [{"system": ["x"], "code": {"a": 1}}]}},
@@ -165,7 +165,7 @@ def test_malformed_raw_json_in_the_history_is_passed_over(active):
         {**pains[0], "id": "o8", "derivedFrom": {"reference": "Observation/s0-1"}, "valueInteger": 9},
     ]
     data = prefetch(rounds + odd[:6], pains + odd[6:])
-    assert session_history(data, evaluate(active, data).facts, active.ruleset) == good
+    assert session_history(evaluate(active, data).facts, active.ruleset) == good
 
 
 def test_no_session_no_trend_but_the_link(active):

@@ -352,7 +352,7 @@ def _render(view: _View, status: int = 200):
         try:
             outcome = service.evaluate(active, view.prefetch, patient_id=view.patient_id, clock=state.clock,
                                        max_entries_per_key=state.fetch_settings.max_entries)
-            history = history_chart.sessions(view.prefetch, ruleset, patient_id=view.patient_id)
+            history = history_chart.sessions(outcome.facts, ruleset)
         except (PrefetchShapeError, PrefetchTooLarge):
             raise AppError(502, "the patient's data from the FHIR server is not usable FHIR") from None
         report = explain(outcome, active)
