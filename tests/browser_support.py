@@ -88,7 +88,9 @@ requires_browser = pytest.mark.skipif(browser_unavailable() is not None, reason=
 # Browser and page
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop in the main thread while it is open,
+# so a session-long browser would make every later test's asyncio.run() fail ("a running event loop").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     reason = browser_unavailable()
     if reason:
