@@ -21,19 +21,15 @@ same experiment, printed for a report: ``.venv/bin/python bench/clone_experiment
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("clone_experiment", ROOT / "bench" / "clone_experiment.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench  # dataclasses look their module up while the file executes
-_spec.loader.exec_module(bench)
+bench = load_script(ROOT / "bench" / "clone_experiment.py", "clone_experiment")
 
 pytestmark = pytest.mark.skipif(
     shutil.which("git") is None

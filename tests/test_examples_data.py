@@ -9,26 +9,21 @@ checked only by the rule tests: nothing here asserts what the shipped rules answ
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import RULES_DIR
+from conftest import RULES_DIR, load_script
 from fhir.resources.R4B import get_fhir_model_class
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "fhir_examples"
 REQUESTS = ROOT / "rules" / "tests" / "requests"
 
-_spec = importlib.util.spec_from_file_location("fhir_examples_generate", EXAMPLES / "generate.py")
-gen = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = gen  # dataclasses look their module up while the file executes
-_spec.loader.exec_module(gen)
+gen = load_script(EXAMPLES / "generate.py", "fhir_examples_generate")
 
 ANCHOR = dt.date.fromisoformat(json.loads((EXAMPLES / "config.json").read_text())["evaluationDate"])
 SCENARIOS = {s.name: s for s in gen.SCENARIOS}

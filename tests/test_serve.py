@@ -12,7 +12,6 @@ SIGHUP (every worker replaced, still serving).
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -24,18 +23,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REQUESTS_DIR, ROOT, RULES_DIR, SERVICE_URL
+from conftest import REQUESTS_DIR, ROOT, RULES_DIR, SERVICE_URL, load_script
 
 from cds.serve import ServerConfigError, available_cpus, load_server_settings
 
-_spec = importlib.util.spec_from_file_location("bench_slow_clients", ROOT / "bench" / "bench_slow_clients.py")
-assert _spec and _spec.loader
-if _spec.name in sys.modules:  # the other test file loaded it
-    harness = sys.modules[_spec.name]
-else:
-    harness = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = harness  # dataclasses look their module up while the file executes
-    _spec.loader.exec_module(harness)
+harness = load_script(ROOT / "bench" / "bench_slow_clients.py", "bench_slow_clients")
 
 BODY = (REQUESTS_DIR / "bird-dog-12-14.json").read_bytes()
 LIMIT = 64 * 1024

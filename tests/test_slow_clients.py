@@ -14,22 +14,13 @@ prove nothing.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from conftest import REQUESTS_DIR, ROOT, RULES_DIR
+from conftest import REQUESTS_DIR, ROOT, RULES_DIR, load_script
 
-_spec = importlib.util.spec_from_file_location("bench_slow_clients", ROOT / "bench" / "bench_slow_clients.py")
-assert _spec and _spec.loader
-if _spec.name in sys.modules:  # the other test file loaded it
-    harness = sys.modules[_spec.name]
-else:
-    harness = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = harness  # dataclasses look their module up while the file executes
-    _spec.loader.exec_module(harness)
+harness = load_script(ROOT / "bench" / "bench_slow_clients.py", "bench_slow_clients")
 
 HEADERS, BODIES, BOUND = 200, 50, 2.0
 BODY = (REQUESTS_DIR / "bird-dog-12-14.json").read_bytes()
