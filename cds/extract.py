@@ -645,7 +645,7 @@ class _Extractor:
     def validate(self, model: type[Observation] | type[Condition], c: _Candidate) -> Any:
         """The validated model, or None (skipped as invalid). The error text is never logged: it quotes values."""
         try:
-            return validate(model, c.raw, c.key if model is Observation else None)
+            return validate(model, c.raw, c.key if model is Observation else None, by_element=True)
         except (ValueError, TypeError) as exc:  # pydantic.ValidationError is a ValueError
             where = ""
             errors = getattr(exc, "errors", None)

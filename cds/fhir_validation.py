@@ -13,15 +13,27 @@ its history (extraction counts every invalid one), so this key is the cost of a 
 that already hold the serialisation (extraction's memo) pass it as ``canonical``. The cache is bounded
 (LRU, ``maxsize`` entries of about 1 KB of key each besides the model) and lives in process memory
 only; the cached models hold the same content as the keys.
+
+A resource never seen before (a new patient) still costs its validation, but most of that is its
+elements (a round's ``code``, ``subject`` and ``component`` entries; a pain score's ``category`` and
+``code``), which repeat across the resources of one history and across patients. So a resource's
+top-level complex elements are validated on their own first, each memoised by content like whole
+resources, and handed to the resource's validation as instances. This is exactly what validation does
+anyway: fhir_core validates a nested element dict with ``<ElementClass>.model_validate`` (no context
+from the parent) and accepts an instance of that class as it is, so the model is the same (tested on
+every example and hostile resource). An element that does not validate on its own is left as JSON, so
+the resource's validation reports it, with the same location and message as without this step.
 """
 
 from __future__ import annotations
 
 import marshal
 import threading
+import typing
 from collections import OrderedDict
 from typing import Any, TypeVar
 
+from fhir.resources.R4B.element import Element
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -42,18 +54,55 @@ def canonical_bytes(raw: Any) -> bytes | None:
         return None
 
 
+def _element_class(annotation: Any) -> type[Element] | None:
+    """The FHIR element class a field holds (alone or in a list), or None (primitives, resources)."""
+    get_klass = getattr(annotation, "get_model_klass", None)
+    if callable(get_klass):
+        klass = get_klass()
+        return klass if isinstance(klass, type) and issubclass(klass, Element) else None
+    for arg in typing.get_args(annotation):
+        klass = _element_class(arg)
+        if klass is not None:
+            return klass
+    return None
+
+
+_element_fields_of: dict[type, dict[str, type[Element]]] = {}
+
+
+def element_fields(model: type[BaseModel]) -> dict[str, type[Element]]:
+    """JSON name -> element class of a model's complex element fields (``code``, ``component``...);
+    not primitives, their ``_name`` extension siblings, or contained resources. Computed once per model."""
+    fields = _element_fields_of.get(model)
+    if fields is None:
+        fields = {}
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            klass = None if key.startswith("_") else _element_class(field.annotation)
+            if klass is not None:
+                fields[key] = klass
+        _element_fields_of[model] = fields
+    return fields
+
+
 class ValidationCache:
-    def __init__(self, maxsize: int = 2048):
+    def __init__(self, maxsize: int = 2048, element_maxsize: int = 8192):
         self.maxsize = maxsize
+        self.element_maxsize = element_maxsize
         self._entries: OrderedDict[tuple[type, bytes], BaseModel | ValidationError] = OrderedDict()
+        #: elements validated on their own: the instance, or None when it does not validate alone
+        self._elements: OrderedDict[tuple[type, bytes], Element | None] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def validate(self, model: type[M], raw: dict[str, Any], canonical: bytes | None = None) -> M:
+    def validate(self, model: type[M], raw: dict[str, Any], canonical: bytes | None = None, *, by_element: bool = False) -> M:
         """``model.model_validate(raw)``, or the cached outcome for identical JSON. Raises ValidationError.
 
-        ``canonical``: ``canonical_bytes(raw)`` when the caller has it already (it must be exactly that)."""
+        ``canonical``: ``canonical_bytes(raw)`` when the caller has it already (it must be exactly that).
+        ``by_element``: on a miss, validate (and memoise) the resource's top-level elements first; worth
+        it for resources whose elements repeat (a patient's Observations), not for one-off shapes, where
+        keying each element costs more than it saves."""
         if canonical is None:
             canonical = canonical_bytes(raw)
             if canonical is None:
@@ -67,7 +116,7 @@ class ValidationCache:
         if outcome is None:
             self.misses += 1
             try:
-                outcome = _validate(model, raw)
+                outcome = _validate(model, self._with_validated_elements(model, raw) if by_element else raw)
             except ValidationError as e:
                 outcome = e
             with self._lock:
@@ -78,9 +127,59 @@ class ValidationCache:
             raise outcome.with_traceback(None)  # do not let a cached error accumulate tracebacks
         return outcome  # type: ignore[return-value]
 
+    def _with_validated_elements(self, model: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
+        """``raw`` with its top-level complex elements replaced by their validated instances (the
+        memoised ones where the same JSON was validated before); those that do not validate alone stay."""
+        fields = element_fields(model)
+        out: dict[str, Any] | None = None
+        for key, value in raw.items():
+            klass = fields.get(key)
+            if klass is None:
+                continue
+            if type(value) is dict:
+                element = self._element(klass, value)
+                if element is not None:
+                    if out is None:
+                        out = dict(raw)
+                    out[key] = element
+            elif type(value) is list:
+                items: list[Any] | None = None
+                for i, item in enumerate(value):
+                    if type(item) is dict:
+                        element = self._element(klass, item)
+                        if element is not None:
+                            if items is None:
+                                items = list(value)
+                            items[i] = element
+                if items is not None:
+                    if out is None:
+                        out = dict(raw)
+                    out[key] = items
+        return raw if out is None else out
+
+    def _element(self, klass: type[Element], raw: dict[str, Any]) -> Element | None:
+        canonical = canonical_bytes(raw)
+        if canonical is None:
+            return None
+        key = (klass, canonical)
+        with self._lock:
+            if key in self._elements:
+                self._elements.move_to_end(key)
+                return self._elements[key]
+        try:
+            element: Element | None = klass.model_validate(raw)
+        except Exception:  # noqa: BLE001 - left as JSON: the resource's own validation reports it (or raises it) as before
+            element = None
+        with self._lock:
+            self._elements[key] = element
+            if len(self._elements) > self.element_maxsize:
+                self._elements.popitem(last=False)
+        return element
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._elements.clear()
 
 
 def _validate(model: type[M], raw: dict[str, Any]) -> M:
