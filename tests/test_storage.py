@@ -419,6 +419,94 @@ def test_audit_writer_stores_in_background(store):
     w.close()
 
 
+def _audit_rows(store) -> list[tuple]:
+    """Every audit row with its links resolved (no row ids): what the audit holds, in insertion order."""
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT e.hook_instance, e.ruleset_version, e.patient_hash, c.position, c.card_uuid, c.rule_id, "
+            "c.decision, c.indicator, s.suggestion_uuid FROM audit_evaluation e "
+            "LEFT JOIN audit_card c ON c.evaluation_id = e.id LEFT JOIN audit_suggestion s ON s.card_id = c.id "
+            "ORDER BY e.id, c.position, s.suggestion_uuid"
+        ))]
+
+
+def test_a_batch_stores_exactly_what_one_call_each_stores(db_url, tmp_path):
+    records = [
+        audit([card("r-a", suggestions=2), card("r-b", "step-up", "warning", suggestions=0)]),
+        audit([]),  # a call without cards (outside the programme)
+        audit([card("r-c", suggestions=1)], version="1.1.0", patient="Patient/other"),
+        audit([card("r-a", suggestions=3), card("r-a", suggestions=1), card("r-d", suggestions=0)]),
+    ]
+    upgrade(db_url)
+    one_by_one = Store(db_url)
+    ids = [one_by_one.record_evaluation(r) for r in records]
+    expected = _audit_rows(one_by_one)
+    one_by_one.close()
+    other_url = with_directory(f"sqlite:///{tmp_path / 'batch' / 'audit.db'}")
+    upgrade(other_url)
+    batched = Store(other_url)
+    batch_ids = batched.record_evaluations(records)
+    assert len(batch_ids) == 4 and batch_ids == sorted(batch_ids)  # in the order given
+    assert _audit_rows(batched) == expected
+    assert len(expected) == 3 + 1 + 1 + 5  # one row per suggestion, or per card / call without
+    assert batched.record_evaluations([]) == []
+    batched.close()
+    assert len(ids) == 4
+
+
+class _CountingStore(Store):
+    """A real store whose first write waits until released (a slow commit), counting the calls."""
+
+    def __init__(self, url):
+        super().__init__(url)
+        import threading
+
+        self.release = threading.Event()
+        self.batches: list[int] = []
+
+    def record_evaluations(self, audits):
+        self.release.wait(30)
+        self.batches.append(len(audits))
+        return super().record_evaluations(audits)
+
+
+def test_audit_writer_writes_what_queued_meanwhile_in_one_transaction(db_url):
+    from cds.storage import AuditWriter
+
+    upgrade(db_url)
+    store = _CountingStore(db_url)
+    w = AuditWriter(store, batch_max=40)
+    for _ in range(61):
+        assert w.submit(audit([card("r-a")]))
+    store.release.set()
+    assert w.flush(timeout=30)
+    assert (w.written, w.failed, w.dropped) == (61, 0, 0)
+    assert sum(store.batches) == 61 and max(store.batches) <= 40
+    assert len(store.batches) <= 4  # the first record alone at most, then batches of up to 40
+    assert store.count("audit_card") == 61
+    w.close()
+    store.close()
+
+
+def test_one_bad_record_in_a_batch_does_not_lose_the_others(db_url, caplog):
+    from cds.storage import AuditWriter
+
+    upgrade(db_url)
+    store = _CountingStore(db_url)
+    w = AuditWriter(store)
+    shared = card("r-a")
+    records = [audit([card("r-a")]), audit([shared]), audit([shared]), audit([card("r-b")])]  # a card uuid twice
+    for r in records:
+        assert w.submit(r)
+    store.release.set()
+    assert w.flush(timeout=30)
+    assert (w.written, w.failed) == (3, 1)
+    assert store.count("audit_evaluation") == 3 and store.count("audit_card") == 3
+    assert [r.getMessage() for r in caplog.records if r.name == "cds.audit"] == ["audit not stored: StoreRefused"]
+    w.close()
+    store.close()
+
+
 def test_audit_writer_survives_a_database_that_is_down(tmp_path, caplog):
     from cds.storage import AuditWriter
 

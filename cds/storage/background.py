@@ -26,7 +26,9 @@ def _flush_at_exit() -> None:  # pragma: no cover - runs at interpreter exit (te
 
 
 class AuditWriter:
-    """A bounded queue drained by one daemon thread that calls ``store.record_evaluation``.
+    """A bounded queue drained by one daemon thread that calls ``store.record_evaluations``: one
+    record when calls are sparse, and everything queued meanwhile (up to ``batch_max``) in one
+    transaction when they come faster than the database commits them.
 
     ``submit`` never blocks and never raises: when the queue is full the record is dropped and counted
     (``dropped``); storage failures are logged (no PHI: only the hook instance and the error class) and
@@ -38,9 +40,11 @@ class AuditWriter:
     (``abandoned``) and logged as one line with their number.
     """
 
-    def __init__(self, store: Store, maxsize: int = 1000, shutdown_timeout: float = 10.0):
+    def __init__(self, store: Store, maxsize: int = 1000, shutdown_timeout: float = 10.0, batch_max: int = 100):
         self.store = store
         self.shutdown_timeout = shutdown_timeout
+        #: records written in one transaction at most (those queued while the previous write ran)
+        self.batch_max = batch_max
         self._queue: queue.Queue[AuditRecord | None] = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
@@ -80,18 +84,42 @@ class AuditWriter:
             if record is None:
                 self._queue.task_done()
                 return
+            batch = [record]
+            stop = False
+            while len(batch) < self.batch_max:  # what queued up meanwhile goes in the same transaction
+                try:
+                    queued = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is None:
+                    stop = True
+                    break
+                batch.append(queued)
             try:
-                self.store.record_evaluation(record)
-                self.written += 1
-            except StoreUnavailable as exc:
-                self.failed += 1
+                self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                self._queue.task_done()
+                return
+
+    def _write(self, batch: list[AuditRecord]) -> None:
+        try:
+            self.store.record_evaluations(batch)
+            self.written += len(batch)
+        except StoreUnavailable as exc:
+            self.failed += len(batch)
+            for record in batch:
                 log.error("audit not stored: database unavailable (%s)", type(exc.__cause__ or exc).__name__,
                           extra={"hook_instance": record.hook_instance})
-            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
-                self.failed += 1
-                log.error("audit not stored: %s", type(exc).__name__, extra={"hook_instance": record.hook_instance})
-            finally:
-                self._queue.task_done()
+        except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+            if len(batch) > 1:  # rolled back: one record's problem must not lose the others
+                for record in batch:
+                    self._write([record])
+                return
+            self.failed += 1
+            log.error("audit not stored: %s", type(exc).__name__, extra={"hook_instance": batch[0].hook_instance})
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far has been handled (tests, shutdown)."""

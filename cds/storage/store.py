@@ -232,38 +232,65 @@ class Store:
     # -- audit -------------------------------------------------------------------------------------
     def record_evaluation(self, audit: AuditRecord) -> int:
         """Store one hook call with its cards; returns the evaluation's row id."""
+        return self.record_evaluations([audit])[0]
+
+    def record_evaluations(self, audits: Sequence[AuditRecord]) -> list[int]:
+        """Store hook calls with their cards in one transaction (all or none); returns the evaluations'
+        row ids in the order given. Three statements whatever the number of calls (evaluations, cards,
+        suggestions, each an INSERT of many rows with RETURNING in parameter order), so the background
+        writer's cost per record falls with the batch instead of paying a transaction per hook call."""
+        if not audits:
+            return []
         with self._tx(write=True) as conn:
-            eval_id: int = conn.execute(
-                insert(audit_evaluation).returning(audit_evaluation.c.id),
-                {
-                    "hook_instance": audit.hook_instance,
-                    "service_id": audit.service_id,
-                    "evaluated_at": audit.evaluated_at,
-                    "ruleset_name": audit.ruleset_name,
-                    "ruleset_version": audit.ruleset_version,
-                    "ruleset_sha256": audit.ruleset_sha256,
-                    "patient_hash": audit.patient_hash,
-                    "criteria_id": audit.criteria_id,
-                },
-            ).scalar_one()
-            for pos, card in enumerate(audit.cards):
-                card_id: int = conn.execute(
-                    insert(audit_card).returning(audit_card.c.id),
-                    {
-                        "evaluation_id": eval_id,
-                        "position": pos,
-                        "card_uuid": card.card_uuid.lower(),
-                        "rule_id": card.rule_id,
-                        "decision": card.decision,
-                        "indicator": card.indicator,
-                    },
-                ).scalar_one()
-                if card.suggestion_uuids:
-                    conn.execute(
-                        insert(audit_suggestion),
-                        [{"card_id": card_id, "suggestion_uuid": s.lower()} for s in card.suggestion_uuids],
-                    )
-            return eval_id
+            eval_ids: list[int] = list(
+                conn.execute(
+                    insert(audit_evaluation).returning(audit_evaluation.c.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "hook_instance": audit.hook_instance,
+                            "service_id": audit.service_id,
+                            "evaluated_at": audit.evaluated_at,
+                            "ruleset_name": audit.ruleset_name,
+                            "ruleset_version": audit.ruleset_version,
+                            "ruleset_sha256": audit.ruleset_sha256,
+                            "patient_hash": audit.patient_hash,
+                            "criteria_id": audit.criteria_id,
+                        }
+                        for audit in audits
+                    ],
+                ).scalars()
+            )
+            cards = [
+                (eval_id, pos, card)
+                for eval_id, audit in zip(eval_ids, audits, strict=True)
+                for pos, card in enumerate(audit.cards)
+            ]
+            if not cards:
+                return eval_ids
+            card_ids: list[int] = list(
+                conn.execute(
+                    insert(audit_card).returning(audit_card.c.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "evaluation_id": eval_id,
+                            "position": pos,
+                            "card_uuid": card.card_uuid.lower(),
+                            "rule_id": card.rule_id,
+                            "decision": card.decision,
+                            "indicator": card.indicator,
+                        }
+                        for eval_id, pos, card in cards
+                    ],
+                ).scalars()
+            )
+            suggestions = [
+                {"card_id": card_id, "suggestion_uuid": s.lower()}
+                for card_id, (_, _, card) in zip(card_ids, cards, strict=True)
+                for s in card.suggestion_uuids
+            ]
+            if suggestions:
+                conn.execute(insert(audit_suggestion), suggestions)
+            return eval_ids
 
     # -- feedback ----------------------------------------------------------------------------------
     def record_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
