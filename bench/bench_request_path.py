@@ -177,18 +177,18 @@ def main() -> int:
         writer = state.audit.writer if state.audit is not None else None
         if writer is not None:
             writer.flush(60)
-            original_run = writer.store.record_evaluation
+            original_run = writer.store.record_evaluations
             thread_profile = cProfile.Profile(time.thread_time)
             profiles.append(thread_profile)
 
-            def profiled(record: Any) -> Any:
+            def profiled(records: Any) -> Any:
                 thread_profile.enable()
                 try:
-                    return original_run(record)
+                    return original_run(records)
                 finally:
                     thread_profile.disable()
 
-            writer.store.record_evaluation = profiled  # type: ignore[method-assign]
+            writer.store.record_evaluations = profiled  # type: ignore[method-assign]
         main_profile = cProfile.Profile(time.thread_time)
         main_profile.enable()
         for _ in range(args.profile_calls):
@@ -196,7 +196,7 @@ def main() -> int:
         main_profile.disable()
         if writer is not None:
             writer.flush(60)
-            writer.store.record_evaluation = original_run  # type: ignore[method-assign]
+            writer.store.record_evaluations = original_run  # type: ignore[method-assign]
         stats = pstats.Stats(main_profile)
         for p in profiles:
             stats.add(p)
