@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -298,6 +299,12 @@ class Settings(BaseSettings):
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
 
+    @property
+    def app_embedded_by_other_sites(self) -> bool:
+        """True when ``CDS_APP_FRAME_ANCESTORS`` names an origin besides ``'self'`` (an EHR that frames
+        the app): its session cookie must then be sent from inside a cross-site iframe."""
+        return any(a not in ("'self'", "'none'") for a in self.app_frame_ancestors)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         if self.fetch_connect_timeout > self.fetch_total_timeout:
@@ -312,12 +319,24 @@ class Settings(BaseSettings):
                 "CDS_APP_SECRET: required when the SMART app is on (CDS_APP=on) outside development: the key of "
                 "its encrypted session cookie, at least 32 characters, the same on every instance"
             )
+        if self.app and self.app_embedded_by_other_sites and not _secure_origin(self.public_base_url):
+            raise ValueError(
+                "CDS_APP_FRAME_ANCESTORS: an app embedded by another site (an EHR's iframe) keeps its session in a "
+                "cookie marked SameSite=None; Secure, which browsers accept only over https: set "
+                f"CDS_PUBLIC_BASE_URL to the app's https URL (it is {self.public_base_url!r})"
+            )
         if self.database_url and not self.audit_key and not self.development and _LOAD.get().serving:
             raise ValueError(
                 "CDS_AUDIT_KEY: required when the audit is on (a secret of at least 16 characters, the same on "
                 "every instance, so the keyed patient hashes can be linked)"
             )
         return self
+
+
+def _secure_origin(url: str) -> bool:
+    """https, or plain http on loopback (browsers treat both as secure contexts and keep Secure cookies)."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1"))
 
 
 def development_defaults() -> dict[str, object]:

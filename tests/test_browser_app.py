@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 from browser_support import (  # noqa: F401 - fixtures
     ACCESS_TOKEN,
     CLIENT_ID,
@@ -458,3 +459,85 @@ def test_a_callback_with_a_wrong_state_is_refused(page, service, smart, auth):
     assert answer is not None and answer.status == 400
     assert "state" in page.locator("body").inner_text()
     assert not [r for r in auth.requests if r.path == "/token"]
+
+
+# -- embedded in an EHR on another site ------------------------------------------------------------
+
+
+def _ehr_page(environ, start_response):
+    """The EHR's page: its chart with the app in an iframe (``?src=`` the app's launch URL)."""
+    from urllib.parse import parse_qs
+
+    from markupsafe import escape
+
+    src = parse_qs(environ.get("QUERY_STRING", "")).get("src", [""])[0]
+    body = (f'<!doctype html><title>EHR</title><h1>Patient chart</h1>'
+            f'<iframe id="app" title="lbp-cds" src="{escape(src)}" width="1000" height="900"></iframe>').encode()
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.fixture(scope="module")
+def embedding(fhir):
+    """An EHR page on another site than the app (``localhost`` framing ``127.0.0.1``: another site for
+    the browser, as ``ehr.example.org`` framing ``cds.example.org`` is), a service whose
+    ``CDS_APP_FRAME_ANCESTORS`` names that EHR, and its own SMART authorization server."""
+    from browser_support import LateApp, service_overrides
+    from conftest import build_app
+    from loopback import serve_wsgi
+    from smart_auth_server import SmartAuthServer
+
+    with serve_wsgi(_ehr_page, name="browser-test-ehr") as ehr_base:
+        ehr = ehr_base.replace("127.0.0.1", "localhost")
+        late = LateApp()
+        with serve_wsgi(late, name="browser-test-embedded-service") as base_url:
+            late.app = build_app(public_base_url=base_url, app_frame_ancestors=(ehr,), **service_overrides(fhir.base_url))
+            server = SmartAuthServer(client_id=CLIENT_ID, redirect_uri=base_url + "/app/callback",
+                                     access_token=ACCESS_TOKEN, fhir_base=fhir.base_url, standalone_patient=patient_id())
+            with server:
+                yield ehr, base_url, late.app, server
+
+
+def launch_in_ehr_iframe(pg, embedding, fhir):
+    ehr, service, _, auth_server = embedding
+    fhir.smart_configuration = auth_server.configuration()
+    launch = auth_server.new_launch(patient_id())
+    app_url = f"{service}/app/launch?" + str(httpx.QueryParams({"iss": fhir.base_url, "launch": launch}))
+    pg.goto(f"{ehr}/?" + str(httpx.QueryParams({"src": app_url})))
+    return pg.frame_locator("#app")
+
+
+def test_an_ehr_on_another_site_launches_the_app_in_its_iframe(page, smart, embedding):
+    ehr, service, _, auth_server = embedding
+    frame = launch_in_ehr_iframe(page, embedding, smart)
+    frame.locator("svg#history-chart").wait_for()
+    assert frame.locator("svg#history-chart circle.session-point").count() == len(sessions_on_server(smart))
+    assert any(r.path == "/token" for r in auth_server.requests) and not auth_server.token_errors
+    # the session cookie is a third-party cookie here: SameSite=None, Secure, HttpOnly, and only the app's path
+    [cookie] = [c for c in page.context.cookies(service + "/app/") if c["name"] == "lbp_app"]
+    assert (cookie["sameSite"], cookie["secure"], cookie["httpOnly"], cookie["path"]) == ("None", True, True, "/app")
+    ehr_site = ehr.rsplit(":", 1)[0]  # scheme and host: a site has no port
+    assert cookie.get("partitionKey", ehr_site) == ehr_site  # Partitioned: kept for this embedding site only
+
+    # recording a session from inside the iframe: the form's POST carries the cookie and its CSRF token
+    frame.locator("#exercise").select_option("bird-dog")
+    frame.locator("#session-date").fill(TODAY)
+    for field, value in (("reps-1", "28"), ("reps-2", "27"), ("pain-during", "1"), ("pain-after", "0")):
+        frame.locator(f"#{field}").fill(value)
+    frame.locator("#record").click()
+    frame.locator("#written").wait_for()
+    assert frame.locator("#written li.written-resource").count() == len(smart.created) == 4  # 2 rounds, 2 pain scores
+
+
+def test_with_a_lax_cookie_the_framed_launch_fails_at_its_callback(page, smart, embedding):
+    """The control: the same launch with the cookie the app sets when nobody frames it (SameSite=Lax)
+    never gets its session back inside the cross-site iframe."""
+    _, _, app, _ = embedding
+    state = app.extensions["lbp_cds_app"]
+    state.embedded = False
+    try:
+        frame = launch_in_ehr_iframe(page, embedding, smart)
+        frame.locator("text=wrong or expired state").wait_for()
+        assert frame.locator("svg#history-chart").count() == 0
+    finally:
+        state.embedded = True

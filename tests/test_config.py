@@ -188,6 +188,21 @@ def test_empty_values_keep_their_meaning():
     assert settings.database_url == "" and settings.trusted_issuers is None  # no database: no audit key needed
 
 
+@pytest.mark.parametrize(("base", "ok"), [
+    ("https://cds.example.org", True), ("http://127.0.0.1:8080", True), ("http://localhost:8080", True),
+    ("http://cds.example.org", False),
+])
+def test_an_app_framed_by_another_site_needs_an_https_public_url(base, ok):
+    env = {"CDS_APP": "on", "CDS_APP_FRAME_ANCESTORS": "https://ehr.example.org", "CDS_PUBLIC_BASE_URL": base}
+    if ok:
+        assert load_settings(env, development=True).app_embedded_by_other_sites
+        return
+    with pytest.raises(ConfigError, match=r"^CDS_APP_FRAME_ANCESTORS: .*SameSite=None; Secure.*CDS_PUBLIC_BASE_URL"):
+        load_settings(env, development=True)
+    framed_by_itself = load_settings({**env, "CDS_APP_FRAME_ANCESTORS": "'self'"}, development=True)
+    assert not framed_by_itself.app_embedded_by_other_sites  # a Lax cookie: plain http works (development)
+
+
 def test_config_error_is_a_cds_error_naming_the_variable():
     with pytest.raises(ConfigError) as e:
         load_settings({"CDS_EVALUATION_DATE": "2026-13-01"})

@@ -207,9 +207,20 @@ def test_the_token_never_reaches_html_urls_cookies_or_logs(client, fhir, auth, c
     assert TOKEN not in json.dumps(params)
     cookie = client.get_cookie("lbp_app", path="/app")
     assert cookie is not None and TOKEN not in cookie.value and PATIENT not in cookie.value
-    assert cookie.http_only and cookie.same_site == "Lax"
+    # framed by https://ehr.example (CDS_APP_FRAME_ANCESTORS): a third-party cookie, sent from its iframe
+    assert cookie.http_only and cookie.same_site == "None" and cookie.secure
+    assert "Partitioned" in client.get("/app/launch", query_string={"iss": fhir.base_url}).headers["Set-Cookie"]
     logged = caplog.text + " ".join(str(r.args) for r in caplog.records)
     assert TOKEN not in logged and PATIENT not in logged
+
+
+def test_an_app_nobody_else_frames_keeps_a_lax_cookie(fhir, auth):
+    client = build_app(app_fhir_servers=(fhir.base_url,)).test_client()  # frame-ancestors 'self'
+    launched(client, fhir, auth)
+    cookie = client.get_cookie("lbp_app", path="/app")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+    assert not cookie.secure  # plain http public URL (development): Secure would make the browser drop it
+    assert "Partitioned" not in client.get("/app/launch", query_string={"iss": fhir.base_url}).headers["Set-Cookie"]
 
 
 def test_app_pages_carry_the_security_headers_and_no_inline_script(client, fhir, auth):

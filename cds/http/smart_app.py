@@ -87,6 +87,9 @@ class AppState:
     fernet: Fernet
     secure_cookie: bool
     examples_dir: Path
+    #: the app is framed by another site (an EHR's iframe): the session cookie is then a third-party one,
+    #: which browsers send only when it is ``SameSite=None; Secure``, kept per embedding site (``Partitioned``)
+    embedded: bool = False
 
 
 def init_app(app: Any) -> None:
@@ -101,6 +104,7 @@ def init_app(app: Any) -> None:
         fernet=Fernet(key),
         secure_cookie=settings.public_base_url.startswith("https://"),
         examples_dir=settings.app_demo_dir,
+        embedded=settings.app_embedded_by_other_sites,
     )
     app.register_blueprint(bp)
 
@@ -127,9 +131,17 @@ def _load_cookie() -> dict[str, Any]:
 
 
 def _save_cookie(response: Response, data: dict[str, Any]) -> Response:
-    token = _app_state().fernet.encrypt(json.dumps(data, separators=(",", ":")).encode()).decode()
-    response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, httponly=True, samesite="Lax",
-                        secure=_app_state().secure_cookie, path="/app")
+    state = _app_state()
+    token = state.fernet.encrypt(json.dumps(data, separators=(",", ":")).encode()).decode()
+    if state.embedded:
+        # Inside an EHR's iframe every request is cross-site: a Lax cookie would never come back, and the
+        # launch would fail at its callback. Forms still carry their CSRF token (``record``), and the
+        # callback its OAuth ``state``; Partitioned keeps the cookie to the site that embeds the app.
+        response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, httponly=True, samesite="None",
+                            secure=True, partitioned=True, path="/app")
+    else:
+        response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, httponly=True, samesite="Lax",
+                            secure=state.secure_cookie, path="/app")
     return response
 
 
