@@ -41,6 +41,7 @@ from flask import Flask  # noqa: E402
 
 from cds import service  # noqa: E402
 from cds.clock import FixedClock  # noqa: E402
+from cds.collector import settle_after_start_up  # noqa: E402
 from cds.config import load_settings  # noqa: E402
 from cds.extract import fact_memo  # noqa: E402
 from cds.fhir_validation import validation_cache  # noqa: E402
@@ -229,7 +230,7 @@ def main() -> int:
         database_url="", rules_poll_seconds=0,
     )
     app = create_app(settings)
-    gc.freeze()  # as the entry points do (cds.wsgi, cds run): start-up objects leave the GC generations
+    settle_after_start_up()  # as the entry points do (cds.wsgi, cds run): cds/collector.py
     state = app.extensions["lbp_cds"]
     recorder = TimingRecorder()
     state.observers.append(recorder)

@@ -56,9 +56,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # the new workers start from the edited version (or keep the old one when the edit is invalid).
         live.reload()
 
-    import gc
+    from .collector import settle_after_start_up
 
-    gc.freeze()  # see cds/wsgi.py: short full collections under large requests
+    settle_after_start_up()  # start-up objects frozen, full collections rare (cds/collector.py)
     _Server().run()
     return 0
 

@@ -1,9 +1,9 @@
 """WSGI entry point for production servers: ``gunicorn cds.wsgi:app`` (JSON logs, env configuration)."""
 
-import gc
 import logging
 import sys
 
+from .collector import settle_after_start_up
 from .config import ConfigError, load_settings
 from .http import create_app
 from .logs import configure_logging
@@ -32,7 +32,4 @@ except RuleSetError as e:
 except CandidateRejected as e:  # the rule engine refuses them, or they fail their own rule tests
     print(f"refusing to start: {settings.rules_dir}: {e.one_line}", file=sys.stderr, flush=True)
     raise SystemExit(_REFUSED) from None
-# Start-up objects (modules, FHIR model classes, the compiled rule set) leave the collector's
-# generations: full collections stay short when a large request allocates (p99 of a long history
-# 82 -> 15 ms in bench/).
-gc.freeze()
+settle_after_start_up()  # the collector: start-up objects frozen, full collections rare (cds/collector.py)

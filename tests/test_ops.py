@@ -4,6 +4,7 @@ the X-Request-Id header, and the ``cds.wsgi`` entry point."""
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
 import os
@@ -337,11 +338,12 @@ def test_wsgi_builds_an_app_from_the_environment(tmp_path):
         "CDS_AUDIT_KEY": "wsgi-test-audit-key-0123456789",
     })
     script = (
-        "import json, cds.wsgi as w\n"
+        "import gc, json, cds.wsgi as w\n"
         "c = w.app.test_client()\n"
         "r = c.get('/readyz')\n"
         "print(json.dumps({'status': r.status_code, 'body': r.get_json(),"
-        " 'rid': r.headers.get('X-Request-Id'), 'services': c.get('/cds-services').status_code}))\n"
+        " 'rid': r.headers.get('X-Request-Id'), 'services': c.get('/cds-services').status_code,"
+        " 'frozen': gc.get_freeze_count(), 'thresholds': gc.get_threshold()}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -350,6 +352,8 @@ def test_wsgi_builds_an_app_from_the_environment(tmp_path):
     assert out["body"]["checks"]["database"] is True
     assert out["body"]["checks"]["rules"]["version"] == "1.0.0"
     assert out["services"] == 200  # CDS_AUTH=off
+    # the collector settled after start-up (cds/collector.py): start-up objects frozen, full collections rare
+    assert out["frozen"] > 10_000 and out["thresholds"][2] == 1000 and out["thresholds"][:2] == list(gc.get_threshold()[:2])
     assert (tmp_path / "var" / "wsgi.sqlite3").exists()  # the embedded database migrated itself
     # logs go to stderr as JSON lines
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
