@@ -131,7 +131,7 @@ class ValidationCache:
         """``raw`` with its top-level complex elements replaced by their validated instances (the
         memoised ones where the same JSON was validated before); those that do not validate alone stay."""
         fields = element_fields(model)
-        out: dict[str, Any] | None = None
+        replaced: dict[str, Any] = {}
         for key, value in raw.items():
             klass = fields.get(key)
             if klass is None:
@@ -139,23 +139,12 @@ class ValidationCache:
             if type(value) is dict:
                 element = self._element(klass, value)
                 if element is not None:
-                    if out is None:
-                        out = dict(raw)
-                    out[key] = element
+                    replaced[key] = element
             elif type(value) is list:
-                items: list[Any] | None = None
-                for i, item in enumerate(value):
-                    if type(item) is dict:
-                        element = self._element(klass, item)
-                        if element is not None:
-                            if items is None:
-                                items = list(value)
-                            items[i] = element
-                if items is not None:
-                    if out is None:
-                        out = dict(raw)
-                    out[key] = items
-        return raw if out is None else out
+                elements = [self._element(klass, item) if type(item) is dict else None for item in value]
+                if any(e is not None for e in elements):
+                    replaced[key] = [item if e is None else e for e, item in zip(elements, value, strict=True)]
+        return {**raw, **replaced} if replaced else raw  # the keys keep their order
 
     def _element(self, klass: type[Element], raw: dict[str, Any]) -> Element | None:
         canonical = canonical_bytes(raw)
