@@ -13,6 +13,11 @@ Issue 12 found one authenticated 2 MiB call (a Bundle of 522,351 ``{}`` entries)
   Observations for the context patient (each validated and converted): 200.
 * ``fat-observations``: the cap's worth of Observations padded to fill 2 MiB (bytes, not counts): 200.
 * ``deep-nesting``: an Observation whose extension nests as deep as the JSON parser allows: 200.
+* ``huge-components``, ``huge-coding``, ``huge-condition``, ``many-extensions``: one resource whose
+  arrays fill the body (half a million ``{}`` components or codings in a pain score, notes in the LBP
+  Condition; 450,000 extensions): the entry cap does not bound them; the resource bound does
+  (``cds.fhir_validation.MAX_RESOURCE_BYTES``: more content is invalid without validation; before it,
+  ``huge-components`` cost 9.9 s of CPU and 870 MiB): 200, the resource skipped and said so.
 
 Each shape runs in its own process (so peak RSS is that call's), through the Flask test client, auth
 off, no database. Prints: status, CPU seconds (process time of the call), wall seconds, peak RSS (MiB,
@@ -38,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 LIMIT = 2 * 1024 * 1024
 URL = "/cds-services/lbp-exercise-progression"
 EXAMPLE = ROOT / "fhir_examples" / "requests" / "bird-dog-12-14.json"
-SHAPES = ["empty-entries", "empty-at-cap", "observations-at-cap", "fat-observations", "deep-nesting"]
+SHAPES = ["empty-entries", "empty-at-cap", "observations-at-cap", "fat-observations", "deep-nesting",
+          "huge-components", "huge-coding", "huge-condition", "many-extensions"]
 
 
 def _bundle(entries: list[Any]) -> dict[str, Any]:
@@ -83,6 +89,18 @@ def build(shape: str, cap: int) -> bytes:
         obs = _observation(1, pid)
         obs["extension"] = [nested]
         body["prefetch"]["painScores"] = _bundle([{"resource": obs}])
+    elif shape in ("huge-components", "huge-coding", "huge-condition", "many-extensions"):
+        # one resource whose arrays fill the body: the entry cap does not bound them, the resource bound does
+        n = (LIMIT - len(json.dumps(body).encode()) - 2000) // 4  # '{}, ' per element
+        pain = body["prefetch"]["painScores"]["entry"][0]["resource"]
+        if shape == "huge-components":
+            pain["component"] = [{}] * n
+        elif shape == "huge-coding":
+            pain["code"]["coding"] = pain["code"]["coding"] + [{}] * n
+        elif shape == "huge-condition":
+            body["prefetch"]["conditions"]["entry"][0]["resource"]["note"] = [{}] * n
+        else:
+            pain["extension"] = [{"url": "x"}] * (n // 4)  # '{"url": "x"}, ' per extension
     else:
         raise SystemExit(f"unknown shape {shape}")
     raw = json.dumps(body, separators=(",", ":") if shape == "deep-nesting" else (", ", ": ")).encode()

@@ -85,10 +85,29 @@ def element_fields(model: type[BaseModel]) -> dict[str, type[Element]]:
     return fields
 
 
+#: the content of one resource validated at most (its ``marshal`` bytes, ~1.3x its compact JSON): a pain
+#: score, round or Condition is well under 2 KiB, and fhir.resources costs ~20 us per element, so one
+#: Observation of half a million ``{}`` components under the 2 MiB body limit cost 9.9 s of CPU and
+#: 870 MiB; past this bound the resource is invalid without being looked at (bench_worst_body.py)
+MAX_RESOURCE_BYTES = 64 * 1024
+
+
+def too_large(model: type[BaseModel], size: int, limit: int) -> ValidationError:
+    """The validation error of a resource over ``limit`` bytes of content (never validated)."""
+    detail = InitErrorDetails(
+        type=PydanticCustomError("too_large", "resource too large to validate: {size} bytes of content, at most {limit}",
+                                 {"size": size, "limit": limit}),
+        loc=(), input=None,
+    )
+    return ValidationError.from_exception_data(model.__name__, [detail])
+
+
 class ValidationCache:
-    def __init__(self, maxsize: int = 2048, element_maxsize: int = 8192):
+    def __init__(self, maxsize: int = 2048, element_maxsize: int = 8192, max_bytes: int = MAX_RESOURCE_BYTES):
         self.maxsize = maxsize
         self.element_maxsize = element_maxsize
+        #: resources with more content than this are invalid without validation (see MAX_RESOURCE_BYTES)
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[type, bytes], BaseModel | ValidationError] = OrderedDict()
         #: elements validated on their own: the instance, or None when it does not validate alone
         self._elements: OrderedDict[tuple[type, bytes], Element | None] = OrderedDict()
@@ -107,6 +126,8 @@ class ValidationCache:
             canonical = canonical_bytes(raw)
             if canonical is None:
                 return _validate(model, raw)  # not plain JSON (or absurdly deep): validate without caching
+        if len(canonical) > self.max_bytes:
+            raise too_large(model, len(canonical), self.max_bytes)  # not cached: its key alone would be the size
         key = (model, canonical)
         with self._lock:
             outcome = self._entries.get(key)

@@ -179,3 +179,20 @@ def test_element_memo_is_bounded() -> None:
         obs["subject"]["reference"] = f"Patient/p-{n}"
         cache.validate(get_fhir_model_class("Observation"), obs, by_element=True)
     assert len(cache._elements) == 5
+
+
+def test_a_resource_over_the_content_bound_is_invalid_without_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ValidationCache(max_bytes=2_000)
+    model = get_fhir_model_class("Observation")
+    big = round_obs()
+    big["note"] = [{"text": "x" * 2_000}]  # valid FHIR, but more content than the bound
+    calls: list[Any] = []
+    monkeypatch.setattr(model, "model_validate", classmethod(lambda cls, obj, *a, **k: calls.append(obj)))
+    for _ in range(2):
+        with pytest.raises(ValidationError) as e:
+            cache.validate(model, big, by_element=True)
+        [error] = e.value.errors(include_url=False)
+        assert error["type"] == "too_large" and "at most 2000" in error["msg"]
+    assert calls == [] and not cache._entries and not cache._elements  # never validated, never cached
+    monkeypatch.undo()
+    assert cache.validate(model, round_obs()).status == "final"  # under the bound: validated as usual

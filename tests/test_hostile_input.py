@@ -578,3 +578,37 @@ def test_entries_up_to_the_cap_are_skipped_with_one_summary_log_line(hc, caplog)
     lines = [r.getMessage() for r in caplog.records if r.name == "cds.extract" and r.levelno >= logging.INFO]
     assert len(lines) == 1 and lines[0].startswith(f"skipped {MAX_ENTRIES_PER_KEY} resource(s): ")
     assert len(caplog.records) < 50  # not one line per skipped entry
+
+
+def test_a_resource_whose_arrays_fill_the_body_is_skipped_without_being_validated(hc, caplog, monkeypatch) -> None:
+    """The entry cap bounds entries per key, not the arrays inside one resource: a pain score with
+    100,000 ``{}`` components (~0.4 MiB, under the body limit) is invalid by its size alone
+    (``MAX_RESOURCE_BYTES``), never handed to fhir.resources, logged and counted; the card says the
+    session's pain was not usable (bench/bench_worst_body.py: 9.9 s of CPU before, 0.07 s now)."""
+    from fhir.resources.R4B.observation import Observation
+
+    from cds.fhir_validation import MAX_RESOURCE_BYTES, validation_cache
+
+    validation_cache.clear()
+    body = _load("bird-dog-12-14")
+    pain = body["prefetch"]["painScores"]["entry"][0]["resource"]
+    pain["component"] = [{}] * 100_000
+    seen: list[str] = []
+    real = Observation.model_validate.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(obj.get("id") if isinstance(obj, dict) else None)
+        return real(cls, obj, *args, **kwargs)
+
+    monkeypatch.setattr(Observation, "model_validate", classmethod(counting))
+    caplog.set_level(logging.INFO)
+    response = post_raw(hc, json.dumps(body))
+    assert response.status_code == 200
+    assert pain["id"] not in seen and seen  # the other Observations were validated, this one never
+    [line] = [r.getMessage() for r in caplog.records if r.name == "cds.extract" and r.levelno >= logging.INFO]
+    assert line == "skipped 1 resource(s): failed FHIR R4 validation: 1"
+    card = response.get_json()["cards"][0]
+    facts = card["extension"][RECOMMENDATION]["facts"]
+    assert facts.get("maxPain") is None  # the pain score was not used ...
+    assert "skipped as invalid" in card["detail"].lower() or "not used" in card["detail"].lower()  # ... and it says so
+    assert len(json.dumps(pain)) > MAX_RESOURCE_BYTES
