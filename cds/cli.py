@@ -88,7 +88,7 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
 
 def _cmd_rules_test(args: argparse.Namespace) -> int:
     from .ruleset.loader import RuleSetError
-    from .ruleset.ruletests import RuleTestError, format_report, run_tests
+    from .ruletests import RuleTestError, format_report, run_tests
 
     try:
         report = run_tests(args.path, args.tests)
@@ -108,7 +108,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .explain import EvaluateError, evaluate_request, explain, read_request, render_text
     from .ruleset.loader import RuleSetError
-    from .ruleset.ruletests import active_rules
+    from .ruletests import active_rules
 
     settings = load_settings(serving=False)  # CDS_RULES_DIR, CDS_EVALUATION_DATE, as `cds run` reads them
     rules_dir = args.rules or settings.rules_dir

@@ -15,7 +15,7 @@ from .engine import EngineError
 from .errors import CdsError
 from .ruleset.loader import RuleSetError, load_ruleset
 from .ruleset.model import RuleSet
-from .ruleset.ruletests import RuleTestError, load_cases, run_cases
+from .ruletests import RuleTestError, load_cases, run_cases
 
 
 class CandidateRejected(CdsError):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import EVALUATION_DATE, REQUESTS_DIR
 
-from cds.ruleset.ruletests import RuleTestError, format_report, load_cases, run_tests
+from cds.ruletests import RuleTestError, format_report, load_cases, run_tests
 
 ORDERS_DIR = Path(__file__).resolve().parent / "fixtures" / "rules-orders"
 

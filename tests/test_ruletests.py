@@ -14,7 +14,7 @@ import pytest
 from conftest import REQUESTS_DIR, RULES_DIR
 
 from cds.cli import main
-from cds.ruleset.ruletests import RuleTestError, load_cases, run_tests
+from cds.ruletests import RuleTestError, load_cases, run_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "rules"

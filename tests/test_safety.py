@@ -25,8 +25,8 @@ from cds.clock import FixedClock
 from cds.extract import CodeList, extract
 from cds.live_rules import LiveRuleSet
 from cds.ruleset.loader import load_ruleset
-from cds.ruleset.ruletests import RuleCase, run_cases
 from cds.ruleset.schema import ConditionCoding, code_matches
+from cds.ruletests import RuleCase, run_cases
 from cds.templates import LIST_TEXT_CHARS, max_rendered_length
 
 SAFETY_DIR = RULES_DIR.parent / "rules_safety"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cds.ruleset.ruletests import active_rules, describe_card, load_cases, run_case, run_cases
+from cds.ruletests import active_rules, describe_card, load_cases, run_case, run_cases
 
 TESTS = Path(__file__).resolve().parent
 RULES = TESTS.parent

@@ -43,16 +43,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..active_rules import ActiveRules
-from ..cards import EXTENSION_KEY
-from ..clock import FixedClock
-from ..engine import RuleEngine
-from ..errors import CdsError
-from ..fhir_client import PrefetchUnavailable
-from ..order_check import evaluate_orders
-from ..service import evaluate, services
-from . import yamlpos
-from .loader import Problem, RuleSetError, load_ruleset
+from .active_rules import ActiveRules
+from .cards import EXTENSION_KEY
+from .clock import FixedClock
+from .engine import RuleEngine
+from .errors import CdsError
+from .fhir_client import PrefetchUnavailable
+from .order_check import evaluate_orders
+from .ruleset import yamlpos
+from .ruleset.loader import Problem, RuleSetError, load_ruleset
+from .service import evaluate, services
 
 CASE_KEYS = ("name", "description", "as_of", "request", "patient", "resources", "draft_orders", "expect",
              "skipped_invalid")
