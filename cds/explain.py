@@ -86,6 +86,8 @@ def explain(outcome: Outcome, active: ActiveRules) -> dict[str, Any]:
     assessment = evaluation.assessment.model_dump()
     params = ruleset.document.parameters
 
+    # the card each fired rule gave (its index in "cards"), from the explicit pairs; None for a silent rule
+    card_of = {id(rc.fired): i for i, rc in enumerate(outcome.rule_cards)}
     fired = []
     for rule in evaluation.fired:
         definition = ruleset.rule(rule.rule_id)
@@ -102,6 +104,7 @@ def explain(outcome: Outcome, active: ActiveRules) -> dict[str, Any]:
             "final": definition.final,
             "notes": [{"note": n, "when": ruleset.note(n).when.strip()} for n in rule.notes],
             "recommended": rule.recommended,
+            "card": card_of.get(id(rule)),
         })
     cards = [to_json(c) for c in outcome.cards]
 

@@ -75,6 +75,14 @@ def test_json_view_of_every_example(request_file: Path, capsys) -> None:
     ]
     assert got == exp["cards"]
     assert [c["indicator"] for c in report["cards"]] == [c["indicator"] for c in exp["cards"]]
+    # each fired rule names the card it gave, and that card carries the rule's own id and decision
+    for f in report["fired"]:
+        if f["card"] is None:  # a silent rule gives no card
+            continue
+        card = report["cards"][f["card"]]
+        assert card["extension"]["org.lbp-cds.recommendation"]["ruleId"] == f["rule"]
+        assert card["extension"]["org.lbp-cds.recommendation"]["decision"] == f["decision"]
+    assert sorted(f["card"] for f in report["fired"] if f["card"] is not None) == list(range(len(report["cards"])))
     assert sum(s["invalid"] for s in report["skipped"]) == exp.get("skippedInvalid", 0)
     assert report["evaluationDate"] == exp["evaluationDate"]
     assert len(report["ruleset"]["sha256"]) == 64

@@ -368,10 +368,12 @@ def _render(view: _View, status: int = 200):
         except (PrefetchShapeError, PrefetchTooLarge):
             raise AppError(502, "the patient's data from the FHIR server is not usable FHIR") from None
         report = explain(outcome, active)
-        # each card beside the rule that gave it (every fired rule gives one card, except silent ones)
-        fired_by_card = [f for f in report["fired"] if not active.ruleset.rule(f["rule"]).silent]
+        # each card beside the rule that gave it (the explanation pairs them; a silent rule gives none)
         cards = []
-        for card, fired in zip(report["cards"], fired_by_card, strict=False):
+        for fired in report["fired"]:
+            if fired["card"] is None:
+                continue
+            card = report["cards"][fired["card"]]
             cards.append({"summary": card["summary"], "indicator": card["indicator"],
                           "detail": Markup(_md.render(card.get("detail", ""))), "fired": fired})
         chart = Markup(history_chart.render_svg(history, ruleset))
