@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export CDS_RULES_DIR ?= $(CURDIR)/rules
 
-.PHONY: run test bench bench-http drill check-rules rules-test screenshots clean
+.PHONY: run test bench bench-http drill check-rules rules-test examples screenshots clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 (or 3.12) is required: durable-rules does not build on 3.13"; exit 1; }
@@ -33,6 +33,10 @@ check-rules: $(STAMP)
 
 rules-test: $(STAMP)
 	$(BIN)/cds rules test rules
+
+# rebuild the example requests and fhir_examples/README.md's table (from rules/tests/examples.yaml)
+examples: $(STAMP)
+	$(BIN)/python fhir_examples/generate.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py

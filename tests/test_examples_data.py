@@ -73,14 +73,18 @@ def test_anchor_is_the_fixed_evaluation_date():
     assert json.loads((EXAMPLES / "config.json").read_text()) == {"evaluationDate": "2026-11-20"}
 
 
-def test_committed_files_equal_generator_output():
-    files = gen.build(ANCHOR)
+def test_committed_requests_equal_generator_output():
+    """The request files are the generator's (patient data, declared in generate.py). The README's
+    scenario table is built from the rule test cases, i.e. clinical content: its freshness is checked
+    beside them (rules/tests/test_examples_readme.py), so an edit of rules/ never fails a test here."""
+    placeholder_cases = {s.path.removesuffix(".json"): {"description": "-"} for s in gen.SCENARIOS}
+    files = gen.build(ANCHOR, placeholder_cases)
     committed = {f"rules/tests/requests/{p.relative_to(REQUESTS)}" for p in REQUESTS.rglob("*") if p.is_file()}
     generated = {rel for rel in files if rel.startswith("rules/tests/requests/")}
-    assert committed == generated, "stale or missing files: run .venv/bin/python fhir_examples/generate.py"
+    assert committed == generated, "stale or missing files: run make examples"
     assert set(files) == generated | {"fhir_examples/README.md"}
-    for rel, text in files.items():
-        assert (ROOT / rel).read_text(encoding="utf-8") == text, f"{rel} differs from generate.py output"
+    for rel in generated:
+        assert (ROOT / rel).read_text(encoding="utf-8") == files[rel], f"{rel} differs from generate.py output"
 
 
 def test_fhir_examples_requests_is_a_relative_link_to_the_rule_tests():
