@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -100,7 +101,7 @@ class _EnvSource(EnvSettingsSource):
     """The ``CDS_*`` variables of the ENV table, from a given mapping, as raw strings.
 
     Parsing (booleans, dates, the origin list) is the field validators' job, for the environment and
-    the keyword overrides alike; other ``CDS_*`` variables (``CDS_WORKERS``, ...) are not settings.
+    the keyword overrides alike; the launcher's variables (``CDS_WORKERS``, ...) are :class:`ServerSettings`.
     """
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None) -> None:
@@ -375,3 +376,108 @@ def load_settings(
         raise ConfigError(_message(e)) from None
     finally:
         _LOAD.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The server launcher's settings (cds.serve, cds.gunicorn_conf): read before any worker imports the app
+
+
+SERVER_ENV: dict[str, str] = {
+    "CDS_HOST": "host",
+    "CDS_PORT": "port",
+    "CDS_WORKERS": "workers",
+    "CDS_THREADS": "threads",
+    "CDS_HEADER_TIMEOUT": "header_timeout",
+    "CDS_BODY_TIMEOUT": "body_timeout",
+    "CDS_GRACEFUL_TIMEOUT": "graceful_timeout",
+}
+_SERVER_FIELD_TO_VAR = {f: v for v, f in SERVER_ENV.items()}
+#: the largest value of each whole-number server setting (granian takes a header timeout of at most 60 s)
+_SERVER_MAXIMUM = {"port": 65535, "header_timeout": 60, "body_timeout": 3600, "graceful_timeout": 1800}
+
+
+class _ServerEnvSource(PydanticBaseSettingsSource):
+    """The SERVER_ENV variables of a given mapping; blank ones are unset (their default applies)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._values = {f: environ[v].strip() for v, f in SERVER_ENV.items() if environ.get(v, "").strip()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+_SERVER_ENVIRON: ContextVar[Mapping[str, str]] = ContextVar("cds_server_environ", default={})  # noqa: B039 - replaced per load
+
+
+def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: the cgroup v2 quota (``cpu.max``, rounded up) when there is one,
+    else the CPU affinity; at least 1. The default of ``CDS_WORKERS``."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            return max(1, min(affinity, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, affinity)
+
+
+class ServerSettings(BaseSettings):
+    """What the launcher needs: bind address, processes, threads and the slow-client deadlines
+    (``cds.serve`` documents each)."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = Field(default_factory=available_cpus)
+    threads: int = 8
+    header_timeout: int = 10  # seconds
+    body_timeout: int = 15  # seconds
+    graceful_timeout: int = 20  # seconds
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _ServerEnvSource(settings_cls, _SERVER_ENVIRON.get())
+
+    @field_validator("port", "workers", "threads", "header_timeout", "body_timeout", "graceful_timeout", mode="before")
+    @classmethod
+    def _whole_number_in_range(cls, v: object, info: ValidationInfo) -> object:
+        if isinstance(v, str):
+            try:
+                v = int(v)
+            except ValueError:
+                raise ValueError(f"not a whole number: {v!r}") from None
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"not a whole number: {v!r}")
+        if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        maximum = _SERVER_MAXIMUM.get(info.field_name or "")
+        if maximum is not None and v > maximum:
+            raise ValueError(f"must be at most {maximum}, got {v}")
+        return v
+
+
+def load_server_settings(environ: Mapping[str, str] | None = None) -> ServerSettings:
+    """The launcher's settings from ``environ`` (default ``os.environ``). Raises :class:`ConfigError`
+    naming the variable (``CDS_THREADS: must be at least 1, got 0``)."""
+    token = _SERVER_ENVIRON.set(os.environ if environ is None else environ)
+    try:
+        return ServerSettings()
+    except ValidationError as e:
+        msgs = [f"{_SERVER_FIELD_TO_VAR.get(str(err['loc'][0]), err['loc'][0])}: "
+                f"{str(err['msg']).removeprefix('Value error, ')}" for err in e.errors()]
+        raise ConfigError("; ".join(msgs)) from None
+    finally:
+        _SERVER_ENVIRON.reset(token)

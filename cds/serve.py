@@ -8,7 +8,8 @@ have fully arrived (issue 12 point 1; bench/bench_slow_clients.py, tests/test_sl
 own WSGI interface would not do: it hands a request to a thread when its headers are in and lets the
 thread block on ``wsgi.input`` while the body trickles in (measured: 20 slow bodies starve 2 x 8 threads).
 
-Configuration from the environment (a bad value stops start-up with one line, exit 2):
+Configuration from the environment, read and validated by :class:`cds.config.ServerSettings` (a bad
+value stops start-up with one line naming the variable, exit 2):
 
 - ``CDS_HOST`` / ``CDS_PORT``: bind address (``0.0.0.0:8080``);
 - ``CDS_WORKERS``: worker processes, default the CPUs this container may use (:func:`available_cpus`);
@@ -31,76 +32,21 @@ workers' files (granian has no per-worker exit hook).
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CdsError
+from .config import ConfigError, ServerSettings, available_cpus, load_server_settings  # noqa: F401 - re-exported
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TARGET = "cds.rsgi:production_app"  # a factory, called in each worker
 
 
-class ServerConfigError(CdsError, ValueError):
-    """A bad server setting: one line for the operator."""
-
-
-def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The CPUs this process may use: the cgroup v2 quota (``cpu.max``, rounded up) when there is one,
-    else the CPU affinity; at least 1."""
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = cgroup_cpu_max.read_text().split()[:2]
-        if quota != "max":
-            return max(1, min(affinity, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, affinity)
-
-
-def positive_int(env: Mapping[str, str], name: str, default: int, maximum: int | None = None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ServerConfigError(f"{name}: not a whole number: {raw!r}") from None
-    if value < 1:
-        raise ServerConfigError(f"{name}: must be at least 1, got {value}")
-    if maximum is not None and value > maximum:
-        raise ServerConfigError(f"{name}: must be at most {maximum}, got {value}")
-    return value
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str
-    port: int
-    workers: int
-    threads: int
-    header_timeout: int  # seconds
-    body_timeout: int  # seconds
-    graceful_timeout: int  # seconds
-
-
-def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings:
-    env = os.environ if env is None else env
-    return ServerSettings(
-        host=env.get("CDS_HOST", "").strip() or "0.0.0.0",
-        port=positive_int(env, "CDS_PORT", 8080, maximum=65535),
-        workers=positive_int(env, "CDS_WORKERS", available_cpus()),
-        threads=positive_int(env, "CDS_THREADS", 8),
-        # granian takes at most 60 s (in ms)
-        header_timeout=positive_int(env, "CDS_HEADER_TIMEOUT", 10, maximum=60),
-        body_timeout=positive_int(env, "CDS_BODY_TIMEOUT", 15, maximum=3600),
-        graceful_timeout=positive_int(env, "CDS_GRACEFUL_TIMEOUT", 20, maximum=1800),
-    )
+#: a bad server setting (one line for the operator): the settings' own error, cds.config.ConfigError
+ServerConfigError = ConfigError
 
 
 def reset_multiproc_dir(env: Mapping[str, str] | None = None) -> None:
