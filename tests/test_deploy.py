@@ -22,13 +22,13 @@ import pytest
 import yaml
 from conftest import ROOT, RULES_DIR
 
-from cds.config import ENV
+from cds.config import ENV, SERVER_ENV
 
 DEPLOY = ROOT / "deploy"
 MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
-#: variables read by the server of the entry point (cds/serve.py), not by the app's settings
-SERVER_VARS = set(re.findall(r'"(CDS_[A-Z_]+)"', (ROOT / "cds" / "serve.py").read_text()))
+#: variables read by the server of the entry point (cds.serve: cds.config.ServerSettings), besides the app's settings
+SERVER_VARS = set(SERVER_ENV)
 OTHER_VARS = {"PROMETHEUS_MULTIPROC_DIR"}  # prometheus-client's multiprocess folder (cds.metrics)
 
 

@@ -139,6 +139,18 @@ def test_server_settings_defaults_and_errors():
         load_server_settings({"CDS_HEADER_TIMEOUT": "61"})
 
 
+def test_every_server_variable_is_read():
+    from cds.config import SERVER_ENV
+
+    values = {"CDS_HOST": "127.0.0.2", "CDS_PORT": "9001", "CDS_WORKERS": "5", "CDS_THREADS": "3",
+              "CDS_HEADER_TIMEOUT": "7", "CDS_BODY_TIMEOUT": "9", "CDS_GRACEFUL_TIMEOUT": "11"}
+    assert set(values) == set(SERVER_ENV)
+    settings = load_server_settings(values)
+    for var, field in SERVER_ENV.items():
+        assert str(getattr(settings, field)) == values[var], var
+    assert load_server_settings({"CDS_THREADS": "  "}).threads == 8  # blank: the default
+
+
 @pytest.mark.parametrize("module", ["cds.serve", "cds.gunicorn_conf"])
 def test_a_bad_worker_count_stops_the_server_in_one_line(tmp_path, module):
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "CDS_WORKERS": "two"}
