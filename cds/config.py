@@ -349,13 +349,13 @@ def development_defaults() -> dict[str, object]:
     return defaults
 
 
-def _message(e: ValidationError) -> str:
+def _message(e: ValidationError, field_to_var: Mapping[str, str] = _FIELD_TO_VAR) -> str:
     msgs = []
     for err in e.errors():
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["loc"]:
             field_name = str(err["loc"][0])
-            msgs.append(f"{_FIELD_TO_VAR.get(field_name, field_name)}: {msg}")
+            msgs.append(f"{field_to_var.get(field_name, field_name)}: {msg}")
         else:
             msgs.append(msg)  # a cross-field check: the message starts with the variable
     return "; ".join(msgs)
@@ -396,23 +396,6 @@ _SERVER_FIELD_TO_VAR = {f: v for v, f in SERVER_ENV.items()}
 _SERVER_MAXIMUM = {"port": 65535, "header_timeout": 60, "body_timeout": 3600, "graceful_timeout": 1800}
 
 
-class _ServerEnvSource(PydanticBaseSettingsSource):
-    """The SERVER_ENV variables of a given mapping; blank ones are unset (their default applies)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        super().__init__(settings_cls)
-        self._values = {f: environ[v].strip() for v, f in SERVER_ENV.items() if environ.get(v, "").strip()}
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._values)
-
-
-_SERVER_ENVIRON: ContextVar[Mapping[str, str]] = ContextVar("cds_server_environ", default={})  # noqa: B039 - replaced per load
-
-
 def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """The CPUs this process may use: the cgroup v2 quota (``cpu.max``, rounded up) when there is one,
     else the CPU affinity; at least 1. The default of ``CDS_WORKERS``."""
@@ -449,7 +432,7 @@ class ServerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _ServerEnvSource(settings_cls, _SERVER_ENVIRON.get())
+        return (init_settings,)  # only what load_server_settings read from SERVER_ENV (never HOST, PORT...)
 
     @field_validator("port", "workers", "threads", "header_timeout", "body_timeout", "graceful_timeout", mode="before")
     @classmethod
@@ -472,12 +455,9 @@ class ServerSettings(BaseSettings):
 def load_server_settings(environ: Mapping[str, str] | None = None) -> ServerSettings:
     """The launcher's settings from ``environ`` (default ``os.environ``). Raises :class:`ConfigError`
     naming the variable (``CDS_THREADS: must be at least 1, got 0``)."""
-    token = _SERVER_ENVIRON.set(os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    values = {f: env[v].strip() for v, f in SERVER_ENV.items() if env.get(v, "").strip()}  # blank: the default
     try:
-        return ServerSettings()
+        return ServerSettings(**values)  # type: ignore[arg-type]  # strings: the validator parses them
     except ValidationError as e:
-        msgs = [f"{_SERVER_FIELD_TO_VAR.get(str(err['loc'][0]), err['loc'][0])}: "
-                f"{str(err['msg']).removeprefix('Value error, ')}" for err in e.errors()]
-        raise ConfigError("; ".join(msgs)) from None
-    finally:
-        _SERVER_ENVIRON.reset(token)
+        raise ConfigError(_message(e, _SERVER_FIELD_TO_VAR)) from None
