@@ -133,15 +133,13 @@ def _load_cookie() -> dict[str, Any]:
 def _save_cookie(response: Response, data: dict[str, Any]) -> Response:
     state = _app_state()
     token = state.fernet.encrypt(json.dumps(data, separators=(",", ":")).encode()).decode()
-    if state.embedded:
-        # Inside an EHR's iframe every request is cross-site: a Lax cookie would never come back, and the
-        # launch would fail at its callback. Forms still carry their CSRF token (``record``), and the
-        # callback its OAuth ``state``; Partitioned keeps the cookie to the site that embeds the app.
-        response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, httponly=True, samesite="None",
-                            secure=True, partitioned=True, path="/app")
-    else:
-        response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, httponly=True, samesite="Lax",
-                            secure=state.secure_cookie, path="/app")
+    # Inside an EHR's iframe (embedded) every request is cross-site: a Lax cookie would never come back,
+    # and the launch would fail at its callback. Forms still carry their CSRF token (``record``), and the
+    # callback its OAuth ``state``; Partitioned keeps the cookie to the site that embeds the app.
+    embedded = state.embedded
+    response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, httponly=True, path="/app",
+                        samesite="None" if embedded else "Lax", secure=embedded or state.secure_cookie,
+                        partitioned=embedded)
     return response
 
 
