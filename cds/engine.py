@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -333,13 +333,18 @@ class RuleEngine:
         decisions = self.ruleset.note(note_id).decisions
         return not decisions or decision in decisions
 
-    def evaluate(self, assessment: Assessment, evaluation_date: dt.date) -> Evaluation:
-        """Run the rule set on one assessment: the stages in order (with their notes)."""
+    def evaluate(self, assessment: Assessment, evaluation_date: dt.date, *,
+                 stages: Collection[str] | None = None) -> Evaluation:
+        """Run the rule set on one assessment: the stages in order (with their notes). ``stages``: only
+        these stages run (a service's ``stages``); the others' rules cannot fire, so a final rule of a
+        stage left out never ends the evaluation. None: every stage."""
         values = assessment.engine_fact()
         rules = self.ruleset.document
         stage_of = self._stage_of
         facts: list[dict[str, Any]] = []
         for stage in self._stages:
+            if stages is not None and stage not in stages:
+                continue
             fact = {"kind": "assessment", "stage": stage}
             for k in self._stage_keys[stage]:
                 if k in values:

@@ -6,8 +6,8 @@ ladder exercise in ``context.draftOrders``: the order facts (:mod:`cds.order_fac
 order check of the rule files (``order_checks``, lowest ``priority``) whose ``when`` holds -> one card
 for that draft. No check holds: the order agrees with the decision, no card.
 
-The decision the orders are checked against is the patient-view card that recommends an exercise
-(else the first card): :func:`decisive_rule`.
+The decision the orders are checked against is the patient-view card that recommends an exercise,
+else that of the final rule that ended the evaluation, else the first card: :func:`decisive_rule`.
 """
 
 from __future__ import annotations
@@ -116,11 +116,17 @@ def draft_orders(bundle: Mapping[str, Any], ruleset: RuleSet) -> list[DraftOrder
     return out
 
 
-def decisive_rule(evaluation: Evaluation) -> FiredRule | None:
+def decisive_rule(evaluation: Evaluation, ruleset: RuleSet) -> FiredRule | None:
     """The patient-view decision orders are checked against: the card that recommends an exercise,
-    else the first card (a final decision such as new onset), else None (no card at all)."""
+    else the card of the ``final`` rule that ended the evaluation (a red flag, a new onset), else the
+    first card, else None (no card at all). A card beside the decision, such as a risk-factor warning
+    ahead of a new onset, is never the decision."""
     fired = evaluation.fired
-    return next((f for f in fired if f.recommended is not None), fired[0] if fired else None)
+    recommending = next((f for f in fired if f.recommended is not None), None)
+    if recommending is not None:
+        return recommending
+    final = next((f for f in fired if ruleset.rule(f.rule_id).final), None)
+    return final or (fired[0] if fired else None)
 
 
 def order_facts(draft: DraftOrder, evaluation: Evaluation, ruleset: RuleSet) -> dict[str, Any]:
@@ -128,7 +134,7 @@ def order_facts(draft: DraftOrder, evaluation: Evaluation, ruleset: RuleSet) -> 
     values: dict[str, Any] = {k: v for k, v in evaluation.assessment.model_dump().items() if v is not None}
     values["ordered_exercise"] = draft.exercise
     values["ordered_rung"] = draft.rung
-    decisive = decisive_rule(evaluation)
+    decisive = decisive_rule(evaluation, ruleset)
     if decisive is not None:
         values["decision"] = decisive.decision
         if decisive.recommended is not None:
@@ -164,7 +170,7 @@ def evaluate_orders(
     # the patient's decision, as patient-view takes it, without building patient-view cards nobody sees
     evaluation, facts, timings = decide(active, prefetch, patient_id=patient_id, clock=clock, stages=stages,
                                         max_entries_per_key=max_entries_per_key)
-    decisive = decisive_rule(evaluation)
+    decisive = decisive_rule(evaluation, ruleset)
     drafts = draft_orders(draft_bundle, ruleset)
     cards: list[CheckCard] = []
     for draft in drafts:

@@ -25,6 +25,12 @@ are the order checks that fired: ``rule`` is the check's id, ``decision`` and ``
 the patient-view decision the order conflicts with. Such a card may also check its suggestion's
 actions: ``delete: ServiceRequest/<id>`` (the draft it deletes) and ``create: <ladder code>`` (the
 exercise of the order it creates) or ``create: none``.
+Any card with a suggestion may check it: ``is_recommended: true|false`` (its first suggestion's
+``isRecommended``), and ``order:`` the ServiceRequest its suggestion creates, with any of
+``patient_instruction`` and ``note`` (``{contains: ...}`` or ``{matches: ...}``; the notes are joined
+by new lines), ``reason`` (the ``reasonReference``, e.g. ``Condition/lbp``, or ``none``), ``requester``
+(e.g. ``Practitioner/example``, or ``none``), ``authored_on`` (a date), ``codes`` and ``category`` (codes
+that ``code.coding`` and ``category[].coding`` must include, any system).
 A file may also have ``blocks:``, ignored by the runner: a place for YAML anchors (``&round``) that
 cases reuse with aliases and merge keys (``<<: *round``).
 
@@ -57,6 +63,13 @@ from .service import evaluate, services
 CASE_KEYS = ("name", "description", "as_of", "request", "patient", "resources", "draft_orders", "expect",
              "skipped_invalid")
 CARD_KEYS = ("rule", "decision", "indicator", "recommended", "notes")
+#: checks of a card's suggestion: its isRecommended flag and the order it creates
+SUGGESTION_KEYS = ("is_recommended", "order")
+#: checks of the created order (``order:``): text checks, exact references, code lists
+ORDER_TEXT_KEYS = ("patient_instruction", "note")
+ORDER_REF_KEYS = ("reason", "requester", "authored_on")
+ORDER_CODE_KEYS = ("codes", "category")
+ORDER_KEYS = ORDER_TEXT_KEYS + ORDER_REF_KEYS + ORDER_CODE_KEYS
 #: checks of an order-check card's suggestion: the deleted draft and the created order's exercise
 ACTION_KEYS = ("delete", "create")
 TEXT_KEYS = ("summary", "detail", "suggestion")
@@ -84,12 +97,27 @@ NO_SUGGESTION = "none"
 
 
 @dataclass(frozen=True)
+class OrderExpectation:
+    """What a case checks of the ServiceRequest a card's suggestion creates (only the keys given)."""
+
+    patient_instruction: TextCheck | None = None
+    note: TextCheck | None = None
+    reason: str | None = None  # a reference, or NO_SUGGESTION ("none": no reasonReference)
+    requester: str | None = None
+    authored_on: str | None = None
+    codes: tuple[str, ...] | None = None
+    category: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class CardText:
     """The text of an answered card: what ``summary``, ``detail`` and ``suggestion`` checks look at."""
 
     summary: str | None = None
     detail: str | None = None
     labels: tuple[str, ...] = ()
+    is_recommended: bool | None = None  # of the first suggestion (None: no suggestion)
+    order: dict[str, Any] | None = None  # the resource the first create action makes
 
 
 @dataclass(frozen=True)
@@ -104,6 +132,8 @@ class ExpectedCard:
     suggestion: TextCheck | str | None = None  # a label check, NO_SUGGESTION, or None (not checked)
     delete: str | None = None  # resourceId the suggestion deletes (None: not checked)
     create: str | None = None  # ladder code of the order it creates, or NO_SUGGESTION (None: not checked)
+    is_recommended: bool | None = None  # None: not checked
+    order: OrderExpectation | None = None  # None: not checked
 
 
 @dataclass(frozen=True)
@@ -295,7 +325,7 @@ def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
             if not isinstance(card, dict):
                 bad(where, "a card is a mapping: rule, decision, indicator, recommended")
                 continue
-            allowed = CARD_KEYS + TEXT_KEYS + ACTION_KEYS
+            allowed = CARD_KEYS + TEXT_KEYS + ACTION_KEYS + SUGGESTION_KEYS
             for key in card:
                 if key not in allowed:
                     close = difflib.get_close_matches(str(key), allowed, n=1)
@@ -322,6 +352,13 @@ def _case(raw: Any, at: tuple, path: Path, bad) -> dict[str, Any] | None:
                         bad((*where, key), f"{key}: expected " + ("a resourceId such as ServiceRequest/draft-1"
                                                                   if key == "delete" else "a ladder code or none"))
                     texts[key] = str(value)
+            if "is_recommended" in card:
+                if not isinstance(card["is_recommended"], bool):
+                    bad((*where, "is_recommended"), "is_recommended: expected true or false")
+                else:
+                    texts["is_recommended"] = card["is_recommended"]
+            if "order" in card:
+                texts["order"] = _order_expectation(card["order"], (*where, "order"), bad)
             cards.append(ExpectedCard(str(card.get("rule")), str(card.get("decision")), str(card.get("indicator")),
                                       card.get("recommended"), tuple(str(n) for n in notes), **texts))
     out["expect"] = tuple(cards)
@@ -355,6 +392,37 @@ def _text_check(raw: Any, at: tuple, name: str, bad) -> TextCheck | None:
             bad((*at, how), f"{name}.matches: not a regular expression: {e}")
             return None
     return TextCheck(how, text)
+
+
+def _order_expectation(raw: Any, at: tuple, bad) -> OrderExpectation | None:
+    """``order: {patient_instruction: {contains: ...}, reason: Condition/lbp, codes: [...], ...}``."""
+    import difflib
+
+    if not isinstance(raw, dict) or not raw:
+        bad(at, "order: expected a mapping of checks (" + ", ".join(ORDER_KEYS) + ")")
+        return None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in ORDER_KEYS:
+            close = difflib.get_close_matches(str(key), ORDER_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(ORDER_KEYS)})"
+            bad((*at, key), f"unknown key '{key}' in order{hint}", key=True)
+        elif key in ORDER_TEXT_KEYS:
+            out[key] = _text_check(value, (*at, key), f"order.{key}", bad)
+        elif key in ORDER_REF_KEYS:
+            if value is None or value == NO_SUGGESTION:
+                out[key] = NO_SUGGESTION
+            elif isinstance(value, (str, dt.date)) and str(value).strip():
+                out[key] = str(value)
+            else:
+                bad((*at, key), f"order.{key}: expected " + ("a date such as 2026-11-20" if key == "authored_on"
+                                                             else "a reference such as Condition/lbp, or none"))
+        else:
+            if not isinstance(value, list) or not value or not all(isinstance(c, (str, int)) for c in value):
+                bad((*at, key), f"order.{key}: expected a list of codes, such as [\"229065009\"]")
+            else:
+                out[key] = tuple(str(c) for c in value)
+    return OrderExpectation(**out)
 
 
 def _suggestion_check(raw: Any, at: tuple, bad) -> TextCheck | str | None:
@@ -509,8 +577,61 @@ def diff_actions(expected: Iterable[ExpectedCard], actual: list[ExpectedCard]) -
 
 
 def card_text(card: Any) -> CardText:
-    """The summary, detail and suggestion labels of an answered card (a :class:`~cds.cdshooks.Card`)."""
-    return CardText(card.summary, card.detail, tuple(s.label for s in (card.suggestions or [])))
+    """The summary, detail and suggestion labels of an answered card (a :class:`~cds.cdshooks.Card`),
+    its first suggestion's ``isRecommended`` and the resource its first create action makes."""
+    suggestions = card.suggestions or []
+    created = next((a.resource for s in suggestions for a in s.actions if a.type == "create" and a.resource), None)
+    return CardText(card.summary, card.detail, tuple(s.label for s in suggestions),
+                    suggestions[0].is_recommended if suggestions else None, created)
+
+
+def _order_values(order: Mapping[str, Any]) -> dict[str, Any]:
+    """The created order's checked fields, as :class:`OrderExpectation` names them."""
+    def ref(value: Any) -> str:
+        if isinstance(value, list):
+            value = value[0] if value else None
+        return value.get("reference", NO_SUGGESTION) if isinstance(value, dict) else NO_SUGGESTION
+
+    codings = (order.get("code") or {}).get("coding") or []
+    categories = [c for cc in order.get("category") or [] for c in (cc.get("coding") or [])]
+    return {
+        "patient_instruction": order.get("patientInstruction"),
+        "note": "\n".join(n.get("text", "") for n in order.get("note") or []) or None,
+        "reason": ref(order.get("reasonReference")),
+        "requester": ref(order.get("requester")),
+        "authored_on": str(order["authoredOn"]) if order.get("authoredOn") else NO_SUGGESTION,
+        "codes": {str(c.get("code")) for c in codings},
+        "category": {str(c.get("code")) for c in categories},
+    }
+
+
+def diff_suggestion(n: int, e: ExpectedCard, t: CardText) -> list[str]:
+    """``card 1 order.reason: expected X, got Y``: the suggestion checks that are given."""
+    lines: list[str] = []
+    if e.is_recommended is not None and e.is_recommended != t.is_recommended:
+        flag = "no suggestion" if t.is_recommended is None else str(t.is_recommended).lower()
+        lines.append(f"card {n + 1} is_recommended: expected {str(e.is_recommended).lower()}, got {flag}")
+    if e.order is None:
+        return lines
+    if t.order is None:
+        return [*lines, f"card {n + 1} order: expected a suggestion that creates an order, got none"]
+    got = _order_values(t.order)
+    for key in ORDER_TEXT_KEYS:
+        check = getattr(e.order, key)
+        if check is not None and not check.test(got[key]):
+            lines.append(f"card {n + 1} order.{key}: expected {check.describe()}, got {_quote(got[key])}")
+    for key in ORDER_REF_KEYS:
+        want = getattr(e.order, key)
+        if want is not None and want != got[key]:
+            lines.append(f"card {n + 1} order.{key}: expected {want}, got {got[key]}")
+    for key in ORDER_CODE_KEYS:
+        want = getattr(e.order, key)
+        if want is not None:
+            missing = [c for c in want if c not in got[key]]
+            if missing:
+                lines.append(f"card {n + 1} order.{key}: expected to include {', '.join(missing)}, "
+                             f"got {', '.join(sorted(got[key])) or 'none'}")
+    return lines
 
 
 def _quote(text: str | None) -> str:
@@ -535,6 +656,7 @@ def diff_texts(expected: Iterable[ExpectedCard], texts: list[CardText]) -> list[
         elif isinstance(e.suggestion, TextCheck) and not any(e.suggestion.test(label) for label in t.labels):
             got = ", ".join(map(_quote, t.labels)) or "no suggestion"
             lines.append(f"card {n + 1} suggestion label: expected {e.suggestion.describe()}, got {got}")
+        lines += diff_suggestion(n, e, t)
     return lines
 
 

@@ -119,9 +119,7 @@ def decide(
                     max_entries_per_key=max_entries_per_key)
     t1 = time.perf_counter()
     today = clock.today()
-    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today, doc.parameters), today)
-    if stages is not None:
-        evaluation = evaluation.model_copy(update={"fired": tuple(f for f in evaluation.fired if f.stage in stages)})
+    evaluation = active.engine.evaluate(assess(facts, doc.ladder.codes, today, doc.parameters), today, stages=stages)
     t2 = time.perf_counter()
     return evaluation, facts, {"extract": (t1 - t0) * 1e3, "rules": (t2 - t1) * 1e3}
 
@@ -141,8 +139,8 @@ def evaluate(
     still absent is :class:`~cds.fhir_client.PrefetchUnavailable` (412), this function never fetches.
 
     ``user_id`` (the hook context's ``userId``) becomes the requester of proposed orders when it is a
-    Practitioner or PractitionerRole; ``stages`` keeps only the cards of rules of those stages (a
-    service's ``stages``; None: every stage). A prefetch Bundle of more than ``max_entries_per_key``
+    Practitioner or PractitionerRole; ``stages``: only the rules of those stages run (a service's
+    ``stages``; None: every stage). A prefetch Bundle of more than ``max_entries_per_key``
     entries is :class:`~cds.extract.PrefetchTooLarge` (``CDS_MAX_ENTRIES_PER_KEY``). ``public_base_url``
     (the URL EHRs reach the service at) gives progression cards their trend chart and SMART app link.
     """

@@ -164,13 +164,23 @@ def test_new_onset_card_only_deletes(active):
     assert check_card.card.indicator == "warning"
 
 
-def test_decisive_rule_is_the_recommending_card_else_the_first(active):
+def test_decisive_rule_is_the_recommending_card_else_the_final_one_else_the_first(active):
+    ruleset = active.ruleset
     onset_unknown = run(active, order_sign("onset-undocumented", draft("d1", (EXERCISE, "bird-dog"))))
     assert [f.decision for f in onset_unknown.evaluation.fired] == ["onset-unknown", "continue"]
-    assert order_check.decisive_rule(onset_unknown.evaluation).decision == "continue"
+    assert order_check.decisive_rule(onset_unknown.evaluation, ruleset).decision == "continue"
     new_onset = run(active, order_sign("new-onset", draft("d1", (EXERCISE, "bird-dog"))))
-    assert order_check.decisive_rule(new_onset.evaluation).decision == "new-onset"
-    assert order_check.decisive_rule(new_onset.evaluation.model_copy(update={"fired": ()})) is None
+    assert order_check.decisive_rule(new_onset.evaluation, ruleset).decision == "new-onset"
+    assert order_check.decisive_rule(new_onset.evaluation.model_copy(update={"fired": ()}), ruleset) is None
+    # a card beside the decision (not final, recommending nothing) ahead of the final rule is not the
+    # decision: a risk-factor warning before a new onset must not hide the new onset from the order check
+    beside = onset_unknown.evaluation.fired[0]
+    assert not ruleset.rule(beside.rule_id).final and beside.recommended is None
+    both = new_onset.evaluation.model_copy(update={"fired": (beside, *new_onset.evaluation.fired)})
+    assert order_check.decisive_rule(both, ruleset).decision == "new-onset"
+    # with no final rule and nothing recommended, the first card
+    alone = new_onset.evaluation.model_copy(update={"fired": (beside,)})
+    assert order_check.decisive_rule(alone, ruleset).rule_id == beside.rule_id
 
 
 def test_holds_follows_the_engine_semantics():

@@ -144,3 +144,66 @@ def test_draft_orders_only_in_a_resources_case(tmp_path):
 """)
     with pytest.raises(RuleTestError, match=r"cases.yaml:5:5: draft_orders: only for 'resources' cases"):
         load_cases(tests)
+
+
+# --- is_recommended and order: the suggestion and the ServiceRequest it creates ------------------------
+
+TOO_HIGH = ("      - {rule: check-too-high, decision: continue, indicator: critical, recommended: bird-dog,\n"
+            "         delete: ServiceRequest/d1, create: bird-dog")
+
+
+def test_the_created_order_and_is_recommended_are_checked(tmp_path):
+    tests = write_cases(tmp_path / "t", "cases:\n  - name: too high\n    as_of: 2026-11-20\n" + PATIENT
+                        + draft_orders("reverse-hyper") + "    expect:\n" + TOO_HIGH + """, is_recommended: true,
+         order: {patient_instruction: {contains: "Bird-dog"}, note: {matches: "Proposed by rule \\\\S+ of"},
+                 reason: Condition/lbp, requester: none, authored_on: 2026-11-20,
+                 codes: [bird-dog, "229065009"], category: ["91251008"]}}
+""")
+    [result] = run_tests(ORDERS_DIR, tests).results
+    assert result.passed, result.diff or result.error
+
+
+def test_a_wrong_order_or_is_recommended_names_each_field(tmp_path):
+    tests = write_cases(tmp_path / "t", "cases:\n  - name: too high\n    as_of: 2026-11-20\n" + PATIENT
+                        + draft_orders("reverse-hyper") + "    expect:\n" + TOO_HIGH + """, is_recommended: false,
+         order: {patient_instruction: {contains: "add resistance"}, reason: Condition/other,
+                 requester: Practitioner/x, authored_on: 2026-11-19, codes: [reverse-hyper], category: ["1"]}}
+""")
+    [result] = run_tests(ORDERS_DIR, tests).results
+    assert result.diff[0] == "card 1 is_recommended: expected false, got true"
+    assert result.diff[1].startswith("card 1 order.patient_instruction: expected to contain 'add resistance', got 'Bird-dog")
+    assert result.diff[2:] == [
+        "card 1 order.reason: expected Condition/other, got Condition/lbp",
+        "card 1 order.requester: expected Practitioner/x, got none",
+        "card 1 order.authored_on: expected 2026-11-19, got 2026-11-20",
+        "card 1 order.codes: expected to include reverse-hyper, got 229065009, bird-dog",
+        "card 1 order.category: expected to include 1, got 91251008",
+    ]
+
+
+def test_an_order_check_on_a_card_that_creates_nothing_fails(tmp_path):
+    tests = write_cases(tmp_path / "t", """cases:
+  - name: new onset
+    as_of: 2026-11-20
+""" + PATIENT.replace('onsetDateTime: "2026-01-10"', 'onsetDateTime: "2026-11-01"') + draft_orders("bird-dog") + """    expect:
+      - {rule: check-new-onset, decision: new-onset, indicator: warning, order: {reason: Condition/lbp}}
+""")
+    [result] = run_tests(ORDERS_DIR, tests).results
+    assert result.diff == ["card 1 order: expected a suggestion that creates an order, got none"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("is_recommended: yes-please", "is_recommended: expected true or false"),
+    ("order: {reasons: Condition/lbp}", "unknown key 'reasons' in order (did you mean 'reason'?)"),
+    ("order: {codes: bird-dog}", "order.codes: expected a list of codes"),
+    ("order: {note: bird-dog}", "order.note: expected {contains: \"...\"} or {matches: \"regex\"}"),
+    ("order: {authored_on: [1]}", "order.authored_on: expected a date such as 2026-11-20"),
+    ("order: []", "order: expected a mapping of checks"),
+])
+def test_malformed_suggestion_checks_are_positioned_problems(tmp_path, extra, message):
+    text = ("cases:\n  - name: bad\n    as_of: 2026-11-20\n" + PATIENT
+            + f"    expect:\n      - {{rule: a, decision: b, indicator: c, {extra}}}\n")
+    tests = write_cases(tmp_path / "t", text)
+    with pytest.raises(RuleTestError) as caught:
+        load_cases(tests)
+    assert any(message in p.message and p.line > 1 for p in caught.value.problems), caught.value.problems
