@@ -11,7 +11,12 @@ examples' evaluation date; thread CPU time p50 of N calls per row:
 
 - **typical**: the same request again (a repeat visit: every cache warm);
 - **new patient**: N patients never seen (the typical request under N other patient ids);
-- **cold**: every validation cache and memo emptied before each call (the first call of a process).
+- **cold**: every validation cache and memo emptied before each call (a process that served nothing and
+  checked nothing: no real process is in that state, since start-up runs the rule tests);
+- **after start-up**: every cache and memo emptied, then the rule folder's own tests run on the served
+  rules, as start-up does before a process serves (:func:`cds.reload_gate.candidate`), then the typical
+  request of a patient never seen: the first patient of a freshly started process (N/4 calls, since each
+  repeats the start-up's rule tests).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ def main() -> int:
         from cds.extract import fact_memo
     except ImportError:  # versions before the fact memo
         fact_memo = None
+    try:
+        from cds.ruletests import load_cases, run_cases
+    except ImportError:  # versions before issue 9 moved the runner out of cds.ruleset
+        from cds.ruleset.ruletests import load_cases, run_cases  # type: ignore[no-redef]
 
     evaluation_date = dt.date.fromisoformat(json.loads((root / "fhir_examples" / "config.json").read_text())["evaluationDate"])
     settings = load_settings({}, development=True, rules_dir=root / "rules", evaluation_date=evaluation_date, auth=False,
@@ -66,15 +75,28 @@ def main() -> int:
         call(typical)
     repeat = [call(typical) for _ in range(args.calls)]
     new = [call(typical.replace(patient, f"new-patient-{i}")) for i in range(args.calls)]
-    cold = []
-    for _ in range(args.calls):
+    def forget() -> None:
         fhir_validation.validation_cache.clear()
         if fact_memo is not None:
             fact_memo.clear()
+
+    cold = []
+    for _ in range(args.calls):
+        forget()
         cold.append(call(typical))
+    served = app.extensions["lbp_cds"].rules.current()
+    cases = load_cases(root / "rules" / "tests")
+    started = []
+    for i in range(max(1, args.calls // 4)):
+        forget()
+        report = run_cases(cases, served)  # what start-up runs on the rules it is about to serve
+        if report.failed:
+            raise SystemExit(f"{len(report.failed)} rule test case(s) fail in {root / 'rules' / 'tests'}")
+        started.append(call(typical.replace(patient, f"first-after-start-{i}")))
     median = statistics.median
     print(f"{str(root):30} typical {median(repeat):.3f}  new patient {median(new):.3f}  cold {median(cold):.3f}  "
-          f"ms CPU p50 ({args.calls} calls each; load average {os.getloadavg()[0]:.1f})")
+          f"after start-up {median(started):.3f}  ms CPU p50 ({args.calls} calls each, {len(started)} after start-up; "
+          f"load average {os.getloadavg()[0]:.1f})")
     return 0
 
 
