@@ -45,6 +45,8 @@ FACT_FIELDS: dict[str, tuple[type, str]] = {
                                 "to the latest session (undated, dated on or after it, or linked to its rounds; "
                                 "with no usable session, every skipped round)"),
     "skipped_pain_max": (float, "highest readable value among the pain scores skipped as invalid or unusable"),
+    "skipped_conditions": (int, "low back pain, red-flag and risk-factor conditions skipped as invalid FHIR"),
+    "skipped_red_flags": (int, "conditions coded in a red-flag category (codes.red_flags) skipped as invalid FHIR"),
 }
 
 #: the parameter that says how many rounds of a session decide (absent: all rounds decide)
@@ -82,6 +84,8 @@ class Assessment(BaseModel):
     exercise: str | None = None
     skipped_in_session: int = 0
     skipped_pain_max: float | None = None
+    skipped_conditions: int = 0
+    skipped_red_flags: int = 0
 
     def engine_fact(self) -> dict[str, Any]:
         """The fact as durable-rules wants it: flat, no None, numbers as float (never Decimal)."""
@@ -156,4 +160,6 @@ def assess(
     values["skipped_pain_max"] = max(
         (s.value for s in facts.skipped if s.invalid and s.kind == "pain" and s.value is not None), default=None
     )
+    values["skipped_conditions"] = sum(1 for s in facts.skipped if s.kind == "condition")
+    values["skipped_red_flags"] = sum(1 for s in facts.skipped if s.kind == "condition" and s.red_flag)
     return Assessment(**values)

@@ -150,9 +150,10 @@ def template_values(
 
 
 def _skipped_list(facts: PatientFacts, ruleset: RuleSet) -> str:
-    """The unusable pain scores and rounds that could have mattered, one markdown list item each,
-    worded by ``texts.skipped``: those that could have belonged to the latest session, and the pain
-    scores with the highest readable value among the unusable ones. Empty without ``texts.skipped``."""
+    """The unusable data that could have mattered, one markdown list item each, worded by
+    ``texts.skipped``: the pain scores and rounds that could have belonged to the latest session, the
+    pain scores with the highest readable value among the unusable ones, and every low back pain,
+    red-flag or risk-factor Condition that failed validation. Empty without ``texts.skipped``."""
     texts = ruleset.document.texts
     words = texts.skipped
     if words is None:
@@ -161,14 +162,21 @@ def _skipped_list(facts: PatientFacts, ruleset: RuleSet) -> str:
     highest = max((s.value for s in unusable if s.kind == "pain" and s.value is not None), default=None)
     lines = []
     for s in unusable:
-        if not (s.in_session or (s.kind == "pain" and highest is not None and s.value == highest)):
+        reason = getattr(words.reasons, s.reason_key or "invalid", words.reasons.invalid).strip()
+        if s.kind == "condition":  # a condition that could not be read could always have changed the decision
+            if words.condition is None:
+                continue
+            item = fill(words.condition, {"condition": s.condition or words.lbp_condition,
+                                          "date": s.date_text or texts.not_recorded, "reason": reason})
+        elif s.in_session or (s.kind == "pain" and highest is not None and s.value == highest):
+            dated, undated = (words.pain, words.pain_undated) if s.kind == "pain" else (words.round, words.round_undated)
+            item = fill(dated if s.date_text or undated is None else undated, {
+                "value": render_number(s.value) if s.value is not None else texts.not_recorded,
+                "date": s.date_text or texts.not_recorded,
+                "reason": reason,
+            })
+        else:
             continue
-        reason = getattr(words.reasons, s.reason_key or "invalid", words.reasons.invalid)
-        item = fill(words.pain if s.kind == "pain" else words.round, {
-            "value": render_number(s.value) if s.value is not None else texts.not_recorded,
-            "date": s.date_text or texts.not_recorded,
-            "reason": reason.strip(),
-        })
         lines.append(f"- {' '.join(item.split())}")
     return "\n".join(lines)
 

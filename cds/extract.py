@@ -152,7 +152,10 @@ class _Candidate:
     rid: str
     date_key: str = ""  # first 10 characters of the raw date string
     obs_refs: frozenset[str] = frozenset()  # ids of Observations referenced in derivedFrom
-    kind: str | None = None  # "pain" | "round" once the raw filter has classified it
+    kind: str | None = None  # "pain" | "round" | "condition" once the raw filter has classified it
+    #: a Condition's red-flag or risk-factor category (None: low back pain), and whether it is a red flag
+    category: str | None = None
+    red_flag: bool = False
     key: bytes | None = None  # the exact content key (``canonical_bytes``) of an Observation, if plain JSON
     seen: _Seen | None = None  # an Observation's memo entry (raw features and, once converted, outcome)
 
@@ -238,6 +241,15 @@ def _raw_date_text(raw: Mapping[str, Any]) -> str | None:
     value = raw.get("effectiveDateTime")
     if value is None:
         period = raw.get("effectivePeriod")
+        value = period.get("start") if isinstance(period, dict) else None
+    return value if isinstance(value, str) and _DATE_TEXT.fullmatch(value) else None
+
+
+def _raw_onset_text(raw: Mapping[str, Any]) -> str | None:
+    """A Condition's onset as written, when it is a date-like string (safe to show); else None."""
+    value = raw.get("onsetDateTime")
+    if value is None:
+        period = raw.get("onsetPeriod")
         value = period.get("start") if isinstance(period, dict) else None
     return value if isinstance(value, str) and _DATE_TEXT.fullmatch(value) else None
 
@@ -342,17 +354,18 @@ class CodeList:
     by a set lookup, ``match: prefix`` entries one by one)."""
 
     def __init__(self, codings: list[ConditionCoding]) -> None:
-        self.exact = frozenset((c.system, c.code) for c in codings if c.match == "exact")
+        self.exact = {(c.system, c.code): c for c in codings if c.match == "exact"}
         self.prefixes = [c for c in codings if c.match != "exact"]
 
-    def match(self, system: Any, code: Any) -> ConditionCoding | bool:
-        """True (exact) or the matching prefix entry when ``system|code`` is in the list; else False."""
-        if (system, code) in self.exact:
-            return True
-        return next((c for c in self.prefixes if c.matches(system, code)), False)
+    def match(self, system: Any, code: Any) -> ConditionCoding | None:
+        """The list's entry that ``system|code`` matches (exact, else the first prefix entry), or None."""
+        found = self.exact.get((system, code))
+        if found is not None:
+            return found
+        return next((c for c in self.prefixes if c.matches(system, code)), None)
 
     def any(self, pairs: list[tuple[Any, Any]]) -> bool:
-        return any(self.match(system, code) for system, code in pairs)
+        return any(self.match(system, code) is not None for system, code in pairs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,7 +639,8 @@ class _Extractor:
         """Skip a candidate whose data is unusable (counted as invalid), with what the card may show."""
         self.logged(c.rtype, c.rid, reason, detail)
         self.last_reason = reason
-        kind = c.kind if c.kind in ("pain", "round") else None
+        kind = c.kind if c.kind in ("pain", "round", "condition") else None
+        observation = kind in ("pain", "round")
         self.skipped.append(
             SkippedResource(
                 resource_type=c.rtype,
@@ -635,11 +649,13 @@ class _Extractor:
                 invalid=True,
                 reason_key=REASON_KEYS.get(reason),
                 kind=kind,
-                date_text=_raw_date_text(c.raw) if kind else None,
-                value=_raw_value(c.raw, self.answers_system, self.answers) if kind else None,
+                date_text=_raw_date_text(c.raw) if observation else _raw_onset_text(c.raw) if kind else None,
+                value=_raw_value(c.raw, self.answers_system, self.answers) if observation else None,
+                condition=c.category,
+                red_flag=c.red_flag,
             )
         )
-        if kind:
+        if observation:
             self.data_skips.append((len(self.skipped) - 1, c))
 
     def validate(self, model: type[Observation] | type[Condition], c: _Candidate) -> Any:
@@ -801,9 +817,11 @@ class _Extractor:
             return R_COND_CLINICAL
         if any(code in self.verification_excluded for _, code in _codings(raw.get("verificationStatus"))):
             return R_COND_VERIFICATION
+        c.kind = "condition"  # a skip from here on is listed on the card: it could have changed the decision
         if category is None:
             self.conditions.append(c)
         else:
+            c.category, c.red_flag = category[0].display, category[1]
             self.flags.append(_Flag(c, *category))
         return None
 
@@ -846,6 +864,14 @@ class _Extractor:
             if text is None and code is not None:
                 text = next((cd.display for cd in code.coding or () if cd.display and codes.match(cd.system, cd.code)),
                             None)
+            if text is None and code is not None:
+                # no words in the record: the rule files' display of the code it matched, else the code
+                # itself (never the category again: the card shows the category beside it)
+                for cd in code.coding or ():
+                    listed = codes.match(cd.system, cd.code) if cd.code else None
+                    if listed is not None:
+                        text = listed.display or cd.code
+                        break
             fact = FlaggedCondition(
                 resource_id=flag.candidate.rid,
                 category=flag.category.id,

@@ -100,7 +100,7 @@ class Session(_Fact):
 
 
 #: what a skipped resource was meant to be, for the card's list of unusable data
-SkippedKind = Literal["pain", "round"]
+SkippedKind = Literal["pain", "round", "condition"]
 
 
 class SkippedResource(_Fact):
@@ -125,6 +125,10 @@ class SkippedResource(_Fact):
     #: could have belonged to the latest session: dated on or after its date, undated, or linked to
     #: its rounds by ``derivedFrom`` (with no usable session: every skipped round)
     in_session: bool = False
+    #: a Condition (kind ``condition``): the display of its red-flag or risk-factor category, None for
+    #: a low back pain condition; ``red_flag``: its category is a red flag
+    condition: str | None = None
+    red_flag: bool = False
 
 
 class PatientFacts(_Fact):

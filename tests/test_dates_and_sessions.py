@@ -252,3 +252,59 @@ def test_the_extension_gives_the_onset_period_start_and_its_precision(engine: Ru
     _, pairs = run(engine, facts_with(), rs)
     facts = pairs[0].card.extension[EXTENSION_KEY]["facts"]
     assert facts["onsetDate"] == "2026-01-10" and "onsetPrecision" not in facts
+
+
+# --- Conditions that are not valid FHIR, and resources with no date (issue 10 point 5) -------------------
+
+
+def _with_skipped_texts(rs: RuleSet, **texts: str | None) -> RuleSet:
+    data = rs.document.model_dump()
+    data["texts"]["skipped"].update(texts)
+    return RuleSet(document=type(rs.document).model_validate(data), sha256="f" * 64, conditions=rs.conditions)
+
+
+UNREADABLE = (
+    SkippedResource(resource_type="Condition", resource_id="fx", reason="failed FHIR R4 validation at onsetDateTime",
+                    invalid=True, reason_key="invalid", kind="condition", date_text="2026-02-30",
+                    condition="Vertebral fracture", red_flag=True),
+    SkippedResource(resource_type="Condition", resource_id="lbp2", reason="failed FHIR R4 validation at code",
+                    invalid=True, reason_key="invalid", kind="condition"),
+    SkippedResource(resource_type="Observation", resource_id="u", reason="no effective date", invalid=True,
+                    reason_key="no_date", kind="pain", value=9),
+)
+
+
+def test_skipped_conditions_are_counted_as_facts() -> None:
+    a = assess(facts_with(skipped=UNREADABLE), LADDER, TODAY)
+    assert (a.skipped_conditions, a.skipped_red_flags) == (2, 1)
+    assert (a.skipped_in_session, a.skipped_pain_max) == (0, 9)  # conditions are not session data
+    a = assess(facts_with(), LADDER, TODAY)
+    assert (a.skipped_conditions, a.skipped_red_flags) == (0, 0)
+
+
+def test_unreadable_conditions_and_undated_resources_are_listed_in_their_own_words(rs: RuleSet) -> None:
+    worded = _with_skipped_texts(rs, condition="COND {condition} ONSET {date} BECAUSE {reason}",
+                                 lbp_condition="LBP", pain_undated="PAIN {value} UNDATED BECAUSE {reason}")
+    facts = facts_with(skipped=UNREADABLE)
+    ev = RuleEngine(worded).evaluate(assess(facts, LADDER, TODAY, worded.document.parameters), TODAY)
+    listed = template_values(ev, facts, worded, ev.fired[0])["skipped_list"].splitlines()
+    assert listed == ["- COND Vertebral fracture ONSET 2026-02-30 BECAUSE R-INVALID",
+                      "- COND LBP ONSET not recorded BECAUSE R-INVALID",
+                      "- PAIN 9 UNDATED BECAUSE R-NO-DATE"]
+    # without `condition` the Conditions are counted, not listed; without `pain_undated`, `pain` is used
+    plain = _with_skipped_texts(rs, condition=None, pain_undated=None)
+    ev = RuleEngine(plain).evaluate(assess(facts, LADDER, TODAY, plain.document.parameters), TODAY)
+    assert template_values(ev, facts, plain, ev.fired[0])["skipped_list"] == "- PAIN 9 ON not recorded BECAUSE R-NO-DATE"
+
+
+def test_checker_positions_an_unknown_placeholder_in_the_condition_text(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    f = folder / "ruleset.yaml"
+    text = f.read_text()
+    anchor = '    pain: "PAIN {value} ON {date}'
+    assert anchor in text
+    f.write_text(text.replace(anchor, '    condition: "COND {value} ON {date}"\n' + anchor))
+    problems = [str(p) for p in check_ruleset(folder)]
+    line = next(i for i, t in enumerate(f.read_text().splitlines(), start=1) if "COND {value}" in t)
+    assert len(problems) == 1 and problems[0].startswith(f"{f}:{line}:")
+    assert "unknown placeholder '{value}'" in problems[0] and "{condition}, {date}, {reason}" in problems[0]

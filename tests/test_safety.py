@@ -159,13 +159,16 @@ def test_conditions_are_classified_red_flag_risk_lbp_or_skipped(caplog) -> None:
     assert "Wedge" not in logged and "prednisolone" not in logged and "S32" not in logged
 
 
-def test_condition_text_falls_back_to_the_coding_display_then_the_category() -> None:
+def test_condition_text_falls_back_to_the_coding_display_then_the_code_lists_display_then_the_code() -> None:
     facts = facts_of(
         condition("a", ICD, "M46.26", text="  Vertebral\nosteomyelitis  ", display="ignored"),
         condition("b", ICD, "M46.27", display="Osteomyelitis, lumbosacral"),
-        condition("c", ICD, "M45.9"),
+        condition("c", ICD, "M46.28"),  # no words in the record: the code list's display of M46.2
+        condition("d", ICD, "M45.9"),  # nor in the code list: the code itself, never the category again
     )
-    assert [f.text for f in facts.red_flags] == ["Vertebral osteomyelitis", "Osteomyelitis, lumbosacral", "Axial SpA"]
+    assert [f.text for f in facts.red_flags] == [
+        "Vertebral osteomyelitis", "Osteomyelitis, lumbosacral", "Osteomyelitis of vertebra", "M45.9"]
+    assert "Axial SpA" in {f.category_display for f in facts.red_flags}
 
 
 def test_a_red_flag_code_wins_over_an_lbp_code_on_the_same_condition() -> None:
@@ -317,3 +320,19 @@ def test_the_safety_fixture_is_valid(rules) -> None:
 def test_rule_file_mistakes_have_exact_positions(rules, file, old, new, expected) -> None:
     edit(rules, file, old, new)
     assert problems(rules) == [expected]
+
+
+def test_a_flagged_or_lbp_condition_that_is_not_valid_fhir_is_a_listed_skip(caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    bad_fx = {**condition("fx", ICD, "S32.010A", display="Wedge compression fracture of L1"), "onsetDateTime": "2026-02-30"}
+    bad_lbp = {**condition("lbp2", SCT, "279039007"), "onsetDateTime": "2026-13"}
+    facts = facts_of(LBP, bad_fx, bad_lbp)
+    assert facts.red_flags == () and [c.resource_id for c in facts.conditions] == ["lbp"]
+    skipped = {s.resource_id: s for s in facts.skipped}
+    fx, lbp2 = skipped["fx"], skipped["lbp2"]
+    assert (fx.kind, fx.invalid, fx.condition, fx.red_flag, fx.date_text) == (
+        "condition", True, "Spinal fracture", True, "2026-02-30")
+    assert (lbp2.kind, lbp2.condition, lbp2.red_flag) == ("condition", None, False)
+    a = assess(facts, ["hip-abduction", "bird-dog"], dt.date(2026, 11, 20))
+    assert (a.skipped_conditions, a.skipped_red_flags) == (2, 1)
+    assert "S32" not in caplog.text and "2026-02-30" not in caplog.text  # codes and dates stay out of the logs

@@ -260,16 +260,17 @@ class FactsLabels(_Doc):
 
 #: the placeholders of ``texts.skipped.pain`` and ``texts.skipped.round``
 SKIPPED_ITEM_PLACEHOLDERS = ("value", "date", "reason")
+SKIPPED_CONDITION_PLACEHOLDERS = ("condition", "date", "reason")
 
 
-def _item_template(v: str) -> str:
+def _item_template(v: str, placeholders: tuple[str, ...] = SKIPPED_ITEM_PLACEHOLDERS) -> str:
     try:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(v) if name is not None]
     except ValueError as e:
         raise ValueError(f"text does not parse: {e} (write {{{{ and }}}} for literal braces)") from None
     for name, spec, conv in fields:
-        if name not in SKIPPED_ITEM_PLACEHOLDERS or spec or conv:
-            allowed = ", ".join(f"{{{n}}}" for n in SKIPPED_ITEM_PLACEHOLDERS)
+        if name not in placeholders or spec or conv:
+            allowed = ", ".join(f"{{{n}}}" for n in placeholders)
             raise ValueError(f"unknown placeholder '{{{name}}}' (this text may use {allowed})")
     return v
 
@@ -293,16 +294,29 @@ class SkippedReasons(_Doc):
 class SkippedTexts(_Doc):
     """The card's list of unusable data that could have mattered (placeholder ``{skipped_list}``):
     one line per resource, from ``pain`` or ``round`` with ``{value}``, ``{date}`` (as written; an
-    unknown one renders as ``not_recorded``) and ``{reason}`` (from ``reasons``)."""
+    unknown one renders as ``not_recorded``) and ``{reason}`` (from ``reasons``); ``pain_undated`` and
+    ``round_undated`` (optional) for one with no readable date. ``condition`` (optional: without it,
+    unusable Conditions are counted, not listed): a low back pain, red-flag or risk-factor Condition
+    that failed validation, with ``{condition}`` (the red-flag or risk category, or ``lbp_condition``),
+    ``{date}`` (its onset as written) and ``{reason}``."""
 
     pain: ItemText
     round: ItemText
+    pain_undated: ItemText | None = None
+    round_undated: ItemText | None = None
+    condition: ItemText | None = None
+    lbp_condition: Text = "Low back pain"
     reasons: SkippedReasons
 
-    @field_validator("pain", "round")
+    @field_validator("pain", "round", "pain_undated", "round_undated")
     @classmethod
-    def _placeholders(cls, v: str) -> str:
-        return _item_template(v)
+    def _placeholders(cls, v: str | None) -> str | None:
+        return None if v is None else _item_template(v)
+
+    @field_validator("condition")
+    @classmethod
+    def _condition_placeholders(cls, v: str | None) -> str | None:
+        return None if v is None else _item_template(v, SKIPPED_CONDITION_PLACEHOLDERS)
 
 
 #: the most sessions a trend may show (the chart route accepts no more points)
