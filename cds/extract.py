@@ -236,20 +236,12 @@ def _raw_observation_refs(raw: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(ids)
 
 
-def _raw_date_text(raw: Mapping[str, Any]) -> str | None:
-    """The effective date as written, when it is a date-like string (safe to show); else None."""
-    value = raw.get("effectiveDateTime")
+def _raw_date_text(raw: Mapping[str, Any], element: str = "effective") -> str | None:
+    """``<element>DateTime`` (else ``<element>Period.start``) as written, when it is a date-like string
+    (safe to show); else None. ``effective`` for an Observation, ``onset`` for a Condition."""
+    value = raw.get(f"{element}DateTime")
     if value is None:
-        period = raw.get("effectivePeriod")
-        value = period.get("start") if isinstance(period, dict) else None
-    return value if isinstance(value, str) and _DATE_TEXT.fullmatch(value) else None
-
-
-def _raw_onset_text(raw: Mapping[str, Any]) -> str | None:
-    """A Condition's onset as written, when it is a date-like string (safe to show); else None."""
-    value = raw.get("onsetDateTime")
-    if value is None:
-        period = raw.get("onsetPeriod")
+        period = raw.get(f"{element}Period")
         value = period.get("start") if isinstance(period, dict) else None
     return value if isinstance(value, str) and _DATE_TEXT.fullmatch(value) else None
 
@@ -649,7 +641,7 @@ class _Extractor:
                 invalid=True,
                 reason_key=REASON_KEYS.get(reason),
                 kind=kind,
-                date_text=_raw_date_text(c.raw) if observation else _raw_onset_text(c.raw) if kind else None,
+                date_text=_raw_date_text(c.raw, "effective" if observation else "onset") if kind else None,
                 value=_raw_value(c.raw, self.answers_system, self.answers) if observation else None,
                 condition=c.category,
                 red_flag=c.red_flag,
