@@ -572,7 +572,7 @@ def build_order_check_card(
     actions = [Action(type="delete", description=fill(check.suggestion.delete, texts).strip(),
                       resource_id=[draft_reference])]
     order = None
-    if decisive is not None:
+    if decisive is not None and check.suggestion.replace:
         order = recommended_order(decisive, evaluation, facts, ruleset, values, texts, patient_id=patient_id,
                                   user_id=user_id, description=check.suggestion.create)
     if order is not None:

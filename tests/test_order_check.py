@@ -147,6 +147,18 @@ def test_a_rung_too_high_gets_a_card_deleting_the_draft_and_creating_the_recomme
     assert rec["recommendedExercise"] == "bird-dog" and rec["decision"] == "continue"
 
 
+def test_replace_false_only_deletes_the_draft_even_when_a_rung_is_recommended(tmp_path):
+    folder = tmp_path / "rules"
+    shutil.copytree(ORDERS_DIR, folder)
+    edit_rule_file(folder, "order-check.yaml", '      create: "Fixture: create {recommended_name} ({dose})"\n',
+                   '      create: "Fixture: create {recommended_name} ({dose})"\n      replace: false\n')
+    body = order_sign("bird-dog-20-18", draft("d1", (EXERCISE, "single-leg-reverse-hyper")))
+    [check_card] = run(LiveRuleSet(folder).current(), body).rule_cards
+    assert check_card.fired.rule_id == "check-too-high" and check_card.fired.recommended == "bird-dog"
+    [suggestion] = check_card.card.suggestions
+    assert [a.type for a in suggestion.actions] == ["delete"]
+
+
 def test_one_card_per_conflicting_draft(active):
     outcome = run(active, order_sign("bird-dog-20-18", draft("d1", (EXERCISE, "reverse-hyper")),
                                      draft("d2", (EXERCISE, "bird-dog")), draft("d3", (EXERCISE, "reverse-hyper"))))

@@ -230,6 +230,8 @@ class OrderSuggestion(_Doc):
     label: Text
     delete: Text  # description of the delete action
     create: Text | None = None  # description of the create action (default: texts.action_description)
+    #: false: the suggestion only removes the draft, it creates no recommended order in its place
+    replace: bool = True
 
 
 class OrderCheck(_Doc):
