@@ -103,6 +103,7 @@ class Condition:
     verification: str = "confirmed"
     subject: str | None = None  # another patient's id; default: the scenario's patient
     onset_text: str | None = None  # an onset written literally (e.g. the month "2026-10"), instead of ``onset``
+    invalid: bool = False  # deliberately fails FHIR validation (an impossible ``onset_text``); never validated here
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class Scenario:
     @property
     def deliberately_invalid(self) -> int:
         """How many resources of the request are broken on purpose (and must be skipped as invalid)."""
-        return sum(p.invalid for p in self.pains)
+        return sum(p.invalid for p in self.pains) + sum(c.invalid for c in self.conditions)
 
     @property
     def deliberately_unusable(self) -> int:
@@ -227,6 +228,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("risk-steroids-step-up",
              conditions=(Condition(-300), Condition(-700, code="Z79.52")),
              sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
+    Scenario("red-flag-unreadable",
+             conditions=(Condition(-300), Condition(None, code="S32.010A", onset_text="2026-02-30", invalid=True)),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1))),
     Scenario("outside-programme", conditions=()),
     # pain gate
     Scenario("pain-5-bird-dog",
@@ -263,6 +267,10 @@ SCENARIOS: tuple[Scenario, ...] = (
              drafts=(Draft(BD), Draft(None, label="referral"))),
     Scenario("order-one-rung-too-high",
              sessions=(*older(BD), Session(L, BD, (20, 18), pain=1)),
+             drafts=(Draft(SL),)),
+    Scenario("order-new-onset-beside-risk",
+             conditions=(Condition(-10), Condition(-700, code="Z79.52")),
+             sessions=(*older(BD), Session(L, BD, (28, 27), pain=1)),
              drafts=(Draft(SL),)),
     Scenario("order-red-flag",
              conditions=(Condition(-300), Condition(-20, code="S32.010A")),
@@ -395,6 +403,8 @@ class _Request:
     def add_condition(self, c: Condition) -> None:
         system, display = CONDITION_CODES[c.code]
         res: dict[str, Any] = {"resourceType": "Condition", "id": self.ids.new("condition", len(self.conditions) + 1)}
+        if c.invalid:
+            res["meta"] = {"tag": [DELIBERATELY_INVALID_TAG]}
         if c.clinical:  # FHIR con-5: no clinicalStatus on an entered-in-error condition
             res["clinicalStatus"] = concept(CONDITION_CLINICAL, c.clinical)
         res["verificationStatus"] = concept(CONDITION_VERIFICATION, c.verification)

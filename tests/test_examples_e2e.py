@@ -44,14 +44,29 @@ def test_there_are_examples():
     assert len(EXAMPLES) >= 20
 
 
+def _looked_at(resource: dict[str, Any]) -> bool:
+    """Whether the fixture rule set reads the resource at all: every Observation, and the Conditions coded in
+    its code lists (it has no red-flag lists, so a red-flag Condition is an unrelated one, never validated)."""
+    if resource.get("resourceType") != "Condition":
+        return True
+    from cds.extract import CodeList
+    from cds.ruleset.loader import load_ruleset
+
+    codes = load_ruleset(RULES_DIR).document.codes
+    lists = [CodeList(codes.lbp_condition)] + [CodeList(c.codes) for c in (*codes.red_flags, *codes.red_flag_risks)]
+    pairs = [(c.get("system"), c.get("code")) for c in resource.get("code", {}).get("coding", [])]
+    return any(cl.any(pairs) for cl in lists)
+
+
 def deliberately_invalid(request: dict[str, Any]) -> int:
-    """How many resources of the request carry the example tag of a resource broken (or unusable) on purpose."""
+    """How many resources of the request carry the example tag of a resource broken (or unusable) on purpose,
+    among those the fixture rule set reads."""
     count = 0
     for value in request["prefetch"].values():
         for resource in [e["resource"] for e in value.get("entry", [])] if value["resourceType"] == "Bundle" else [value]:
             tags = resource.get("meta", {}).get("tag", [])
-            count += any(t.get("system") == tag["system"] and t.get("code") == tag["code"]
-                         for t in tags for tag in (DELIBERATELY_INVALID, DELIBERATELY_UNUSABLE))
+            count += _looked_at(resource) and any(t.get("system") == tag["system"] and t.get("code") == tag["code"]
+                                                  for t in tags for tag in (DELIBERATELY_INVALID, DELIBERATELY_UNUSABLE))
     return count
 
 
