@@ -578,8 +578,12 @@ def build_order_check_card(
     if order is not None:
         resource, description = order
         actions.append(Action(type="create", description=description, resource=resource))
+    # the replacement order is pre-selected exactly when the patient-view card's own order would be
+    # (a not-recommended note there, such as an onset caveat or unusable data, clears it here too)
+    recommended = order is None or decisive is None or not any(
+        ruleset.note(n).suggestion == "not-recommended" for n in decisive.notes)
     suggestion = Suggestion(label=fill(check.suggestion.label, texts).strip(), uuid=uuid_factory(),
-                            is_recommended=True, actions=actions)
+                            is_recommended=recommended, actions=actions)
     if decisive is not None:
         extension = _extension(decisive, facts, evaluation)
         rec = extension[EXTENSION_KEY]

@@ -608,6 +608,8 @@ class _Extractor:
         self.lines: list[tuple[str, str | None, str]] = []
         self.debug = log.isEnabledFor(logging.DEBUG)
         self.last_reason = ""  # of the last data-level skip
+        #: validated Conditions by resource position (None: invalid, already skipped)
+        self.condition_models: dict[int, Any] = {}
 
     # -- bookkeeping
 
@@ -651,7 +653,16 @@ class _Extractor:
             self.data_skips.append((len(self.skipped) - 1, c))
 
     def validate(self, model: type[Observation] | type[Condition], c: _Candidate) -> Any:
-        """The validated model, or None (skipped as invalid). The error text is never logged: it quotes values."""
+        """The validated model, or None (skipped as invalid). The error text is never logged: it quotes values.
+        A Condition that is both a low back pain condition and a flagged one is validated (and, when invalid,
+        skipped and counted) once."""
+        if model is Condition:
+            if c.order not in self.condition_models:
+                self.condition_models[c.order] = self._validate(model, c)
+            return self.condition_models[c.order]
+        return self._validate(model, c)
+
+    def _validate(self, model: type[Observation] | type[Condition], c: _Candidate) -> Any:
         try:
             return validate(model, c.raw, c.key if model is Observation else None, by_element=True)
         except (ValueError, TypeError) as exc:  # pydantic.ValidationError is a ValueError
@@ -796,7 +807,8 @@ class _Extractor:
         (self.rounds if kind == "round" else self.pains).append(c)
 
     def filter_condition(self, c: _Candidate) -> str | None:
-        """A Condition is a red flag, a risk factor, an LBP condition (in that order) or skipped; the
+        """A Condition is a red flag or a risk factor (the first category matching), and an LBP condition
+        when it is coded so (also beside a flagged code: its onset counts), or skipped; the
         subject and status filters apply to all three."""
         raw = c.raw
         pairs = _codings(raw.get("code"))
@@ -810,9 +822,9 @@ class _Extractor:
         if any(code in self.verification_excluded for _, code in _codings(raw.get("verificationStatus"))):
             return R_COND_VERIFICATION
         c.kind = "condition"  # a skip from here on is listed on the card: it could have changed the decision
-        if category is None:
+        if category is None or self.lbp.any(pairs):  # coded low back pain too: its onset counts as well
             self.conditions.append(c)
-        else:
+        if category is not None:
             c.category, c.red_flag = category[0].display, category[1]
             self.flags.append(_Flag(c, *category))
         return None

@@ -159,6 +159,22 @@ def test_replace_false_only_deletes_the_draft_even_when_a_rung_is_recommended(tm
     assert [a.type for a in suggestion.actions] == ["delete"]
 
 
+def test_the_replacement_order_is_pre_selected_only_when_the_patient_view_order_would_be(tmp_path):
+    folder = tmp_path / "rules"
+    shutil.copytree(ORDERS_DIR, folder)
+    edit_rule_file(folder, "progression.yaml", "notes:\n", "notes:\n  - id: caveat\n    stage: progression\n"
+                   "    when: not onset_recorded\n    text: Fixture caveat.\n    suggestion: not-recommended\n")
+    live = LiveRuleSet(folder).current()
+    flags = {}
+    for name in ("onset-undocumented", "bird-dog-20-18"):
+        [check_card] = run(live, order_sign(name, draft("d1", (EXERCISE, "reverse-hyper")))).rule_cards
+        assert check_card.fired.rule_id == "check-too-high"
+        [suggestion] = check_card.card.suggestions
+        assert [a.type for a in suggestion.actions] == ["delete", "create"]
+        flags[name] = suggestion.is_recommended
+    assert flags == {"onset-undocumented": False, "bird-dog-20-18": True}
+
+
 def test_one_card_per_conflicting_draft(active):
     outcome = run(active, order_sign("bird-dog-20-18", draft("d1", (EXERCISE, "reverse-hyper")),
                                      draft("d2", (EXERCISE, "bird-dog")), draft("d3", (EXERCISE, "reverse-hyper"))))

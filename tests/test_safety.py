@@ -171,9 +171,11 @@ def test_condition_text_falls_back_to_the_coding_display_then_the_code_lists_dis
     assert "Axial SpA" in {f.category_display for f in facts.red_flags}
 
 
-def test_a_red_flag_code_wins_over_an_lbp_code_on_the_same_condition() -> None:
+def test_a_red_flag_code_beside_an_lbp_code_on_the_same_condition_makes_it_both() -> None:
+    # a flagged code does not hide the low back pain code beside it: its onset still counts (a new onset
+    # coded beside a risk factor must not be missed)
     facts = facts_of(condition("both", SCT, "279039007", extra_coding=(ICD, "S32.01")))
-    assert facts.conditions == () and [f.resource_id for f in facts.red_flags] == ["both"]
+    assert [c.resource_id for c in facts.conditions] == ["both"] and [f.resource_id for f in facts.red_flags] == ["both"]
 
 
 def test_an_invalid_red_flag_condition_is_skipped_as_invalid() -> None:
@@ -336,3 +338,16 @@ def test_a_flagged_or_lbp_condition_that_is_not_valid_fhir_is_a_listed_skip(capl
     a = assess(facts, ["hip-abduction", "bird-dog"], dt.date(2026, 11, 20))
     assert (a.skipped_conditions, a.skipped_red_flags) == (2, 1)
     assert "S32" not in caplog.text and "2026-02-30" not in caplog.text  # codes and dates stay out of the logs
+
+
+def test_a_condition_coded_both_low_back_pain_and_a_red_flag_counts_as_both_and_is_validated_once() -> None:
+    both = {**condition("both", SCT, "279039007"), "onsetDateTime": "2026-11-10"}
+    both["code"]["coding"].append({"system": ICD, "code": "M46.26"})
+    facts = facts_of(both)
+    assert [c.resource_id for c in facts.conditions] == ["both"] and facts.conditions[0].onset == dt.date(2026, 11, 10)
+    assert [f.resource_id for f in facts.red_flags] == ["both"]
+    broken = {**both, "onsetDateTime": "2026-02-30"}
+    facts = facts_of(broken)
+    assert facts.conditions == () and facts.red_flags == ()
+    assert [(s.resource_id, s.kind, s.red_flag) for s in facts.skipped] == [("both", "condition", True)]
+    assert facts.skipped_invalid == 1
