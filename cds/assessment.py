@@ -45,6 +45,8 @@ FACT_FIELDS: dict[str, tuple[type, str]] = {
                                 "to the latest session (undated, dated on or after it, or linked to its rounds; "
                                 "with no usable session, every skipped round)"),
     "skipped_pain_max": (float, "highest readable value among the pain scores skipped as invalid or unusable"),
+    "pain_after_session_max": (float, "highest pain score dated after the latest session's date and not associated "
+                                      "with it (recorded later, not linked to its rounds)"),
     "skipped_conditions": (int, "low back pain, red-flag and risk-factor conditions skipped as invalid FHIR"),
     "skipped_red_flags": (int, "conditions coded in a red-flag category (codes.red_flags) skipped as invalid FHIR"),
 }
@@ -84,6 +86,7 @@ class Assessment(BaseModel):
     exercise: str | None = None
     skipped_in_session: int = 0
     skipped_pain_max: float | None = None
+    pain_after_session_max: float | None = None
     skipped_conditions: int = 0
     skipped_red_flags: int = 0
 
@@ -156,6 +159,7 @@ def assess(
             pain_recorded=session.max_pain is not None,
             max_pain=session.max_pain,
         )
+        values["pain_after_session_max"] = max((p.score for p in facts.pains_after_session), default=None)
     values["skipped_in_session"] = sum(1 for s in facts.skipped if s.in_session)
     values["skipped_pain_max"] = max(
         (s.value for s in facts.skipped if s.invalid and s.kind == "pain" and s.value is not None), default=None

@@ -132,6 +132,8 @@ def template_values(
     values["skipped_in_session"] = render_number(a.skipped_in_session)
     if a.skipped_pain_max is not None:
         values["skipped_pain_max"] = render_number(a.skipped_pain_max)
+    if a.pain_after_session_max is not None:
+        values["pain_after_session_max"] = render_number(a.pain_after_session_max)
     listed = _skipped_list(facts, ruleset)
     if listed:
         values["skipped_list"] = listed

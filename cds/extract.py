@@ -1204,8 +1204,12 @@ def extract(
     conditions = ex.lbp_conditions()
     red_flags, risk_factors = ex.flagged_conditions()
     rounds, positions = ex.usable_rounds()
-    sessions, latest_rounds = ex.sessions(rounds, positions, ex.all_pains())
+    pains = ex.all_pains()
+    sessions, latest_rounds = ex.sessions(rounds, positions, pains)
     session = sessions[-1] if sessions else None
+    # pain recorded after the latest session's day and not linked to it: the rules may want to know
+    associated = {p.resource_id for p in session.pain_scores} if session is not None else set()
+    later = tuple(p for p in pains if session is not None and p.date > session.date and p.resource_id not in associated)
     ex.mark_in_session(session)
     ex.log_summary()
     facts = PatientFacts(
@@ -1214,6 +1218,7 @@ def extract(
         red_flags=tuple(red_flags),
         risk_factors=tuple(risk_factors),
         pain_scores=session.pain_scores if session is not None else (),
+        pains_after_session=later,
         rounds=tuple(latest_rounds),
         latest_session=session,
         sessions=tuple(sessions),

@@ -139,6 +139,8 @@ class PatientFacts(_Fact):
     red_flags: tuple[FlaggedCondition, ...] = ()  # conditions in a ``codes.red_flags`` category
     risk_factors: tuple[FlaggedCondition, ...] = ()  # conditions in a ``codes.red_flag_risks`` category
     pain_scores: tuple[PainScore, ...] = ()
+    #: usable pain scores dated after the latest session's day and not associated with it
+    pains_after_session: tuple[PainScore, ...] = ()
     rounds: tuple[ExerciseRound, ...] = ()
     latest_session: Session | None = None  # the last of ``sessions``
     #: every session of the history, oldest first (one per date: the highest rung of the date); the

@@ -66,6 +66,7 @@ PLACEHOLDERS: frozenset[str] = frozenset(
         "extra_rounds",  # rounds beyond the first `rounds`
         "skipped_in_session",  # unusable pain scores and rounds that could have belonged to the latest session
         "skipped_pain_max",  # highest readable value of an unusable pain score
+        "pain_after_session_max",  # highest pain score recorded after the latest session, not associated with it
         "skipped_list",  # markdown list of the unusable data that could have mattered (texts.skipped)
     }
 )
@@ -111,7 +112,7 @@ REPS_SEPARATOR = ", "
 DATE_FIELDS = frozenset({"onset_date", "session_date"})
 NUMBER_FIELDS = frozenset({
     "onset_days_ago", "session_days_ago", "max_pain", "min_reps", "max_reps", "rounds_recorded", "rounds_used",
-    "extra_rounds", "skipped_in_session", "skipped_pain_max",
+    "extra_rounds", "skipped_in_session", "skipped_pain_max", "pain_after_session_max",
 })
 CODE_FIELDS = frozenset({"exercise", "recommended"})
 NAME_FIELDS = frozenset({"exercise_name", "recommended_name"})

@@ -308,3 +308,47 @@ def test_checker_positions_an_unknown_placeholder_in_the_condition_text(tmp_path
     line = next(i for i, t in enumerate(f.read_text().splitlines(), start=1) if "COND {value}" in t)
     assert len(problems) == 1 and problems[0].startswith(f"{f}:{line}:")
     assert "unknown placeholder '{value}'" in problems[0] and "{condition}, {date}, {reason}" in problems[0]
+
+
+# --- pain recorded after the latest session ---------------------------------------------------------------
+
+
+def _prefetch_with_later_pain(*, linked: bool) -> dict:
+    obs = "https://lbp-cds.org/fhir/CodeSystem/observation"
+
+    def rnd(rid: str, reps: int) -> dict:
+        return {"resourceType": "Observation", "id": rid, "status": "final",
+                "code": {"coding": [{"system": obs, "code": "reps-to-technical-failure"}]},
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-11-18", "valueInteger": reps,
+                "component": [{"code": {"coding": [{"system": obs, "code": "exercise"}]},
+                               "valueCodeableConcept": {"coding": [
+                                   {"system": "https://lbp-cds.org/fhir/CodeSystem/exercise", "code": "bird-dog"}]}}]}
+
+    def pain(pid: str, day: str, score: int, derived: tuple[str, ...] = ()) -> dict:
+        res = {"resourceType": "Observation", "id": pid, "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "72514-3"}]},
+               "subject": {"reference": "Patient/p1"}, "effectiveDateTime": day, "valueInteger": score}
+        if derived:
+            res["derivedFrom"] = [{"reference": f"Observation/{d}"} for d in derived]
+        return res
+
+    def bundle(items: list) -> dict:
+        return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in items]}
+
+    later = pain("later", "2026-11-19", 9, ("r1",) if linked else ())
+    return {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": bundle([]),
+            "painScores": bundle([pain("same-day", "2026-11-18", 1), later, pain("older", "2026-11-01", 7)]),
+            "exerciseRounds": bundle([rnd("r1", 20), rnd("r2", 18)])}
+
+
+def test_pain_recorded_after_the_session_and_not_linked_to_it_is_its_own_fact(rs: RuleSet) -> None:
+    from cds.extract import extract
+
+    doc = rs.document
+    facts = extract(_prefetch_with_later_pain(linked=False), patient_id="p1", codes=doc.codes, ladder=doc.ladder)
+    assert [p.resource_id for p in facts.pains_after_session] == ["later"]  # not the older one, not the session's
+    assert assess(facts, LADDER, TODAY).pain_after_session_max == 9
+    linked = extract(_prefetch_with_later_pain(linked=True), patient_id="p1", codes=doc.codes, ladder=doc.ladder)
+    assert linked.pains_after_session == ()  # linked to the session's rounds: it is the session's pain
+    assert assess(linked, LADDER, TODAY).max_pain == 9 and assess(linked, LADDER, TODAY).pain_after_session_max is None
+    assert assess(facts_with(), LADDER, TODAY).pain_after_session_max is None
