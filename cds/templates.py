@@ -148,10 +148,15 @@ def render_number(value: float | int) -> str:
 
 def join_list(items: list[str], separator: str, limit: int | None = None) -> str:
     """The distinct ``items`` in order, joined by ``separator``; cut to ``limit`` characters (ending
-    in "…") when longer."""
+    in "…") when longer: after the last whole item that fits, else after the last whole word, else
+    mid-word (one item without spaces longer than the limit)."""
     text = separator.join(dict.fromkeys(items))
     if limit is not None and len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
+        head = text[: limit - 1]
+        cut = head.rfind(separator.rstrip() or separator) if separator.strip() else -1
+        if cut <= 0:
+            cut = head.rfind(" ")
+        text = (head[:cut] if cut > 0 else head).rstrip() + "…"
     return text
 
 

@@ -351,3 +351,15 @@ def test_a_condition_coded_both_low_back_pain_and_a_red_flag_counts_as_both_and_
     assert facts.conditions == () and facts.red_flags == ()
     assert [(s.resource_id, s.kind, s.red_flag) for s in facts.skipped] == [("both", "condition", True)]
     assert facts.skipped_invalid == 1
+
+
+def test_a_list_too_long_for_its_placeholder_is_cut_after_a_whole_item_or_word() -> None:
+    from cds.templates import join_list
+
+    names = ["Vertebral osteomyelitis of the lumbar spine", "Osteomyelitis of vertebra", "Fracture of lumbar vertebra"]
+    cut = join_list(names, "; ", LIST_TEXT_CHARS)
+    assert cut == "Vertebral osteomyelitis of the lumbar spine; Osteomyelitis of vertebra…"
+    words = join_list(["a long condition name with many words that goes past the limit of eighty characters"], "; ", 60)
+    assert words == "a long condition name with many words that goes past the…" and len(words) <= 60
+    assert join_list(["x" * 100], "; ", 10) == "x" * 9 + "…"
+    assert join_list(["a", "b", "a"], "; ", 10) == "a; b"
