@@ -151,6 +151,12 @@ def template_values(
     return values
 
 
+def _preselected(fired: FiredRule, ruleset: RuleSet) -> bool:
+    """Whether the order a fired rule's card proposes is marked ``isRecommended``: not while one of its
+    notes says ``suggestion: not-recommended`` (an onset caveat, unusable data)."""
+    return not any(ruleset.note(n).suggestion == "not-recommended" for n in fired.notes)
+
+
 def _skipped_list(facts: PatientFacts, ruleset: RuleSet) -> str:
     """The unusable data that could have mattered, one markdown list item each, worded by
     ``texts.skipped``: the pain scores and rounds that could have belonged to the latest session, the
@@ -481,7 +487,7 @@ def build_card(
             Suggestion(
                 label=fill(doc.texts.suggestion_label, texts).strip(),
                 uuid=uuid_factory(),
-                is_recommended=not any(ruleset.note(n).suggestion == "not-recommended" for n in fired.notes),
+                is_recommended=_preselected(fired, ruleset),
                 actions=[Action(type="create", description=description, resource=resource)],
             )
         )
@@ -582,8 +588,7 @@ def build_order_check_card(
         actions.append(Action(type="create", description=description, resource=resource))
     # the replacement order is pre-selected exactly when the patient-view card's own order would be
     # (a not-recommended note there, such as an onset caveat or unusable data, clears it here too)
-    recommended = order is None or decisive is None or not any(
-        ruleset.note(n).suggestion == "not-recommended" for n in decisive.notes)
+    recommended = order is None or decisive is None or _preselected(decisive, ruleset)
     suggestion = Suggestion(label=fill(check.suggestion.label, texts).strip(), uuid=uuid_factory(),
                             is_recommended=recommended, actions=actions)
     if decisive is not None:
